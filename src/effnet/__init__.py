@@ -1,0 +1,29 @@
+"""effnet: the EfficientNet family from one baseline table and the compound-scaling rule."""
+
+from effnet.architecture import B0_STAGES, StageSpec, scale_stages
+from effnet.config import ModelConfig
+from effnet.errors import UsageError, WeightsError
+from effnet.flops import count_macs, count_params
+from effnet.models import EfficientNet
+from effnet.registry import create_model, list_models
+from effnet.scaling import PUBLISHED, compound_scale, round_channels, round_repeats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "B0_STAGES",
+    "PUBLISHED",
+    "EfficientNet",
+    "ModelConfig",
+    "StageSpec",
+    "UsageError",
+    "WeightsError",
+    "compound_scale",
+    "count_macs",
+    "count_params",
+    "create_model",
+    "list_models",
+    "round_channels",
+    "round_repeats",
+    "scale_stages",
+]

@@ -1,0 +1,3 @@
+from effnet.models.efficientnet import EfficientNet
+
+__all__ = ["EfficientNet"]

@@ -1,0 +1,105 @@
+"""The EfficientNet network: stem, seven stages of MBConv blocks, head, classifier."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from effnet.architecture import FAMILIES, ResolvedArch, scale_stages
+from effnet.config import ModelConfig
+from effnet.models.blocks import MBConv
+from effnet.models.layers import ConvBNAct, init_weights
+from effnet.preprocessing import Preprocessing
+
+
+class EfficientNet(nn.Module):
+    """One class for the whole family; every difference comes from the resolved table.
+
+    ``forward_features`` returns the last feature map, ``forward_head`` pools and classifies.
+    With ``features_only`` the head is not built and ``forward`` returns the feature maps
+    at ``out_indices`` (level i has stride 2**(i+1)); ``feature_info`` describes them.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        # Metadata that `effnet.save` writes beside the weights.
+        self.class_names: list[str] | None = None
+        self.preprocessing = Preprocessing.for_model(config.family, config.resolution)
+        self.arch: ResolvedArch = scale_stages(
+            FAMILIES[config.family], config.width, config.depth, config.drop_path_rate
+        )
+        norm = dict(bn_eps=config.bn_eps, bn_momentum=config.bn_momentum, padding=config.padding)
+        act = self.arch.activation
+
+        self.stem = ConvBNAct(config.in_chans, self.arch.stem_channels, 3, 2, act=act, **norm)
+        stages: list[list[MBConv]] = []
+        for args in self.arch.blocks:
+            if args.stage == len(stages):
+                stages.append([])
+            stages[-1].append(MBConv(args, act=act, **norm))
+        self.feature_info = self._feature_info()
+        if config.features_only:
+            # Stages past the deepest requested level would never receive a gradient.
+            stages = stages[: max(f["stage"] for f in self.feature_info) + 1]
+        self.stages = nn.Sequential(*(nn.Sequential(*blocks) for blocks in stages))
+
+        if config.features_only:
+            self.head = self.pool = self.dropout = self.classifier = None
+            self.num_features = self.feature_info[-1]["channels"]
+        else:
+            last = self.arch.blocks[-1].out_channels
+            self.head = ConvBNAct(last, self.arch.head_channels, 1, 1, act=act, **norm)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.dropout = nn.Dropout(config.dropout)
+            self.num_features = self.arch.head_channels
+            self.classifier = (
+                nn.Linear(self.num_features, config.num_classes) if config.num_classes else nn.Identity()
+            )
+        self.apply(init_weights)
+
+    def _feature_info(self) -> list[dict]:
+        """The last stage at each stride: where segmentation/detection necks attach."""
+        reduction = 2  # the stem
+        by_level: dict[int, dict] = {}
+        for block in self.arch.blocks:
+            reduction *= block.stride
+            level = reduction.bit_length() - 2  # stride 2 -> level 0, ..., stride 32 -> level 4
+            by_level[level] = {
+                "level": level,
+                "stage": block.stage,
+                "channels": block.out_channels,
+                "reduction": reduction,
+            }
+        return [by_level[i] for i in self.config.out_indices]
+
+    @property
+    def feature_channels(self) -> list[int]:
+        return [f["channels"] for f in self.feature_info]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pool(x).flatten(1)
+        if pre_logits:
+            return x
+        return self.classifier(self.dropout(x))
+
+    def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        wanted = {f["stage"] for f in self.feature_info}
+        out = []
+        x = self.stem(x)
+        for idx, stage in enumerate(self.stages):
+            x = stage(x)
+            if idx in wanted:
+                out.append(x)
+        return out
+
+    def forward(self, x: torch.Tensor):
+        if self.config.features_only:
+            return self.forward_pyramid(x)
+        return self.forward_head(self.forward_features(x))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

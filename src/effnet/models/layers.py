@@ -1,0 +1,116 @@
+"""Small building blocks shared by the EfficientNet model and its blocks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+
+
+class Conv2dSame(nn.Conv2d):
+    """Conv with TensorFlow's SAME padding: extra padding goes bottom/right.
+
+    Only strided convs need this (for stride 1 and odd kernels SAME is symmetric), so the
+    symmetric default path never pays for the pad computation. The pad amounts are plain
+    integer arithmetic on the input shape, which ONNX and torch.export trace as shape ops.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.shape[-2:]
+        pad_h = _same_pad(ih, self.kernel_size[0], self.stride[0], self.dilation[0])
+        pad_w = _same_pad(iw, self.kernel_size[1], self.stride[1], self.dilation[1])
+        x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _same_pad(size: int, kernel: int, stride: int, dilation: int) -> int:
+    out = -(-size // stride)  # ceil without floats, so it stays symbolic under export
+    return max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+
+
+def conv2d(
+    in_ch: int,
+    out_ch: int,
+    kernel: int,
+    stride: int = 1,
+    groups: int = 1,
+    bias: bool = False,
+    padding: str = "symmetric",
+) -> nn.Conv2d:
+    if padding == "same" and stride > 1:
+        return Conv2dSame(in_ch, out_ch, kernel, stride, padding=0, groups=groups, bias=bias)
+    return nn.Conv2d(in_ch, out_ch, kernel, stride, padding=(kernel - 1) // 2, groups=groups, bias=bias)
+
+
+def activation(name: str) -> nn.Module:
+    if name == "silu":
+        return nn.SiLU(inplace=True)
+    if name == "relu6":
+        return nn.ReLU6(inplace=True)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+class ConvBNAct(nn.Module):
+    """Conv, BatchNorm, activation: the stem and the head."""
+
+    def __init__(self, in_ch, out_ch, kernel, stride, *, act: str, bn_eps, bn_momentum, padding):
+        super().__init__()
+        self.conv = conv2d(in_ch, out_ch, kernel, stride, padding=padding)
+        self.bn = nn.BatchNorm2d(out_ch, eps=bn_eps, momentum=bn_momentum)
+        self.act = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class SqueezeExcite(nn.Module):
+    """Channel attention: global pool, bottleneck of ``squeeze`` channels, sigmoid gate."""
+
+    def __init__(self, channels: int, squeeze: int, act: str):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, squeeze, 1, bias=True)
+        self.act = activation(act)
+        self.expand = nn.Conv2d(squeeze, channels, 1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        s = self.expand(self.act(self.reduce(s)))
+        return x * s.sigmoid()
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample while training."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:.4f}"
+
+
+def init_weights(module: nn.Module) -> None:
+    """The TF reference's initialisation: fan-out normal convs, uniform classifier."""
+    if isinstance(module, nn.Conv2d):
+        fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+        nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Linear):
+        bound = 1.0 / math.sqrt(module.out_features)
+        nn.init.uniform_(module.weight, -bound, bound)
+        nn.init.zeros_(module.bias)

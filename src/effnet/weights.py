@@ -1,0 +1,156 @@
+"""Reading and writing weights safely.
+
+Our format is safetensors: tensors plus string metadata (config, class names,
+preprocessing), so ``load(path)`` needs nothing else. Pickle-based ``.pth``/``.pt`` files are
+read only with ``torch.load(weights_only=True)``; a file that needs arbitrary code to load is
+refused, never retried unsafely.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from effnet.config import ModelConfig
+from effnet.convert import convert_state_dict, detect_source, unwrap_state_dict
+from effnet.errors import UsageError, WeightsError
+from effnet.preprocessing import Preprocessing
+
+FORMAT_VERSION = "1"
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+def save(model: nn.Module, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
+    """Write ``model`` as safetensors with everything ``load`` needs. Atomic: the file appears
+    complete or not at all."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    config: ModelConfig = model.config
+    metadata = {
+        "format": "effnet",
+        "format_version": FORMAT_VERSION,
+        "model_name": config.name,
+        "config": json.dumps(config.to_dict()),
+        "preprocessing": json.dumps(model.preprocessing.to_dict()),
+        "class_names": json.dumps(model.class_names),
+        **(extra_metadata or {}),
+    }
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors or pickle checkpoint, loading nothing but tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise WeightsError(f"{path}: unknown weights format; expected .safetensors or one of {PICKLE_SUFFIXES}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(
+            f"{path}: refused, the file needs arbitrary Python code to load ({first}). "
+            "Only plain tensors are read; re-save it as a state_dict or with effnet.save()."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+    try:
+        return unwrap_state_dict(obj)
+    except WeightsError as exc:
+        raise WeightsError(f"{path}: {exc}") from None
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], origin: str = "checkpoint") -> nn.Module:
+    """``load_state_dict(strict=True)`` with an error that names the keys that do not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [
+        f"{k} {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict and state_dict[k].shape != own[k].shape
+    ]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+        if items:
+            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+            problems.append(f"{label}: {', '.join(items[:3])}{more}")
+    if problems:
+        name = getattr(getattr(model, "config", None), "name", type(model).__name__)
+        raise WeightsError(f"{origin} does not match {name}; " + "; ".join(problems))
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def load(
+    path: str | os.PathLike,
+    *,
+    model: str | None = None,
+    source: str | None = None,
+    class_names: list[str] | None = None,
+    **create_kwargs,
+) -> nn.Module:
+    """Rebuild a model from a weights file.
+
+    An effnet safetensors file needs nothing else. Other checkpoints (a peer's, or plain
+    state dicts) need ``model`` (a registry name) plus whatever the weights were trained with
+    (``bn_eps``, ``padding``, ``num_classes``); their keys are converted from ``source``
+    (detected when omitted). The model is returned in eval mode.
+    """
+    from effnet.registry import build_model, create_model
+
+    path = Path(path)
+    metadata = read_metadata(path) if path.suffix == ".safetensors" and path.is_file() else {}
+    state_dict = read_state_dict(path)
+    if metadata.get("format") == "effnet":
+        try:
+            config = ModelConfig.from_dict(json.loads(metadata["config"]))
+            preprocessing = Preprocessing.from_dict(json.loads(metadata["preprocessing"]))
+            names = json.loads(metadata.get("class_names", "null"))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise WeightsError(f"{path}: effnet metadata is damaged ({exc})") from None
+        net = build_model(config, class_names=names, preprocessing=preprocessing)
+        return load_weights(net, state_dict, origin=str(path)).eval()
+    if model is None:
+        raise UsageError(f"{path} carries no effnet metadata; say which model it holds (model=/--model)")
+    source = source or detect_source(state_dict)
+    converted = convert_state_dict(state_dict, source)
+    if "classifier.weight" in converted and "num_classes" not in create_kwargs:
+        create_kwargs["num_classes"] = converted["classifier.weight"].shape[0]
+    net = create_model(model, class_names=class_names, **create_kwargs)
+    return load_weights(net, converted, origin=f"{path} ({source} weights)").eval()
