@@ -82,7 +82,7 @@ def _block_kinds(sd, source: str) -> dict[tuple[int, int], bool]:
     if source == "torchvision":
         pat, expand_marker = re.compile(r"features\.(\d+)\.(\d+)\.block\.(\d+)\."), "3"
     else:
-        pat, expand_marker = re.compile(r"blocks\.(\d+)\.(\d+)\.(conv_pwl)\."), "conv_pwl"
+        pat, expand_marker = re.compile(r"blocks\.(\d+)\.(\d+)\.(\w+)\."), "conv_pwl"
     kinds: dict[tuple[int, int], bool] = {}
     for key in sd:
         m = pat.match(key)

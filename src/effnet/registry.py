@@ -51,7 +51,13 @@ def get_entry(name: str) -> ModelEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3, cutoff=0.5)
+        # Common slips first: lukemelas-style dashes, upper case, the letter o for zero.
+        def norm(s: str) -> str:
+            return str(s).lower().replace("-", "_").replace("o", "0")
+
+        close = [n for n in _REGISTRY if norm(n) == norm(name)]
+        close += [n for n in difflib.get_close_matches(str(name), list(_REGISTRY), n=3, cutoff=0.5) if n not in close]
+        close = close[:3]
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known models: {', '.join(_REGISTRY)}"
         raise UsageError(f"unknown model name {name!r}{hint}") from None
 

@@ -70,7 +70,7 @@ def _check_finite(name: str, value: float, low: float, high: float) -> float:
 
 def dropout_for_phi(phi: float) -> float:
     """Dropout that reproduces the published B0-B7 values: +0.1 every two steps of phi."""
-    return min(0.5, max(0.0, 0.2 + 0.1 * math.floor(phi / 2)))
+    return round(min(0.5, max(0.0, 0.2 + 0.1 * math.floor(phi / 2))), 2)
 
 
 def compound_scale(

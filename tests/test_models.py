@@ -1,0 +1,137 @@
+"""Every registered model, driven by the registry."""
+
+import math
+
+import pytest
+import torch
+
+import effnet
+from effnet.registry import register
+
+SMALL = [n for n in effnet.list_models() if n[-1] in "0123" and not n.endswith("l2")]
+
+
+@pytest.mark.parametrize("name", effnet.list_models())
+def test_forward_shape_and_finite(name):
+    if name in ("efficientnet_l2", "efficientnet_b8"):
+        pytest.skip("forward covered by the parity tests; building them twice costs tens of seconds")
+    model = effnet.create_model(name, num_classes=7).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_every_parameter_gets_a_gradient(name):
+    model = effnet.create_model(name, num_classes=5).train()
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_b3", "efficientnet_lite2"])
+def test_features_only_strides_and_channels(name):
+    import timm
+
+    model = effnet.create_model(name, features_only=True).eval()
+    feats = model(torch.randn(1, 3, 128, 128))
+    assert [f["reduction"] for f in model.feature_info] == [4, 8, 16, 32]
+    assert [f.shape[-1] for f in feats] == [32, 16, 8, 4]
+    assert [f.shape[1] for f in feats] == model.feature_channels
+    peer = timm.create_model(name, features_only=True, out_indices=(1, 2, 3, 4), pretrained=False)
+    assert model.feature_channels == peer.feature_info.channels()
+
+
+def test_features_only_drops_unused_stages_and_trains():
+    model = effnet.create_model("efficientnet_b0", features_only=True, out_indices=(0, 1, 2))
+    assert [f["channels"] for f in model.feature_info] == [16, 24, 40]
+    assert len(model.stages) == 3 and model.head is None
+    sum(f.sum() for f in model(torch.randn(1, 3, 64, 64))).backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_phi_models_follow_the_formula():
+    model = effnet.create_model(phi=1.5)
+    cfg = model.config
+    assert cfg.width == pytest.approx(1.1**1.5) and cfg.depth == pytest.approx(1.2**1.5)
+    assert cfg.resolution == round(224 * 1.15**1.5)
+    assert cfg.name == "efficientnet_b0_phi1.5"
+
+
+def test_phi_with_custom_coefficients_and_lite_baseline():
+    cfg = effnet.create_model("efficientnet_lite0", phi=1, alpha=1.3, beta=1.05, gamma=1.1).config
+    assert cfg.family == "lite"
+    assert (cfg.depth, cfg.width) == (pytest.approx(1.3), pytest.approx(1.05))
+
+
+def test_explicit_multipliers_override_the_table():
+    cfg = effnet.create_model("efficientnet_b2", width=0.5, resolution=96).config
+    assert (cfg.width, cfg.depth, cfg.resolution) == (0.5, 1.2, 96)
+
+
+def test_grayscale_input_channels():
+    model = effnet.create_model("efficientnet_b0", in_chans=1, num_classes=10).eval()
+    assert model(torch.randn(1, 1, 32, 32)).shape == (1, 10)
+
+
+def test_same_padding_matches_tf_output_sizes():
+    # TF SAME: output = ceil(input / stride) for any input size, odd ones included.
+    model = effnet.create_model("efficientnet_b0", padding="same", features_only=True, out_indices=(4,)).eval()
+    for side in (97, 100, 225):
+        (feat,) = model(torch.randn(1, 3, side, side))
+        assert feat.shape[-1] == math.ceil(side / 32)
+
+
+def test_symmetric_default_uses_plain_convs():
+    model = effnet.create_model("efficientnet_b0")
+    assert not any(isinstance(m, effnet.models.layers.Conv2dSame) for m in model.modules())
+
+
+def test_unknown_model_name_suggests_close_names():
+    with pytest.raises(effnet.UsageError, match="did you mean efficientnet_b0"):
+        effnet.create_model("efficientnet_bo")
+
+
+def test_phi_on_a_named_model_is_rejected():
+    with pytest.raises(effnet.UsageError, match="baseline"):
+        effnet.create_model("efficientnet_b3", phi=1)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"padding": "valid"}, "padding"),
+        ({"out_indices": (1, 7)}, "out_indices"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"width": float("nan")}, "width"),
+        ({"num_classes": -1}, "num_classes"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(kwargs, match):
+    with pytest.raises(effnet.UsageError, match=match):
+        effnet.create_model("efficientnet_b0", **kwargs)
+
+
+def test_registry_refuses_duplicates():
+    with pytest.raises(ValueError, match="already registered"):
+        register("efficientnet_b0", "efficientnet", effnet.PUBLISHED["efficientnet_b0"])
+
+
+def test_list_models_pattern():
+    assert effnet.list_models("*lite*") == [f"efficientnet_lite{i}" for i in range(5)]
+    assert len(effnet.list_models()) == 15
+
+
+def test_drop_path_only_in_training():
+    model = effnet.create_model("efficientnet_b0", num_classes=3, drop_path_rate=0.5, dropout=0.0)
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+    model.train()
+    torch.manual_seed(1)
+    a = model.stages(model.stem(x))
+    torch.manual_seed(2)
+    b = model.stages(model.stem(x))
+    assert not torch.equal(a, b)
