@@ -101,16 +101,14 @@ def scale_stages(family: Family, width: float, depth: float, drop_path_rate: flo
 
     last = len(family.stages) - 1
     repeats = [
-        s.repeats
-        if (not family.scale_first_last_repeats and i in (0, last))
-        else round_repeats(s.repeats, depth)
+        s.repeats if (not family.scale_first_last_repeats and i in (0, last)) else round_repeats(s.repeats, depth)
         for i, s in enumerate(family.stages)
     ]
     total = sum(repeats)
 
     blocks: list[BlockArgs] = []
     in_ch = stem
-    for stage_idx, (spec, n) in enumerate(zip(family.stages, repeats)):
+    for stage_idx, (spec, n) in enumerate(zip(family.stages, repeats, strict=True)):
         out_ch = round_channels(spec.out_channels, width)
         for i in range(n):
             se = 0 if family.se_ratio is None else max(1, int(in_ch * family.se_ratio))

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 
 from effnet.architecture import FAMILIES
 from effnet.errors import UsageError
+
 PADDINGS = ("symmetric", "same")
 
 
@@ -55,7 +56,9 @@ class ModelConfig:
             raise UsageError(f"bn_eps must be in (0, 1), got {self.bn_eps!r}")
         bad = [i for i in self.out_indices if i not in range(5)]
         if bad or not self.out_indices:
-            raise UsageError(f"out_indices must be a non-empty subset of 0..4 (strides 2..32), got {self.out_indices!r}")
+            raise UsageError(
+                f"out_indices must be a non-empty subset of 0..4 (strides 2..32), got {self.out_indices!r}"
+            )
         object.__setattr__(self, "out_indices", tuple(self.out_indices))
 
     def to_dict(self) -> dict:

@@ -122,8 +122,14 @@ def _torchvision_key(key: str, kinds) -> str | None:
 
 
 _TIMM_TOP = {"conv_stem": "stem.conv", "bn1": "stem.bn", "conv_head": "head.conv", "bn2": "head.bn"}
-_TIMM_IR = {"conv_pw": "expand_conv", "bn1": "expand_bn", "conv_dw": "dw_conv", "bn2": "dw_bn",
-            "conv_pwl": "project_conv", "bn3": "project_bn"}
+_TIMM_IR = {
+    "conv_pw": "expand_conv",
+    "bn1": "expand_bn",
+    "conv_dw": "dw_conv",
+    "bn2": "dw_bn",
+    "conv_pwl": "project_conv",
+    "bn3": "project_bn",
+}
 _TIMM_DS = {"conv_dw": "dw_conv", "bn1": "dw_bn", "conv_pw": "project_conv", "bn2": "project_bn"}
 _SE = {"conv_reduce": "reduce", "conv_expand": "expand", "_se_reduce": "reduce", "_se_expand": "expand"}
 
@@ -147,10 +153,21 @@ def _timm_key(key: str, kinds) -> str | None:
     return f"{prefix}.{names[part[1]]}.{part[2]}"
 
 
-_LUKE_TOP = {"_conv_stem": "stem.conv", "_bn0": "stem.bn", "_conv_head": "head.conv", "_bn1": "head.bn",
-             "_fc": "classifier"}
-_LUKE_BLOCK = {"_expand_conv": "expand_conv", "_bn0": "expand_bn", "_depthwise_conv": "dw_conv",
-               "_bn1": "dw_bn", "_project_conv": "project_conv", "_bn2": "project_bn"}
+_LUKE_TOP = {
+    "_conv_stem": "stem.conv",
+    "_bn0": "stem.bn",
+    "_conv_head": "head.conv",
+    "_bn1": "head.bn",
+    "_fc": "classifier",
+}
+_LUKE_BLOCK = {
+    "_expand_conv": "expand_conv",
+    "_bn0": "expand_bn",
+    "_depthwise_conv": "dw_conv",
+    "_bn1": "dw_bn",
+    "_project_conv": "project_conv",
+    "_bn2": "project_bn",
+}
 
 
 def _lukemelas_stages(sd, stage_depths) -> dict[int, tuple[int, int]]:
@@ -164,7 +181,7 @@ def _lukemelas_stages(sd, stage_depths) -> dict[int, tuple[int, int]]:
             in_ch = expand.shape[1] if expand is not None else sd[f"_blocks.{i}._depthwise_conv.weight"].shape[0]
             if i == 0 or in_ch != out_ch:
                 starts.append(i)
-        stage_depths = tuple(b - a for a, b in zip(starts, starts[1:] + [n_blocks]))
+        stage_depths = tuple(b - a for a, b in zip(starts, starts[1:] + [n_blocks], strict=True))
     if sum(stage_depths) != n_blocks:
         raise WeightsError(f"stage depths {stage_depths} do not add up to the checkpoint's {n_blocks} blocks")
     where, flat = {}, 0

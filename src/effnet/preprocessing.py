@@ -46,8 +46,7 @@ class Preprocessing:
 
     def transform(self):
         """Eval transform from a PIL image (or uint8 tensor) to a normalised float tensor."""
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms import v2
+        from torchvision.transforms import InterpolationMode, v2
 
         return v2.Compose(
             [

@@ -132,8 +132,10 @@ def load(
     (``bn_eps``, ``padding``, ``num_classes``); their keys are converted from ``source``
     (detected when omitted). The model is returned in eval mode.
     """
-    from effnet.registry import build_model, create_model
+    from effnet.registry import build_model, create_model, get_entry
 
+    if model is not None:
+        get_entry(model)  # an unknown name is reported before any file is read
     path = Path(path)
     metadata = read_metadata(path) if path.suffix == ".safetensors" and path.is_file() else {}
     state_dict = read_state_dict(path)

@@ -53,9 +53,7 @@ class EfficientNet(nn.Module):
             self.pool = nn.AdaptiveAvgPool2d(1)
             self.dropout = nn.Dropout(config.dropout)
             self.num_features = self.arch.head_channels
-            self.classifier = (
-                nn.Linear(self.num_features, config.num_classes) if config.num_classes else nn.Identity()
-            )
+            self.classifier = nn.Linear(self.num_features, config.num_classes) if config.num_classes else nn.Identity()
         self.apply(init_weights)
 
     def _feature_info(self) -> list[dict]:

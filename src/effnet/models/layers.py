@@ -9,8 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
-
 class Conv2dSame(nn.Conv2d):
     """Conv with TensorFlow's SAME padding: extra padding goes bottom/right.
 

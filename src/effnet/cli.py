@@ -1,0 +1,141 @@
+"""The ``effnet`` command: a thin layer over the Python API.
+
+Expected failures (bad names, files, numbers) print one line and exit 2; a traceback
+means a bug in effnet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from effnet.errors import UsageError
+
+
+def _print_table(rows: list[dict], columns: list[tuple[str, str]]) -> None:
+    cells = [[fmt.format(r[key]) if r[key] is not None else "-" for key, fmt in columns] for r in rows]
+    headers = [key for key, _ in columns]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    for c in cells:
+        print("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(c, widths, strict=True))))
+
+
+SUMMARY_COLUMNS = [
+    ("name", "{}"),
+    ("width", "{:.3f}"),
+    ("depth", "{:.3f}"),
+    ("resolution", "{}"),
+    ("dropout", "{:.2f}"),
+    ("params", "{:,}"),
+    ("macs", "{:,}"),
+]
+
+
+def cmd_models(args) -> int:
+    from effnet.flops import model_summary
+    from effnet.registry import list_models, resolve_config
+
+    rows = [model_summary(resolve_config(name)) for name in list_models(args.filter)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(rows, SUMMARY_COLUMNS)
+    return 0
+
+
+def cmd_scale(args) -> int:
+    from effnet.flops import model_summary
+    from effnet.registry import resolve_config
+    from effnet.scaling import flops_ratio
+
+    config = resolve_config(args.base, phi=args.phi, alpha=args.alpha, beta=args.beta, gamma=args.gamma)
+    row = model_summary(config)
+    base = model_summary(resolve_config(args.base))
+    row.update(
+        phi=args.phi,
+        alpha=args.alpha,
+        beta=args.beta,
+        gamma=args.gamma,
+        flops_per_phi=flops_ratio(args.alpha, args.beta, args.gamma),
+        macs_vs_base=row["macs"] / base["macs"],
+    )
+    if args.json:
+        print(json.dumps(row, indent=2))
+    else:
+        for key in ("name", "phi", "alpha", "beta", "gamma", "width", "depth", "resolution", "dropout"):
+            print(f"{key:>14}: {row[key]}")
+        print(f"{'params':>14}: {row['params']:,}")
+        print(f"{'macs':>14}: {row['macs']:,} ({row['macs_vs_base']:.2f}x {args.base})")
+        print(f"{'flops per phi':>14}: alpha*beta^2*gamma^2 = {row['flops_per_phi']:.3f}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from effnet.predict import load_for_inference, predict
+
+    extra = {k: v for k, v in (("source", args.source), ("padding", args.padding), ("bn_eps", args.bn_eps)) if v}
+    model = load_for_inference(args.weights, args.model, **extra)
+    results, errors = predict(model, args.images, top_k=args.top_k)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        for r in results:
+            print(r.image)
+            for t in r.top:
+                print(f"  {t['prob']:7.2%}  {t['label']} ({t['index']})")
+    for exc in errors:
+        print(f"effnet: error: {exc}", file=sys.stderr)
+    return 2 if errors else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from effnet import __version__
+    from effnet.scaling import ALPHA, BETA, GAMMA
+
+    parser = argparse.ArgumentParser(prog="effnet", description="EfficientNet: build, scale, convert, predict.")
+    parser.add_argument("--version", action="version", version=f"effnet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="the family table: multipliers, params and MACs of every model")
+    p.add_argument("--filter", help="glob on model names, e.g. '*lite*'")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("scale", help="a compound-scaled model: width beta^phi, depth alpha^phi, resolution gamma^phi")
+    p.add_argument("--phi", type=float, required=True, help="compound coefficient (fractional and negative allowed)")
+    p.add_argument("--alpha", type=float, default=ALPHA, help=f"depth base (default {ALPHA})")
+    p.add_argument("--beta", type=float, default=BETA, help=f"width base (default {BETA})")
+    p.add_argument("--gamma", type=float, default=GAMMA, help=f"resolution base (default {GAMMA})")
+    p.add_argument("--base", default="efficientnet_b0", help="baseline: efficientnet_b0 or efficientnet_lite0")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_scale)
+
+    p = sub.add_parser("predict", help="classify images with a weights file or pretrained tag")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--weights", required=True, help="pretrained tag (lite0) or a .safetensors/.pth file")
+    p.add_argument("--model", help="model name; needed for files without effnet metadata")
+    p.add_argument("--source", choices=["effnet", "torchvision", "timm", "lukemelas"], help="key layout of --weights")
+    p.add_argument("--padding", choices=["symmetric", "same"], help="padding the weights were trained with")
+    p.add_argument("--bn-eps", type=float, help="BatchNorm eps the weights were trained with")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"effnet: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Classify image files with a model and the preprocessing that travels with it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from effnet.errors import UsageError
+from effnet.images import load_rgb
+
+
+@dataclass
+class Prediction:
+    image: str
+    top: list[dict]  # [{"label", "index", "prob"}], most likely first
+
+    def to_dict(self) -> dict:
+        return {"image": self.image, "top": self.top}
+
+
+def load_for_inference(weights: str, model: str | None = None, **create_kwargs) -> nn.Module:
+    """``weights`` is a pretrained tag (``lite0``) or a file; files without effnet metadata need ``model``."""
+    from effnet.pretrained import PRETRAINED, load_pretrained
+    from effnet.weights import load
+
+    if weights in PRETRAINED:
+        net = load_pretrained(weights)
+        if model is not None and model != net.config.name:
+            raise UsageError(f"--weights {weights} holds {net.config.name}, not {model}")
+        return net
+    if not os.path.exists(weights):
+        raise UsageError(f"--weights {weights!r} is neither a file nor a pretrained tag ({', '.join(PRETRAINED)})")
+    return load(weights, model=model, **create_kwargs)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, paths: list[str], top_k: int = 5) -> tuple[list[Prediction], list[UsageError]]:
+    """Top-k classes for every decodable image; undecodable ones are returned as errors,
+    so one bad file does not cost the others their results."""
+    if top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {top_k}")
+    model.eval()
+    transform = model.preprocessing.transform()
+    names = model.class_names
+    results, errors = [], []
+    for path in paths:
+        try:
+            image = load_rgb(path)
+        except UsageError as exc:
+            errors.append(exc)
+            continue
+        probs = model(transform(image).unsqueeze(0)).softmax(-1)[0]
+        values, indices = probs.topk(min(top_k, probs.numel()))
+        top = [
+            {"label": names[i] if names else str(i), "index": int(i), "prob": float(p)}
+            for p, i in zip(values.tolist(), indices.tolist(), strict=True)
+        ]
+        results.append(Prediction(image=str(path), top=top))
+    return results, errors

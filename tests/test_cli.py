@@ -1,0 +1,114 @@
+"""The command line, run as a user runs it: a subprocess, its exit code and its output."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import skimage
+import torch
+
+import effnet
+
+PHOTOS = Path(skimage.data.__file__).parent
+CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat", "lynx"}
+
+
+def run(*args, check_rc=0):
+    proc = subprocess.run([sys.executable, "-m", "effnet", *map(str, args)], capture_output=True, text=True)
+    assert proc.returncode == check_rc, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc
+
+
+def test_models_json_lists_the_family():
+    rows = json.loads(run("models", "--json").stdout)
+    assert [r["name"] for r in rows] == effnet.list_models()
+    b0 = rows[0]
+    assert (b0["params"], b0["resolution"], b0["dropout"]) == (5_288_548, 224, 0.2)
+    assert b0["macs"] == pytest.approx(0.39e9, rel=0.02)
+
+
+def test_models_table_has_every_model():
+    out = run("models").stdout
+    assert all(name in out for name in effnet.list_models())
+    assert "5,288,548" in out
+
+
+def test_scale_json_reports_the_derived_model():
+    row = json.loads(run("scale", "--phi", "2", "--alpha", "1.1", "--beta", "1.2", "--gamma", "1.05", "--json").stdout)
+    assert row["depth"] == pytest.approx(1.21) and row["width"] == pytest.approx(1.44)
+    assert row["resolution"] == round(224 * 1.05**2)
+    assert row["params"] == effnet.count_params(effnet.create_model(phi=2, alpha=1.1, beta=1.2, gamma=1.05).config)
+    assert row["macs_vs_base"] > 1
+
+
+@pytest.mark.parametrize("phi", ["nan", "inf", "1e9", "-40"])
+def test_scale_rejects_bad_phi(phi):
+    proc = run("scale", f"--phi={phi}", check_rc=2)
+    assert "phi" in proc.stderr
+
+
+def test_unknown_model_suggests_names(tmp_path):
+    path = tmp_path / "x.pt"
+    torch.save({"a": torch.zeros(1)}, path)
+    proc = run("predict", PHOTOS / "coffee.png", "--weights", path, "--model", "efficientnet-b0", check_rc=2)
+    assert "did you mean efficientnet_b0" in proc.stderr
+
+
+def test_predict_pretrained_lite0_on_real_photos():
+    out = run(
+        "predict",
+        PHOTOS / "chelsea.png",
+        PHOTOS / "coffee.png",
+        "--model",
+        "efficientnet_lite0",
+        "--weights",
+        "lite0",
+        "--top-k",
+        "3",
+        "--json",
+    ).stdout
+    chelsea, coffee = json.loads(out)
+    assert chelsea["image"].endswith("chelsea.png") and len(chelsea["top"]) == 3
+    assert chelsea["top"][0]["label"] in CAT_CLASSES
+    assert coffee["top"][0]["label"] in {"espresso", "cup", "coffee mug"}
+    assert set(coffee["top"][0]) == {"label", "index", "prob"}
+    assert coffee["top"][0]["prob"] > 0.5
+
+
+def test_predict_names_undecodable_image_and_classifies_the_rest(tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes((PHOTOS / "rocket.jpg").read_bytes()[:2000])
+    proc = run("predict", broken, PHOTOS / "coffee.png", "--weights", "lite0", "--json", check_rc=2)
+    assert "broken.jpg" in proc.stderr and "cannot decode" in proc.stderr
+    (result,) = json.loads(proc.stdout)
+    assert result["image"].endswith("coffee.png")
+
+
+def test_predict_with_a_saved_effnet_file(tmp_path):
+    model = effnet.create_model("efficientnet_b0", num_classes=2, width=0.25, depth=0.25, class_names=["a", "b"])
+    effnet.save(model, tmp_path / "tiny.safetensors")
+    out = json.loads(run("predict", PHOTOS / "coffee.png", "--weights", tmp_path / "tiny.safetensors", "--json").stdout)
+    assert {t["label"] for t in out[0]["top"]} == {"a", "b"}
+
+
+def test_predict_mismatched_checkpoint_names_keys(tmp_path):
+    path = tmp_path / "b0.pth"
+    torch.save(effnet.create_model("efficientnet_b0").state_dict(), path)
+    proc = run("predict", PHOTOS / "coffee.png", "--weights", path, "--model", "efficientnet_b2", check_rc=2)
+    assert "does not match efficientnet_b2" in proc.stderr
+    assert "missing: stages.0.1.dw_conv.weight" in proc.stderr and "shape mismatch: stages.2.0" in proc.stderr
+
+
+def test_missing_weights_and_bad_arguments():
+    assert "neither a file nor a pretrained tag" in run("predict", "x.png", "--weights", "nope", check_rc=2).stderr
+    assert "invalid choice" in run("predict", "x.png", "--weights", "lite0", "--padding", "x", check_rc=2).stderr
+    assert "--top-k" in run("predict", PHOTOS / "coffee.png", "--weights", "lite0", "--top-k", "0", check_rc=2).stderr
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "effnet"
+    assert script.exists() and os.access(script, os.X_OK)
