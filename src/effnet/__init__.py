@@ -6,6 +6,7 @@ from effnet.convert import convert_state_dict
 from effnet.errors import UsageError, WeightsError
 from effnet.flops import count_macs, count_params
 from effnet.models import EfficientNet
+from effnet.models.fuse import fuse_batchnorm
 from effnet.pretrained import load_pretrained
 from effnet.registry import create_model, list_models
 from effnet.scaling import PUBLISHED, compound_scale, round_channels, round_repeats
@@ -29,6 +30,7 @@ __all__ = [
     "count_macs",
     "count_params",
     "create_model",
+    "fuse_batchnorm",
     "list_models",
     "round_channels",
     "round_repeats",

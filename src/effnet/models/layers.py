@@ -26,8 +26,10 @@ class Conv2dSame(nn.Conv2d):
 
 
 def _same_pad(size: int, kernel: int, stride: int, dilation: int) -> int:
-    out = -(-size // stride)  # ceil without floats, so it stays symbolic under export
-    return max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    # (ceil(size / stride) - 1) * stride + span - size, written without ceil or max so that
+    # export traces it as one modulo rather than a nest of guards; span >= stride here.
+    span = (kernel - 1) * dilation + 1
+    return span - stride + (-size) % stride
 
 
 def conv2d(
