@@ -101,6 +101,7 @@ def test_mismatched_checkpoint_names_the_keys(tmp_path, trained_b0):
     assert "missing: head.bn.weight" in str(info.value) and "unexpected: extra.weight" in str(info.value)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"\x80\x04garbage"])
 def test_corrupt_files_are_clear_errors(tmp_path, content):
     for name in ("bad.pth", "bad.safetensors"):
