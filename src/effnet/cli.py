@@ -90,6 +90,25 @@ def cmd_predict(args) -> int:
     return 2 if errors else 0
 
 
+def cmd_data_check(args) -> int:
+    from pathlib import Path
+
+    from effnet.datasets import check_files
+
+    root = Path(args.path)
+    if not root.exists():
+        raise UsageError(f"{root}: no such file or directory")
+    files = [str(root)] if root.is_file() else sorted(str(p) for p in root.rglob("*") if p.is_file())
+    report = check_files(files, progress=not args.json and sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for bad in report.bad:
+            print(f"BAD  {bad['path']}: {bad['reason']}")
+        print(f"{len(report.good)} good, {len(report.bad)} bad")
+    return 1 if report.bad else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from effnet import __version__
     from effnet.scaling import ALPHA, BETA, GAMMA
@@ -122,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    data = sub.add_parser("data", help="inspect training data").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("check", help="list every file that cannot be used, with the reason (exit 1 if any)")
+    p.add_argument("path", help="an image folder (searched recursively) or one file")
+    p.add_argument("--json", action="store_true", help='print {"bad": [{"path", "reason"}], "good": N}')
+    p.set_defaults(func=cmd_data_check)
     return parser
 
 

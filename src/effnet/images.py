@@ -10,6 +10,15 @@ from PIL import Image, ImageOps
 from effnet.errors import UsageError
 
 
+class ImageDecodeError(UsageError):
+    """An image file that cannot be used; ``reason`` is the message without the path."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Open, fully decode and orient an image; any failure is a UsageError naming ``path``."""
     try:
@@ -20,13 +29,21 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
                 img = ImageOps.exif_transpose(img)
                 return _to_rgb(img)
     except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
+        raise ImageDecodeError(path, "no such file") from None
     except IsADirectoryError:
-        raise UsageError(f"{path}: is a directory, not an image") from None
+        raise ImageDecodeError(path, "is a directory, not an image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise UsageError(f"{path}: refused, decompression bomb ({exc})") from None
+        raise ImageDecodeError(path, f"refused, decompression bomb ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's ways of saying "not a valid image"
-        raise UsageError(f"{path}: cannot decode image ({exc})") from None
+        reason = "empty file (0 bytes)" if _is_empty(path) else f"cannot decode image ({exc})"
+        raise ImageDecodeError(path, reason) from None
+
+
+def _is_empty(path) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except OSError:
+        return False
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
