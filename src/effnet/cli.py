@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from effnet.errors import UsageError
@@ -109,6 +110,86 @@ def cmd_data_check(args) -> int:
     return 1 if report.bad else 0
 
 
+TRAIN_HELP = {
+    "model": "model name (or use --phi)",
+    "phi": "compound-scaled B0 with this phi instead of a named model",
+    "data": "fashion-mnist, digits, or an image folder (train/ and val/ inside, or one class tree)",
+    "image_size": "input side (default: the model's resolution)",
+    "augment": "paper (random-resized crop, flip, RandAugment), light (padded crop, flip) or none",
+    "opt": "rmsproptf (paper), adamw or sgd",
+    "sched": "step (paper: x0.97 every 2.4 epochs) or cosine",
+    "lr": "base learning rate (default: per optimizer, x global batch / 256)",
+    "checkpoint_every": "also write the resume state every N optimizer steps",
+    "amp": "none or bf16 (autocast)",
+    "bad_images": "error: stop on the first bad file; skip: train on the good ones",
+}
+
+
+def _add_dataclass_options(parser, cls, help_text: dict) -> None:
+    """One --option per field; defaults are suppressed so that only what was typed is seen."""
+    from dataclasses import MISSING, fields
+
+    casts = {"int": int, "float": float, "str": str}
+    for f in fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kind = str(f.type).replace(" | None", "")
+        default = None if f.default is MISSING else f.default
+        text = help_text.get(f.name, "") + f" (default: {default})"
+        if kind == "bool":
+            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=text)
+        else:
+            parser.add_argument(flag, type=casts[kind], default=argparse.SUPPRESS, help=text)
+
+
+def cmd_train(args) -> int:
+    from pathlib import Path
+
+    from effnet.training import TrainConfig, train
+
+    given = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    if "phi" in given and "model" not in given:
+        given["model"] = None
+    if args.resume and (Path(args.out) / "config.json").is_file():
+        # The saved settings fill in whatever this command does not repeat.
+        saved = json.loads((Path(args.out) / "config.json").read_text())
+        cfg = TrainConfig.from_dict({**saved, **given})
+    else:
+        cfg = TrainConfig(**given)
+    row = train(cfg, args.out, resume=args.resume, quiet=args.quiet)
+    if args.json and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+        print(json.dumps(row, indent=2))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from effnet.training import evaluate_weights
+
+    result, classes = evaluate_weights(
+        args.weights,
+        args.data,
+        split=args.split,
+        data_dir=args.data_dir,
+        val_split=args.val_split,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        bad_images=args.bad_images,
+    )
+    per_class = dict(zip(classes, result["per_class"], strict=True))
+    if args.plot:
+        from effnet.training.report import plot_confusion
+
+        plot_confusion(args.plot, result["confusion"], classes)
+    if args.json:
+        out = {k: result[k] for k in ("top1", "top5", "loss", "n")}
+        print(json.dumps({**out, "per_class": per_class}, indent=2))
+    else:
+        print(f"{args.weights} on {args.split} ({result['n']} images)")
+        print(f"  top-1 {result['top1']:.2%}  top-5 {result['top5']:.2%}  loss {result['loss']:.4f}")
+        for name, acc in per_class.items():
+            print(f"  {acc:7.2%}  {name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from effnet import __version__
     from effnet.scaling import ALPHA, BETA, GAMMA
@@ -142,6 +223,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
+    from effnet.training.recipe import TrainConfig
+
+    p = sub.add_parser("train", help="train a model; writes config, metrics, weights, plots and resume state")
+    _add_dataclass_options(p, TrainConfig, TRAIN_HELP)
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last state")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument("--json", action="store_true", help="print the last epoch's metrics as JSON")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="top-1, top-5, per-class accuracy and loss of a weights file")
+    p.add_argument("--weights", required=True, help="an effnet .safetensors file")
+    p.add_argument("--data", help="dataset (default: the one the weights were trained on)")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--val-split", type=float, help="default: the training run's")
+    p.add_argument("--seed", type=int, help="default: the training run's")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--bad-images", default="error", choices=["error", "skip"])
+    p.add_argument("--plot", help="write the confusion matrix to this PNG")
+    p.add_argument("--json", action="store_true", help="print {top1, top5, per_class, n, loss}")
+    p.set_defaults(func=cmd_eval)
+
     data = sub.add_parser("data", help="inspect training data").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("check", help="list every file that cannot be used, with the reason (exit 1 if any)")
     p.add_argument("path", help="an image folder (searched recursively) or one file")
@@ -156,6 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UsageError as exc:
+        print(f"effnet: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except RuntimeError as exc:
+        from effnet.training import TrainingError
+
+        if not isinstance(exc, TrainingError):
+            raise
         print(f"effnet: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
