@@ -122,6 +122,7 @@ TRAIN_HELP = {
     "checkpoint_every": "also write the resume state every N optimizer steps",
     "amp": "none or bf16 (autocast)",
     "bad_images": "error: stop on the first bad file; skip: train on the good ones",
+    "memory_efficient": "recompute activations in the backward pass (per block): less memory, ~1 extra forward",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from effnet.architecture import FAMILIES, ResolvedArch, scale_stages
 from effnet.config import ModelConfig
@@ -55,6 +56,23 @@ class EfficientNet(nn.Module):
             self.num_features = self.arch.head_channels
             self.classifier = nn.Linear(self.num_features, config.num_classes) if config.num_classes else nn.Identity()
         self.apply(init_weights)
+        self.memory_efficient = False
+
+    def set_memory_efficient(self, enable: bool = True) -> EfficientNet:
+        """Trade compute for memory in training: keep only each block's input and recompute the
+        block's activations in the backward pass (activation checkpointing). Inference and export
+        are unaffected: the plain modules run whenever gradients are off."""
+        self.memory_efficient = enable
+        return self
+
+    def _run_stages(self, x: torch.Tensor) -> torch.Tensor:
+        if self.memory_efficient and torch.is_grad_enabled():
+            for block in (b for stage in self.stages for b in stage):
+                # Non-reentrant checkpointing replays the RNG, so dropout/drop-path masks are the
+                # same in the recomputation and resume stays bitwise.
+                x = checkpoint(_ForwardOnceStats(block), x, use_reentrant=False)
+            return x
+        return self.stages(x)
 
     def _feature_info(self) -> list[dict]:
         """The last stage at each stride: where segmentation/detection necks attach."""
@@ -76,7 +94,7 @@ class EfficientNet(nn.Module):
         return [f["channels"] for f in self.feature_info]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.stages(self.stem(x)))
+        return self.head(self._run_stages(self.stem(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.pool(x).flatten(1)
@@ -101,3 +119,26 @@ class EfficientNet(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+class _ForwardOnceStats:
+    """Runs a block for checkpointing; the recomputation in backward must not update the BN
+    running statistics a second time, or memory-efficient training would drift from plain."""
+
+    def __init__(self, block: nn.Module):
+        self.block, self.calls = block, 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 1:
+            return self.block(x)
+        norms = [m for m in self.block.modules() if isinstance(m, nn.BatchNorm2d)]
+        saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+        try:
+            for m in norms:
+                m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+            return self.block(x)
+        finally:
+            for m, (momentum, count) in zip(norms, saved, strict=True):
+                m.momentum = momentum
+                m.num_batches_tracked.copy_(count)

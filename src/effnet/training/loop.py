@@ -131,6 +131,7 @@ class Trainer:
         self.model.preprocessing = Preprocessing(resolution=size, resize=size, mean=pre.mean, std=pre.std)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.model.set_memory_efficient(cfg.memory_efficient)
 
         train_set = ImageDataset(self.data.split("train"), train_transform(size, pre.mean, pre.std, cfg.augment))
         self.train_set = SeededAugment(train_set, cfg.seed)
