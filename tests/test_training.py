@@ -183,6 +183,7 @@ def test_bad_images_stop_training_or_are_skipped(tmp_path):
     common = [*args, "--data", data, "--image-size", "32", "--batch-size", "8", "--epochs", "1", "--quiet"]
     proc = subprocess.run(effnet_cmd("train", *common, "--out", tmp_path / "r1"), capture_output=True, text=True)
     assert proc.returncode == 2 and "broken.png" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r1").exists(), "a run that failed to start leaves nothing behind"
     proc = subprocess.run(effnet_cmd("train", *common, "--bad-images", "skip", "--out", tmp_path / "r2"),
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -93,7 +93,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, quiet: bool = False):
         self.cfg, self.run, self.quiet = cfg, Path(run), quiet
         self.dist = setup_distributed()
-        self._prepare_run_dir(resume)
+        self._check_run_dir(resume)
         torch.manual_seed(cfg.seed)
 
         self.data = load_data(
@@ -106,15 +106,6 @@ class Trainer:
             progress=not quiet and self.dist.main,
         )
         classes = self.data.classes
-        if self.data.skipped and self.dist.main:
-            report = json.dumps(self.data.skipped, indent=2).encode()
-            atomic_write(self.run / "skipped_images.json", lambda f: f.write(report))
-            first = self.data.skipped[0]
-            print(
-                f"effnet: skipping {len(self.data.skipped)} unusable images (first: {first['path']}: "
-                f"{first['reason']}); the list is in {self.run / 'skipped_images.json'}",
-                file=sys.stderr,
-            )
         self.model = create_model(
             cfg.model,
             phi=cfg.phi,
@@ -162,11 +153,26 @@ class Trainer:
         if resume:
             self._load(load_state(self.run))
         elif self.dist.main:
-            self._save_state()  # a run killed before its first checkpoint can still resume
+            self._start_run_dir()
 
     # --- run directory and state -------------------------------------------------------------
 
-    def _prepare_run_dir(self, resume: bool) -> None:
+    def _start_run_dir(self) -> None:
+        """Written only once everything above has worked, so a failed start leaves nothing."""
+        text = json.dumps(self.cfg.to_dict(), indent=2).encode()
+        atomic_write(self.run / "config.json", lambda f: f.write(text))
+        if self.data.skipped:
+            report = json.dumps(self.data.skipped, indent=2).encode()
+            atomic_write(self.run / "skipped_images.json", lambda f: f.write(report))
+            first = self.data.skipped[0]
+            print(
+                f"effnet: skipping {len(self.data.skipped)} unusable images (first: {first['path']}: "
+                f"{first['reason']}); the list is in {self.run / 'skipped_images.json'}",
+                file=sys.stderr,
+            )
+        self._save_state()  # a run killed before its first checkpoint can still resume
+
+    def _check_run_dir(self, resume: bool) -> None:
         config_path = self.run / "config.json"
         if resume:
             if not config_path.is_file():
@@ -176,13 +182,8 @@ class Trainer:
                 diff = sorted(k for k in saved if saved.get(k) != self.cfg.to_dict().get(k))
                 raise UsageError(f"--resume with settings that differ from {config_path}: {', '.join(diff)}")
             return
-        if not self.dist.main:
-            return  # only rank 0 owns the run directory
-        if config_path.exists():
+        if self.dist.main and config_path.exists():
             raise UsageError(f"{self.run} already holds a run; use --resume to continue it or another --out")
-        if self.dist.main:
-            text = json.dumps(self.cfg.to_dict(), indent=2).encode()
-            atomic_write(config_path, lambda f: f.write(text))
 
     # Counters and history that, with the modules' state dicts and the RNG, define the run.
     _PROGRESS = ("epoch", "step_in_epoch", "global_step", "best_top1", "rows", "bad_in_a_row", "skipped_steps",
