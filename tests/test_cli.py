@@ -37,6 +37,12 @@ def test_models_table_has_every_model():
     assert "5,288,548" in out
 
 
+def test_models_filter():
+    rows = json.loads(run("models", "--filter", "*lite*", "--json").stdout)
+    assert [r["name"] for r in rows] == [f"efficientnet_lite{i}" for i in range(5)]
+    assert "matches no model" in run("models", "--filter", "resnet*", check_rc=2).stderr
+
+
 def test_scale_json_reports_the_derived_model():
     row = json.loads(run("scale", "--phi", "2", "--alpha", "1.1", "--beta", "1.2", "--gamma", "1.05", "--json").stdout)
     assert row["depth"] == pytest.approx(1.21) and row["width"] == pytest.approx(1.44)

@@ -38,7 +38,10 @@ def cmd_models(args) -> int:
     from effnet.flops import model_summary
     from effnet.registry import list_models, resolve_config
 
-    rows = [model_summary(resolve_config(name)) for name in list_models(args.filter)]
+    names = list_models(args.filter)
+    if not names:
+        raise UsageError(f"--filter {args.filter!r} matches no model; known: {', '.join(list_models())}")
+    rows = [model_summary(resolve_config(name)) for name in names]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

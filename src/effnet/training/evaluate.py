@@ -7,16 +7,17 @@ import torch.nn.functional as F
 
 
 @torch.inference_mode()
-def evaluate(model, loader, num_classes: int, channels_last: bool = False, amp: str = "none") -> dict:
+def evaluate(
+    model, loader, num_classes: int, channels_last: bool = False, amp: str = "none", device: str = "cpu"
+) -> dict:
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     top5_hits, loss_sum, n = 0, 0.0, 0
     for images, labels in loader:
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+        images = images.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp == "bf16"):
             logits = model(images)
-        logits = logits.float()
+        logits = logits.float().cpu()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         k = min(5, num_classes)
         top5_hits += (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum().item()

@@ -61,6 +61,7 @@ class SeededAugment(torch.utils.data.Dataset):
 class Dist:
     rank: int = 0
     world: int = 1
+    local_rank: int = 0
 
     @property
     def main(self) -> bool:
@@ -73,7 +74,21 @@ def setup_distributed() -> Dist:
         return Dist()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size())
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available on this machine")
+        device = torch.device(name if ":" in name else f"cuda:{local_rank}")
+        torch.cuda.set_device(device)
+        return device
+    if name != "cpu":
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return torch.device("cpu")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -93,6 +108,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, quiet: bool = False):
         self.cfg, self.run, self.quiet = cfg, Path(run), quiet
         self.dist = setup_distributed()
+        self.device = resolve_device(cfg.device, self.dist.local_rank)
         self._check_run_dir(resume)
         torch.manual_seed(cfg.seed)
 
@@ -120,6 +136,7 @@ class Trainer:
         pre = self.model.preprocessing
         # What the eval transform below does, so that predict/eval preprocess like validation.
         self.model.preprocessing = Preprocessing(resolution=size, resize=size, mean=pre.mean, std=pre.std)
+        self.model = self.model.to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model.set_memory_efficient(cfg.memory_efficient)
@@ -145,7 +162,8 @@ class Trainer:
         )
         self.net = self.model
         if self.dist.world > 1:
-            self.net = torch.nn.parallel.DistributedDataParallel(self.model)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best_top1, self.rows, self.bad_in_a_row, self.skipped_steps = -1.0, [], 0, 0
@@ -237,13 +255,13 @@ class Trainer:
         )
 
     def _forward_loss(self, images, labels):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16"):
             logits = self.net(images)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.label_smoothing)
         return logits, loss
 
     def _finite_everywhere(self, value: torch.Tensor) -> bool:
-        flag = torch.tensor([0.0 if torch.isfinite(value) else 1.0])
+        flag = torch.tensor([0.0 if torch.isfinite(value) else 1.0], device=self.device)
         if self.dist.world > 1:
             dist.all_reduce(flag)
         return flag.item() == 0.0
@@ -255,8 +273,8 @@ class Trainer:
         loss_sum, correct, seen = 0.0, 0, 0
         ok = True
         for images, labels in micro_batches:
-            if self.cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+            fmt = torch.channels_last if self.cfg.channels_last else torch.preserve_format
+            images, labels = images.to(self.device, memory_format=fmt), labels.to(self.device)
             logits, loss = self._forward_loss(images, labels)
             if not self._finite_everywhere(loss.detach()):
                 ok = False
@@ -348,7 +366,7 @@ class Trainer:
         cfg = self.cfg
         loss_sum, correct, seen = self.epoch_sums
         if self.dist.world > 1:
-            totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64)
+            totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=self.device)
             dist.all_reduce(totals)
             loss_sum, correct, seen = totals.tolist()
         judged = self.ema.module if self.ema else self.model
@@ -357,7 +375,7 @@ class Trainer:
             loader = torch.utils.data.DataLoader(
                 self.val_set, batch_size=max(64, cfg.batch_size), num_workers=cfg.workers
             )
-            metrics = evaluate(judged, loader, len(self.data.classes), cfg.channels_last, cfg.amp)
+            metrics = evaluate(judged, loader, len(self.data.classes), cfg.channels_last, cfg.amp, self.device)
         row = {
             "epoch": self.epoch + 1,
             "step": self.global_step,

@@ -60,6 +60,7 @@ class TrainConfig:
     accum_steps: int = 1
     checkpoint_every: int = 0  # steps; 0: only at the end of each epoch
     workers: int = 0
+    device: str = "auto"  # auto: CUDA when available (one GPU per torchrun process), else CPU
 
     def __post_init__(self):
         if (self.model is None) == (self.phi is None):
