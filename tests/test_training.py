@@ -202,3 +202,14 @@ def test_torchrun_two_processes(tmp_path):
     assert row["step"] == 10  # 640 images / 2 processes / batch 32
     assert len(list((run / "tensorboard").iterdir())) == 1  # only rank 0 writes
     assert effnet.load(run / "last.safetensors").config.num_classes == 10
+
+
+def test_fine_tuning_starts_from_pretrained_weights(tmp_path):
+    trainer = small_trainer(tmp_path, model="efficientnet_lite0", phi=None, weights="lite0", drop_path_rate=0.0)
+    pretrained = effnet.load_pretrained("lite0").state_dict()
+    own = trainer.model.state_dict()
+    assert torch.equal(own["stages.3.1.dw_conv.weight"], pretrained["stages.3.1.dw_conv.weight"])
+    assert own["classifier.weight"].shape == (10, 1280)  # digits has 10 classes, not 1000
+    assert trainer.model.config.padding == "same"  # as the TF-trained weights need
+    with pytest.raises(effnet.WeightsError, match="does not match efficientnet_b0; missing: .*se.reduce"):
+        small_trainer(tmp_path / "other", model="efficientnet_b0", phi=None, weights="lite0")

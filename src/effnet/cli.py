@@ -116,6 +116,7 @@ def cmd_data_check(args) -> int:
 TRAIN_HELP = {
     "model": "model name (or use --phi)",
     "phi": "compound-scaled B0 with this phi instead of a named model",
+    "weights": "initialise from an effnet weights file or a pretrained tag (lite0); a new classifier if classes differ",
     "data": "fashion-mnist, digits, or an image folder (train/ and val/ inside, or one class tree)",
     "image_size": "input side (default: the model's resolution)",
     "augment": "paper (random-resized crop, flip, RandAugment), light (padded crop, flip) or none",

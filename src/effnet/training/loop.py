@@ -122,6 +122,13 @@ class Trainer:
             progress=not quiet and self.dist.main,
         )
         classes = self.data.classes
+        initial = None
+        if cfg.weights:
+            from effnet.predict import load_for_inference
+
+            initial = load_for_inference(cfg.weights)
+        # Fine-tuned weights keep the padding and BN eps they were trained with.
+        arch = {"padding": initial.config.padding, "bn_eps": initial.config.bn_eps} if initial else {}
         self.model = create_model(
             cfg.model,
             phi=cfg.phi,
@@ -131,7 +138,10 @@ class Trainer:
             drop_path_rate=cfg.drop_path_rate,
             bn_momentum=cfg.bn_momentum,
             class_names=classes,
+            **arch,
         )
+        if initial is not None:
+            self._load_initial_weights(initial, cfg.weights)
         size = self.model.config.resolution
         pre = self.model.preprocessing
         # What the eval transform below does, so that predict/eval preprocess like validation.
@@ -189,6 +199,17 @@ class Trainer:
                 file=sys.stderr,
             )
         self._save_state()  # a run killed before its first checkpoint can still resume
+
+    def _load_initial_weights(self, initial: torch.nn.Module, weights: str) -> None:
+        """Fine-tuning: take every tensor from ``initial`` but a classifier of another shape."""
+        from effnet.weights import load_weights
+
+        source = initial.state_dict()
+        own = self.model.state_dict()
+        for key in ("classifier.weight", "classifier.bias"):
+            if key in source and key in own and source[key].shape != own[key].shape:
+                source[key] = own[key]  # new classes: keep the fresh classifier
+        load_weights(self.model, source, origin=f"--weights {weights}")
 
     def _check_run_dir(self, resume: bool) -> None:
         config_path = self.run / "config.json"
