@@ -130,3 +130,12 @@ def test_missing_pretrained_package_says_how_to_install(monkeypatch):
         effnet.load_pretrained("lite0")
     with pytest.raises(effnet.UsageError, match="available: lite0"):
         effnet.load_pretrained("b0")
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path, trained_b0):
+    old = os.umask(0o022)
+    try:
+        path = save(trained_b0, tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

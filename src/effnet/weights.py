@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from torch import nn
 from effnet.config import ModelConfig
 from effnet.convert import convert_state_dict, detect_source, unwrap_state_dict
 from effnet.errors import UsageError, WeightsError
+from effnet.fileio import atomic_write
 from effnet.preprocessing import Preprocessing
 
 FORMAT_VERSION = "1"
@@ -29,7 +29,7 @@ PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 def save(model: nn.Module, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
     """Write ``model`` as safetensors with everything ``load`` needs. Atomic: the file appears
     complete or not at all."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as to_bytes
 
     path = Path(path)
     config: ModelConfig = model.config
@@ -43,15 +43,7 @@ def save(model: nn.Module, path: str | os.PathLike, extra_metadata: dict[str, st
         **(extra_metadata or {}),
     }
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(to_bytes(tensors, metadata=metadata)))
     return path
 
 

@@ -2,38 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from effnet.errors import UsageError
+from effnet.fileio import atomic_write
 
 STATE_FILE = "state.pt"
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write to a temporary file beside ``path``, fsync it, then rename over ``path``.
-
-    rename is atomic on POSIX, so readers (and a resumed run after ``kill -9``) see either the
-    old file or the new one, never half of each."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_state(run: Path, state: dict) -> None:

@@ -25,9 +25,10 @@ from torch.optim.swa_utils import AveragedModel
 from effnet.datasets import ImageDataset, load_data
 from effnet.datasets.transforms import eval_transform, train_transform
 from effnet.errors import UsageError
+from effnet.fileio import atomic_write
 from effnet.preprocessing import Preprocessing
 from effnet.registry import create_model
-from effnet.training.checkpoint import atomic_write, load_state, rng_state, save_state, set_rng_state
+from effnet.training.checkpoint import load_state, rng_state, save_state, set_rng_state
 from effnet.training.evaluate import evaluate
 from effnet.training.recipe import BASE_LR, TrainConfig, build_optimizer, lr_lambda, tf_ema_avg_fn
 from effnet.training.report import plot_curves, write_metrics_csv

@@ -6,7 +6,7 @@ import csv
 import io
 from pathlib import Path
 
-from effnet.training.checkpoint import atomic_write
+from effnet.fileio import atomic_write
 
 COLUMNS = [
     "epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
