@@ -18,7 +18,7 @@ import sys
 IMPLS = ["timm", "effnet", "effnet_memory_efficient"]
 
 
-def worker(impl: str, batch: int, size: int, steps: int) -> dict:
+def worker(impl: str, batch: int, size: int, steps: int, min_seconds: float) -> dict:
     import resource
     import time
 
@@ -38,15 +38,21 @@ def worker(impl: str, batch: int, size: int, steps: int) -> dict:
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, 3, size, size)
     y = torch.randint(0, 1000, (batch,))
-    times = []
-    for i in range(steps + 1):  # the first step is warm-up (allocator, oneDNN primitives)
-        start = time.perf_counter()
+
+    def step() -> None:
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if i:
-            times.append(time.perf_counter() - start)
+
+    step()  # warm-up: allocator, oneDNN primitives
+    # Short steps repeat until min_seconds are measured: a median of three sub-second steps
+    # from a fresh process is mostly noise.
+    times = []
+    while len(times) < steps or sum(times) < min_seconds:
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"impl": impl, "batch": batch, "size": size, "step_s": statistics.median(times), "peak_rss_mb": peak_mb}
 
@@ -55,13 +61,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="32x224,128x32", help="BATCHxSIZE,...")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="measured steps, at least")
+    parser.add_argument("--min-seconds", type=float, default=8.0, help="measured time per process, at least")
     parser.add_argument("--json")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         impl, batch, size = args.worker
-        print(json.dumps(worker(impl, int(batch), int(size), args.steps)))
+        print(json.dumps(worker(impl, int(batch), int(size), args.steps, args.min_seconds)))
         return
 
     results: dict[tuple, list[dict]] = {}
@@ -71,7 +78,8 @@ def main() -> None:
             order = IMPLS if r % 2 == 0 else IMPLS[::-1]
             for impl in order:
                 out = subprocess.run(
-                    [sys.executable, __file__, "--steps", str(args.steps), "--worker", impl, str(batch), str(size)],
+                    [sys.executable, __file__, "--steps", str(args.steps), "--min-seconds", str(args.min_seconds),
+                     "--worker", impl, str(batch), str(size)],
                     check=True, capture_output=True, text=True,
                 )  # fmt: skip
                 results.setdefault((batch, size, impl), []).append(json.loads(out.stdout))

@@ -76,11 +76,15 @@ def cmd_scale(args) -> int:
     return 0
 
 
+def _weights_kwargs(args) -> dict:
+    """What a weights file without effnet metadata was trained with (--source/--padding/--bn-eps)."""
+    return {k: v for k, v in (("source", args.source), ("padding", args.padding), ("bn_eps", args.bn_eps)) if v}
+
+
 def cmd_predict(args) -> int:
     from effnet.predict import load_for_inference, predict
 
-    extra = {k: v for k, v in (("source", args.source), ("padding", args.padding), ("bn_eps", args.bn_eps)) if v}
-    model = load_for_inference(args.weights, args.model, **extra)
+    model = load_for_inference(args.weights, args.model, engine=args.engine, **_weights_kwargs(args))
     results, errors = predict(model, args.images, top_k=args.top_k)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
@@ -92,6 +96,82 @@ def cmd_predict(args) -> int:
     for exc in errors:
         print(f"effnet: error: {exc}", file=sys.stderr)
     return 2 if errors else 0
+
+
+def cmd_export(args) -> int:
+    from effnet.export import export
+    from effnet.predict import load_for_inference
+
+    if args.weights:
+        model = load_for_inference(args.weights, args.model, engine="torch", **_weights_kwargs(args))
+    elif args.model:
+        from effnet.registry import create_model
+
+        model = create_model(args.model)  # the architecture alone, freshly initialised
+    else:
+        raise UsageError("give --weights FILE (and --model for files without effnet metadata) or --model NAME")
+    result = export(
+        model,
+        args.out,
+        format=args.format,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        dynamic_batch=args.dynamic_batch,
+        opset=args.opset,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        batch = "dynamic" if result.batch_size is None else result.batch_size
+        print(f"wrote {result.path} ({result.format}, {result.image_size}x{result.image_size}, batch {batch})")
+        print(
+            f"max |exported - eager| = {result.max_abs_diff:.3g} "
+            f"({result.relative_diff:.2g} of the output scale {result.output_scale:.3g}; allowed 1e-4)"
+        )
+    return 0
+
+
+BENCH_COLUMNS = [
+    ("model", "{}"),
+    ("batch", "{}"),
+    ("engine", "{}"),
+    ("median_ms", "{:.1f}"),
+    ("p10_ms", "{:.1f}"),
+    ("p90_ms", "{:.1f}"),
+    ("images_per_s", "{:.1f}"),
+    ("vs_torchvision", "{:.2f}"),
+]
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} takes comma-separated integers, got {text!r}") from None
+
+
+def cmd_bench(args) -> int:
+    from effnet.bench import ENGINES, bench, plot
+
+    engines = args.engines.split(",") if args.engines else list(ENGINES)
+    rows = bench(
+        [m.strip() for m in args.models.split(",") if m.strip()],
+        _int_list(args.batch_sizes, "--batch-sizes"),
+        image_size=args.image_size,
+        threads=args.threads,
+        min_runs=args.runs,
+        min_seconds=args.min_seconds,
+        engines=engines,
+        progress=not args.json and sys.stderr.isatty(),
+    )
+    if args.plot:
+        plot(rows, args.plot)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+    else:
+        print(f"threads: {rows[0].threads}, image size: {rows[0].image_size}, median of >= {args.runs} runs")
+        _print_table([r.to_dict() for r in rows], BENCH_COLUMNS)
+    return 0
 
 
 def cmd_data_check(args) -> int:
@@ -195,8 +275,18 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _add_weights_options(p) -> None:
+    p.add_argument("--model", help="model name; needed for files without effnet metadata")
+    p.add_argument("--source", choices=["effnet", "torchvision", "timm", "lukemelas"], help="key layout of --weights")
+    p.add_argument("--padding", choices=["symmetric", "same"], help="padding the weights were trained with")
+    p.add_argument("--bn-eps", type=float, help="BatchNorm eps the weights were trained with")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from effnet import __version__
+    from effnet.bench import ENGINES as BENCH_ENGINES
+    from effnet.export import DEFAULT_OPSET, FORMATS
+    from effnet.predict import ENGINES
     from effnet.scaling import ALPHA, BETA, GAMMA
 
     parser = argparse.ArgumentParser(prog="effnet", description="EfficientNet: build, scale, convert, predict.")
@@ -219,14 +309,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify images with a weights file or pretrained tag")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--weights", required=True, help="pretrained tag (lite0) or a .safetensors/.pth file")
-    p.add_argument("--model", help="model name; needed for files without effnet metadata")
-    p.add_argument("--source", choices=["effnet", "torchvision", "timm", "lukemelas"], help="key layout of --weights")
-    p.add_argument("--padding", choices=["symmetric", "same"], help="padding the weights were trained with")
-    p.add_argument("--bn-eps", type=float, help="BatchNorm eps the weights were trained with")
+    p.add_argument(
+        "--weights", required=True, help="pretrained tag (lite0), a .safetensors/.pth file or an .onnx export"
+    )
+    _add_weights_options(p)
+    p.add_argument("--engine", choices=ENGINES, help="torch or onnxruntime (default: onnxruntime for .onnx files)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export the inference form (BN folded) to ONNX or TorchScript, checked")
+    p.add_argument("--weights", help="pretrained tag (lite0) or a weights file")
+    _add_weights_options(p)
+    p.add_argument("--format", choices=FORMATS, default="onnx")
+    p.add_argument("--out", required=True, help="file to write (.onnx / .pt)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
+    p.add_argument("--image-size", type=int, help="input side (default: the model's resolution)")
+    p.add_argument("--batch-size", type=int, default=1, help="the fixed batch size of a static export")
+    p.add_argument("--dynamic-batch", action="store_true", help="any batch size")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="inference latency: torchvision, timm, effnet eager and on ONNX Runtime")
+    p.add_argument("--models", default="efficientnet_b0", help="comma-separated model names")
+    p.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes")
+    p.add_argument("--engines", help="comma-separated subset of: " + ", ".join(BENCH_ENGINES))
+    p.add_argument("--image-size", type=int, help="default: each model's resolution")
+    p.add_argument("--threads", type=int, help="threads for torch and ONNX Runtime (default: torch's)")
+    p.add_argument("--runs", type=int, default=10, help="timed runs per engine, at least")
+    p.add_argument("--min-seconds", type=float, default=3.0, help="timed seconds per engine, at least")
+    p.add_argument("--plot", help="write latency ratios as a PNG")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
 
     from effnet.training.recipe import TrainConfig
 
@@ -268,9 +382,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"effnet: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except RuntimeError as exc:
+        from effnet.export import ExportError
         from effnet.training import TrainingError
 
-        if not isinstance(exc, TrainingError):
+        if not isinstance(exc, TrainingError | ExportError):
             raise
         print(f"effnet: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,0 +1,174 @@
+"""Export the inference form of a model to ONNX or TorchScript, checked against eager.
+
+What is exported is what serves best: BatchNorm folded into the convolutions, PyTorch's
+native SiLU (no custom autograd function can end up in the graph), and a fixed image size,
+so TensorFlow-style SAME padding becomes a constant Pad. The file carries the model's
+metadata (name, config, classes, preprocessing), so it alone is enough to serve.
+
+A file is written to a scratch directory, run once against the eager model, and only then
+written atomically to its place; a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from effnet.errors import UsageError
+from effnet.fileio import atomic_write
+from effnet.models.fuse import fuse_batchnorm
+
+FORMATS = ("onnx", "torchscript")
+DEFAULT_OPSET = 18
+# Relative to the output's scale (its largest magnitude): fp32 reassociation in fused convs
+# and a different kernel library stay far below this; a wrong graph does not.
+TOLERANCE = 1e-4
+METADATA_FILE = "effnet.json"  # TorchScript's extra file holding the metadata
+
+
+class ExportError(RuntimeError):
+    """The exported file does not reproduce the eager model (exit code 1)."""
+
+    exit_code = 1
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    image_size: int
+    batch_size: int | None  # None: dynamic
+    max_abs_diff: float
+    output_scale: float
+
+    @property
+    def relative_diff(self) -> float:
+        return self.max_abs_diff / self.output_scale
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("format", "image_size", "batch_size", "max_abs_diff", "output_scale")}
+        return {"path": str(self.path), **d, "relative_diff": self.relative_diff, "tolerance": TOLERANCE}
+
+
+def export_metadata(model: nn.Module, image_size: int, batch_size: int | None) -> dict[str, str]:
+    """The same keys as a safetensors file's metadata, plus the input the graph accepts."""
+    preprocessing = model.preprocessing
+    if image_size != preprocessing.resolution:
+        # Keep the resize/crop ratio of the model's own preprocessing at the new size.
+        resize = round(image_size * preprocessing.resize / preprocessing.resolution)
+        preprocessing = replace(preprocessing, resolution=image_size, resize=resize)
+    return {
+        "format": "effnet",
+        "model_name": model.config.name,
+        "config": json.dumps(model.config.to_dict()),
+        "preprocessing": json.dumps(preprocessing.to_dict()),
+        "class_names": json.dumps(model.class_names),
+        "input": json.dumps(
+            {"name": "image", "channels": model.config.in_chans, "image_size": image_size, "batch_size": batch_size}
+        ),
+    }
+
+
+def inference_form(model: nn.Module) -> nn.Module:
+    """BN folded, eval mode, no gradients: the module that gets exported."""
+    return fuse_batchnorm(model).eval().requires_grad_(False)
+
+
+def export(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    format: str = "onnx",
+    image_size: int | None = None,
+    batch_size: int = 1,
+    dynamic_batch: bool = False,
+    opset: int = DEFAULT_OPSET,
+) -> ExportResult:
+    """Export ``model`` to ``path`` and check it against eager on one input."""
+    if format not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    image_size = image_size or model.config.resolution
+    if not 16 <= image_size <= 4096:
+        raise UsageError(f"--image-size {image_size} is out of range (16..4096)")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a directory; give a file name")
+    net = inference_form(model)
+    example = torch.randn(batch_size, model.config.in_chans, image_size, image_size)
+    metadata = export_metadata(model, image_size, None if dynamic_batch else batch_size)
+
+    with tempfile.TemporaryDirectory(prefix="effnet-export-") as scratch:
+        tmp = Path(scratch) / path.name
+        if format == "onnx":
+            _write_onnx(net, example, tmp, metadata, dynamic_batch, opset)
+        else:
+            _write_torchscript(net, example, tmp, metadata)
+        # Check on a batch size other than the example's when the batch is dynamic, so a
+        # batch dimension that was baked in after all is caught.
+        check = torch.randn(batch_size + 1 if dynamic_batch else batch_size, *example.shape[1:])
+        with torch.no_grad():
+            expected = model.eval()(check)
+        got = run_exported(tmp, format, check)
+        diff = (got - expected).abs().max().item()
+        scale = expected.abs().max().item()
+        if not diff <= TOLERANCE * max(scale, 1e-12):
+            raise ExportError(
+                f"{path}: the exported {format} graph differs from the eager model by {diff:.3g} "
+                f"(output scale {scale:.3g}, allowed {TOLERANCE:g} of it); nothing was written"
+            )
+        atomic_write(path, lambda f: f.write(tmp.read_bytes()))
+    return ExportResult(path, format, image_size, None if dynamic_batch else batch_size, diff, scale)
+
+
+def _write_onnx(net, example, path, metadata, dynamic_batch, opset) -> None:
+    import onnx
+
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter narrates its own progress
+        program = torch.onnx.export(
+            net,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            dynamic_shapes=dynamic_shapes,
+            input_names=["image"],
+            output_names=["logits"],
+            external_data=False,
+            optimize=True,
+            verbose=False,
+        )
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, metadata)
+    onnx.checker.check_model(proto)
+    Path(path).write_bytes(proto.SerializeToString())
+
+
+def _write_torchscript(net, example, path, metadata) -> None:
+    # TorchScript is deprecated upstream in favour of torch.export, but LibTorch deployments
+    # still load it; tracing is exact here because the inference form has no control flow.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(net, example)
+        torch.jit.save(traced, str(path), _extra_files={METADATA_FILE: json.dumps(metadata)})
+
+
+def run_exported(path: str | os.PathLike, format: str, x: torch.Tensor) -> torch.Tensor:
+    if format == "onnx":
+        from effnet.runtime import OnnxModel
+
+        return OnnxModel(path)(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(str(path))
+    with torch.no_grad():
+        return module(x)

@@ -1,0 +1,176 @@
+"""Export to ONNX / TorchScript and serving on ONNX Runtime: parity with eager, metadata that
+travels with the file, and clear errors for files and inputs that do not fit."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+import effnet
+from effnet.export import ExportError, export
+from effnet.runtime import OnnxModel
+from tests.conftest import give_bn_real_statistics
+
+SIDE = 64  # small images keep the big members affordable; the graph is the same at any size
+# Every member but the two whose weights exceed ONNX's 2 GB single-file limit.
+EXPORTED = [n for n in effnet.list_models() if n not in ("efficientnet_b8", "efficientnet_l2")]
+
+
+def trained_like(name: str, **kwargs) -> torch.nn.Module:
+    model = effnet.create_model(name, **kwargs)
+    give_bn_real_statistics(model, SIDE, batch=8, damp_residuals=True)
+    return model
+
+
+def assert_matches_eager(model, run, batch: int = 2) -> None:
+    x = torch.randn(batch, 3, SIDE, SIDE)
+    with torch.no_grad():
+        expected = model(x)
+    scale = expected.abs().max().item()
+    assert scale > 0.5, "outputs of order 1, or the comparison proves nothing"
+    assert (run(x) - expected).abs().max().item() <= 1e-4 * scale
+
+
+@pytest.mark.parametrize("name", EXPORTED)
+def test_onnx_export_matches_eager_for_every_member(name, tmp_path):
+    model = trained_like(name)
+    result = export(model, tmp_path / "m.onnx", image_size=SIDE, dynamic_batch=True)
+    assert result.relative_diff <= 1e-4 and result.output_scale > 0.5
+    assert_matches_eager(model, OnnxModel(result.path), batch=3)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_b3", "efficientnet_lite2"])
+def test_same_padding_exports(name, tmp_path):
+    # TF-ported weights: asymmetric SAME padding becomes constant pads at a fixed size,
+    # including a size that is not a multiple of the stride.
+    model = trained_like(name, padding="same")
+    result = export(model, tmp_path / "m.onnx", image_size=SIDE, dynamic_batch=True)
+    assert_matches_eager(model, OnnxModel(result.path))
+    odd = export(model, tmp_path / "odd.onnx", image_size=SIDE + 3)
+    assert odd.relative_diff <= 1e-4 and odd.batch_size == 1
+
+
+def test_exported_graph_is_the_inference_form(tmp_path):
+    model = trained_like("efficientnet_b0")
+    proto = onnx.load(str(export(model, tmp_path / "m.onnx", image_size=SIDE).path))
+    ops = {n.op_type for n in proto.graph.node}
+    assert "BatchNormalization" not in ops, "BN is folded into the convolutions"
+    assert ops <= {"Conv", "Sigmoid", "Mul", "Add", "ReduceMean", "GlobalAveragePool", "Reshape", "Gemm", "Flatten"}
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["model_name"] == "efficientnet_b0"
+    assert json.loads(meta["preprocessing"])["resolution"] == SIDE
+    assert json.loads(meta["input"]) == {"name": "image", "channels": 3, "image_size": SIDE, "batch_size": 1}
+
+
+def test_torchscript_export_carries_metadata(tmp_path):
+    model = trained_like("efficientnet_lite0")
+    model.class_names = [f"class {i}" for i in range(1000)]
+    result = export(model, tmp_path / "m.pt", format="torchscript", image_size=SIDE)
+    files = {"effnet.json": ""}
+    module = torch.jit.load(str(result.path), _extra_files=files)
+    meta = json.loads(files["effnet.json"])
+    assert json.loads(meta["class_names"])[:2] == ["class 0", "class 1"]
+    assert_matches_eager(model, lambda x: module(x))
+
+
+def test_failed_check_leaves_no_file(tmp_path, monkeypatch):
+    model = trained_like("efficientnet_b0")
+    # A graph that computes something else: the eager reference is perturbed after export.
+    import effnet.export as ex
+
+    real = ex.run_exported
+    monkeypatch.setattr(ex, "run_exported", lambda *a: real(*a) + 1.0)
+    with pytest.raises(ExportError, match="differs from the eager model"):
+        export(model, tmp_path / "m.onnx", image_size=SIDE)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_static_and_dynamic_batch(tmp_path):
+    model = trained_like("efficientnet_b0", width=0.5, depth=0.5)
+    static = OnnxModel(export(model, tmp_path / "s.onnx", image_size=SIDE, batch_size=2).path)
+    assert static(torch.randn(2, 3, SIDE, SIDE)).shape == (2, 1000)
+    with pytest.raises(effnet.UsageError, match="fixed batch of 2, got 5; export with --dynamic-batch"):
+        static(torch.randn(5, 3, SIDE, SIDE))
+    dynamic = OnnxModel(export(model, tmp_path / "d.onnx", image_size=SIDE, dynamic_batch=True).path)
+    for n in (1, 7):
+        assert dynamic(torch.randn(n, 3, SIDE, SIDE)).shape == (n, 1000)
+    with pytest.raises(effnet.UsageError, match="expects 3 channels, got 1"):
+        dynamic(torch.randn(1, 1, SIDE, SIDE))
+    with pytest.raises(effnet.UsageError, match=f"exported for {SIDE}x{SIDE} images, got 32x32"):
+        dynamic(torch.randn(1, 3, 32, 32))
+
+
+def test_corrupt_and_foreign_onnx_files(tmp_path):
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07garbage that is not a protobuf" * 10)
+    with pytest.raises(effnet.WeightsError, match="corrupt.onnx: not a valid ONNX model"):
+        OnnxModel(corrupt)
+    truncated = tmp_path / "truncated.onnx"
+    good = export(trained_like("efficientnet_lite0"), tmp_path / "good.onnx", image_size=SIDE).path
+    truncated.write_bytes(good.read_bytes()[:5000])
+    with pytest.raises(effnet.WeightsError, match="truncated.onnx: not a valid ONNX model"):
+        OnnxModel(truncated)
+    foreign = tmp_path / "foreign.onnx"
+    torch.onnx.export(torch.nn.Conv2d(3, 4, 3), (torch.randn(1, 3, 8, 8),), str(foreign), dynamo=True, verbose=False)
+    with pytest.raises(effnet.WeightsError, match="without effnet metadata"):
+        OnnxModel(foreign)
+
+
+def cli(*args, rc=0):
+    proc = subprocess.run([sys.executable, "-m", "effnet", *map(str, args)], capture_output=True, text=True)
+    assert proc.returncode == rc, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc
+
+
+def test_cli_export_predict_with_both_engines(tmp_path):
+    import skimage
+
+    chelsea = Path(skimage.data.__file__).parent / "chelsea.png"
+    out = tmp_path / "lite0.onnx"
+    report = json.loads(cli("export", "--weights", "lite0", "--out", out, "--dynamic-batch", "--json").stdout)
+    assert report["relative_diff"] <= 1e-4 and report["output_scale"] > 1.0 and out.is_file()
+    by_engine = {}
+    for args in (["--weights", "lite0"], ["--weights", out], ["--weights", "lite0", "--engine", "onnxruntime"]):
+        top = json.loads(cli("predict", chelsea, *args, "--top-k", "3", "--json").stdout)[0]["top"]
+        by_engine[str(args)] = top
+        assert top[0]["label"] in {"tiger cat", "tabby", "Egyptian cat"}
+    torch_probs, *onnx_probs = ([t["prob"] for t in top] for top in by_engine.values())
+    for probs in onnx_probs:
+        assert probs == pytest.approx(torch_probs, abs=1e-4)
+
+
+def test_cli_export_bad_input(tmp_path):
+    assert "give --weights" in cli("export", "--out", tmp_path / "x.onnx", rc=2).stderr
+    err = cli("export", "--model", "efficientnet_b9", "--out", tmp_path / "x.onnx", rc=2).stderr
+    assert "efficientnet_b9" in err
+    assert "is a directory" in cli("export", "--model", "efficientnet_b0", "--out", tmp_path, rc=2).stderr
+    corrupt = tmp_path / "bad.onnx"
+    corrupt.write_bytes(b"not onnx")
+    err = cli("predict", __file__, "--weights", corrupt, rc=2).stderr
+    assert "bad.onnx: not a valid ONNX model" in err
+    err = cli("predict", __file__, "--weights", corrupt, "--engine", "torch", rc=2).stderr
+    assert "runs with --engine onnxruntime" in err
+    assert list(tmp_path.iterdir()) == [corrupt]
+
+
+def test_cli_bench_reports_every_engine(tmp_path):
+    plot = tmp_path / "bench.png"
+    rows = json.loads(
+        cli(
+            "bench", "--image-size", "64", "--batch-sizes", "1,2", "--threads", "1", "--runs", "2",
+            "--min-seconds", "0", "--plot", plot, "--json",
+        ).stdout
+    )  # fmt: skip
+    engines = {r["engine"] for r in rows}
+    assert engines == {"torchvision", "timm", "effnet", "effnet_onnxruntime", "torchvision_onnxruntime"}
+    assert {r["batch"] for r in rows} == {1, 2} and all(r["threads"] == 1 for r in rows)
+    baseline = [r for r in rows if r["engine"] == "torchvision"]
+    assert all(r["vs_torchvision"] == 1.0 for r in baseline)
+    assert all(r["median_ms"] > 0 and r["images_per_s"] > 0 for r in rows)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "--batch-sizes takes comma-separated integers" in cli("bench", "--batch-sizes", "1,x", rc=2).stderr
