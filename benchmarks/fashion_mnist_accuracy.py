@@ -22,7 +22,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--phi", default="-3")
     parser.add_argument("--image-size", default="64")
-    parser.add_argument("--epochs", default="16")
+    parser.add_argument("--epochs", default="12")
+    parser.add_argument("--lr", default="0.002")
+    parser.add_argument("--weight-decay", default="0.05")
+    parser.add_argument("--drop-path-rate", default="0.1")
     parser.add_argument("--limit-train", default=None)
     parser.add_argument("--out", default=str(ROOT / "runs" / "fmnist-benchmark"))
     parser.add_argument("--summary", default=str(ROOT / "benchmarks" / "fashion_mnist_accuracy.json"))
@@ -31,8 +34,8 @@ def main() -> None:
     train = [
         sys.executable, "-m", "effnet", "train", "--phi", args.phi, "--data", "fashion-mnist",
         "--image-size", args.image_size, "--epochs", args.epochs, "--batch-size", "64", "--seed", "0",
-        "--opt", "adamw", "--lr", "0.004", "--weight-decay", "0.01", "--sched", "cosine",
-        "--augment", "light", "--ema-decay", "0.999", "--bn-momentum", "0.1", "--drop-path-rate", "0",
+        "--opt", "adamw", "--lr", args.lr, "--weight-decay", args.weight_decay, "--sched", "cosine",
+        "--augment", "light", "--ema-decay", "0.999", "--bn-momentum", "0.1", "--drop-path-rate", args.drop_path_rate,
         "--channels-last", "--checkpoint-every", "200", "--out", args.out,
     ]  # fmt: skip
     if args.limit_train:

@@ -1,10 +1,13 @@
 """Training-step cost: effnet vs timm, same model (B0), same batch, same optimizer.
 
-Each measurement runs in its own process, so peak RSS (ru_maxrss) belongs to that model alone;
-the implementations alternate over rounds so that machine noise hits them alike. The table gives
-the median step time and the peak memory, each also as a ratio to timm in the same run.
+Time and memory are measured apart, because each needs its own arrangement:
+* time: one process per round builds all three models and interleaves their steps, so the
+  process-level noise of this shared machine hits them alike (the same model's step time
+  differs by up to 1.6x between fresh processes here: 0.53 s vs 0.87 s at 128x32);
+  the table gives the median over rounds of each round's median step, and its ratio to timm.
+* memory: one process per implementation, so peak RSS (ru_maxrss) belongs to that model alone.
 
-    python benchmarks/training_cost.py --configs 32x224,128x32 --rounds 2 --json benchmarks/training_cost.json
+    python benchmarks/training_cost.py --configs 32x224,128x32 --rounds 3 --json benchmarks/training_cost.json
 """
 
 from __future__ import annotations
@@ -18,10 +21,7 @@ import sys
 IMPLS = ["timm", "effnet", "effnet_memory_efficient"]
 
 
-def worker(impl: str, batch: int, size: int, steps: int, min_seconds: float) -> dict:
-    import resource
-    import time
-
+def make_step(impl: str, batch: int, size: int):
     import torch
     import torch.nn.functional as F
 
@@ -45,61 +45,78 @@ def worker(impl: str, batch: int, size: int, steps: int, min_seconds: float) -> 
         loss.backward()
         opt.step()
 
-    step()  # warm-up: allocator, oneDNN primitives
-    # Short steps repeat until min_seconds are measured: a median of three sub-second steps
-    # from a fresh process is mostly noise.
-    times = []
-    while len(times) < steps or sum(times) < min_seconds:
-        start = time.perf_counter()
+    return step
+
+
+def time_worker(batch: int, size: int, steps: int, min_seconds: float) -> dict:
+    import time
+
+    runners = {impl: make_step(impl, batch, size) for impl in IMPLS}
+    for step in runners.values():
+        step()  # warm-up: allocator, oneDNN primitives
+    times: dict[str, list[float]] = {impl: [] for impl in IMPLS}
+    order = list(IMPLS)
+    while min(len(t) for t in times.values()) < steps or min(sum(t) for t in times.values()) < min_seconds:
+        for impl in order:
+            start = time.perf_counter()
+            runners[impl]()
+            times[impl].append(time.perf_counter() - start)
+        order = order[1:] + order[:1]
+    return {impl: statistics.median(t) for impl, t in times.items()}
+
+
+def memory_worker(impl: str, batch: int, size: int) -> float:
+    import resource
+
+    step = make_step(impl, batch, size)
+    for _ in range(3):
         step()
-        times.append(time.perf_counter() - start)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"impl": impl, "batch": batch, "size": size, "step_s": statistics.median(times), "peak_rss_mb": peak_mb}
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _spawn(*args: str) -> object:
+    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="32x224,128x32", help="BATCHxSIZE,...")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=3, help="measured steps, at least")
-    parser.add_argument("--min-seconds", type=float, default=8.0, help="measured time per process, at least")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="measured steps per model and round, at least")
+    parser.add_argument("--min-seconds", type=float, default=8.0, help="measured time per model and round, at least")
     parser.add_argument("--json")
-    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--time-worker", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        impl, batch, size = args.worker
-        print(json.dumps(worker(impl, int(batch), int(size), args.steps, args.min_seconds)))
+    if args.time_worker:
+        batch, size = map(int, args.time_worker)
+        print(json.dumps(time_worker(batch, size, args.steps, args.min_seconds)))
+        return
+    if args.memory_worker:
+        impl, batch, size = args.memory_worker
+        print(json.dumps(memory_worker(impl, int(batch), int(size))))
         return
 
-    results: dict[tuple, list[dict]] = {}
+    rows = []
     for config in args.configs.split(","):
         batch, size = map(int, config.split("x"))
-        for r in range(args.rounds):
-            order = IMPLS if r % 2 == 0 else IMPLS[::-1]
-            for impl in order:
-                out = subprocess.run(
-                    [sys.executable, __file__, "--steps", str(args.steps), "--min-seconds", str(args.min_seconds),
-                     "--worker", impl, str(batch), str(size)],
-                    check=True, capture_output=True, text=True,
-                )  # fmt: skip
-                results.setdefault((batch, size, impl), []).append(json.loads(out.stdout))
-
-    rows = []
-    for (batch, size, impl), runs in results.items():
-        rows.append(
-            {
-                "impl": impl,
-                "batch": batch,
-                "size": size,
-                "step_s": statistics.median(r["step_s"] for r in runs),
-                "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-                "rounds": len(runs),
-            }
-        )
-    for row in rows:
-        timm = next(r for r in rows if r["impl"] == "timm" and (r["batch"], r["size"]) == (row["batch"], row["size"]))
-        row["time_vs_timm"] = row["step_s"] / timm["step_s"]
-        row["memory_vs_timm"] = row["peak_rss_mb"] / timm["peak_rss_mb"]
+        timing = ["--steps", str(args.steps), "--min-seconds", str(args.min_seconds)]
+        rounds = [_spawn(*timing, "--time-worker", str(batch), str(size)) for _ in range(args.rounds)]
+        memory = {impl: _spawn("--memory-worker", impl, str(batch), str(size)) for impl in IMPLS}
+        for impl in IMPLS:
+            rows.append(
+                {
+                    "impl": impl,
+                    "batch": batch,
+                    "size": size,
+                    "step_s": statistics.median(r[impl] for r in rounds),
+                    "step_s_by_round": [r[impl] for r in rounds],
+                    "time_vs_timm": statistics.median(r[impl] / r["timm"] for r in rounds),
+                    "peak_rss_mb": memory[impl],
+                    "memory_vs_timm": memory[impl] / memory["timm"],
+                }
+            )
     print(f"{'impl':<25} {'batch':>5} {'size':>5} {'step s':>8} {'peak MB':>8} {'time/timm':>9} {'mem/timm':>9}")
     for r in rows:
         print(f"{r['impl']:<25} {r['batch']:>5} {r['size']:>5} {r['step_s']:>8.2f} {r['peak_rss_mb']:>8.0f} "

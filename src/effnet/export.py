@@ -148,9 +148,36 @@ def _write_onnx(net, example, path, metadata, dynamic_batch, opset) -> None:
             verbose=False,
         )
     proto = program.model_proto
+    _global_pools(proto)
     onnx.helper.set_model_props(proto, metadata)
     onnx.checker.check_model(proto)
     Path(path).write_bytes(proto.SerializeToString())
+
+
+def _global_pools(proto) -> int:
+    """Rewrite ``ReduceMean(x, axes=[2, 3], keepdims=1)`` (the SE squeeze and the head's pool, as
+    the exporter emits them) as ``GlobalAveragePool``: the same numbers, but ONNX Runtime runs
+    GlobalAveragePool in its blocked NCHWc layout, while ReduceMean makes it convert the whole
+    activation back to NCHW and the pooled result forward again in every block."""
+    from onnx import helper, numpy_helper
+
+    initializers = {t.name: t for t in proto.graph.initializer}
+    rewritten = 0
+    for index, node in enumerate(list(proto.graph.node)):
+        if node.op_type != "ReduceMean" or len(node.input) != 2 or node.input[1] not in initializers:
+            continue
+        keepdims = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+        axes = {int(a) % 4 for a in numpy_helper.to_array(initializers[node.input[1]]).ravel()}
+        if keepdims != 1 or axes != {2, 3}:
+            continue
+        pool = helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output), name=f"{node.name}_gap")
+        proto.graph.node.remove(node)
+        proto.graph.node.insert(index, pool)
+        rewritten += 1
+    used = {i for n in proto.graph.node for i in n.input}
+    for name in [n for n in initializers if n not in used]:
+        proto.graph.initializer.remove(initializers[name])
+    return rewritten
 
 
 def _write_torchscript(net, example, path, metadata) -> None:
