@@ -45,6 +45,8 @@ test: lint data
 
 bench: $(STAMP)
 	$(PY) benchmarks/inference_speed.py --batch-sizes 1,32 --json benchmarks/inference_speed.json
+	$(VENV)/bin/effnet bench --batch-sizes 1,32 --runs 20 --min-seconds 3 --plot benchmarks/deploy_latency.png --json \
+		> benchmarks/deploy_latency.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
