@@ -178,3 +178,14 @@ def test_cli_bench_reports_every_engine(tmp_path):
     assert all(r["median_ms"] > 0 and r["images_per_s"] > 0 for r in rows)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "--batch-sizes takes comma-separated integers" in cli("bench", "--batch-sizes", "1,x", rc=2).stderr
+
+
+def test_opset_17_and_an_opset_too_old(tmp_path):
+    model = trained_like("efficientnet_b0", width=0.5, depth=0.5)
+    result = export(model, tmp_path / "o17.onnx", image_size=SIDE, opset=17)
+    proto = onnx.load(str(result.path))
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    assert_matches_eager(model, OnnxModel(result.path), batch=1)
+    with pytest.raises(effnet.UsageError, match="--opset 9: the graph cannot be expressed at that opset"):
+        export(model, tmp_path / "o9.onnx", image_size=SIDE, opset=9)
+    assert not (tmp_path / "o9.onnx").exists()

@@ -139,7 +139,9 @@ def _write_onnx(net, example, path, metadata, dynamic_batch, opset) -> None:
             net,
             (example,),
             dynamo=True,
-            opset_version=opset,
+            # Lower opsets are converted by _at_opset after our rewrite; the exporter's own
+            # down-conversion fails on ReduceMean and prints its traceback.
+            opset_version=max(opset, DEFAULT_OPSET),
             dynamic_shapes=dynamic_shapes,
             input_names=["image"],
             output_names=["logits"],
@@ -149,9 +151,31 @@ def _write_onnx(net, example, path, metadata, dynamic_batch, opset) -> None:
         )
     proto = program.model_proto
     _global_pools(proto)
+    proto = _at_opset(proto, opset)
     onnx.helper.set_model_props(proto, metadata)
     onnx.checker.check_model(proto)
     Path(path).write_bytes(proto.SerializeToString())
+
+
+def _opset_of(proto) -> int:
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _at_opset(proto, opset: int):
+    """torch.onnx's exporter emits opset 18+ and converts down on its own only sometimes (it fails
+    on ReduceMean's axes, which our GlobalAveragePool rewrite has removed by now): convert here."""
+    import onnx
+    from onnx import version_converter
+
+    if _opset_of(proto) == opset:
+        return proto
+    try:
+        converted = version_converter.convert_version(proto, opset)
+        onnx.checker.check_model(converted)
+    except Exception as exc:  # the converter raises bare RuntimeErrors from C++
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"--opset {opset}: the graph cannot be expressed at that opset ({first})") from None
+    return converted
 
 
 def _global_pools(proto) -> int:
