@@ -12,7 +12,6 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -68,27 +67,18 @@ def _eager(model: torch.nn.Module, channels_last: bool) -> Callable[[torch.Tenso
     return run
 
 
-def _onnx_session(model: torch.nn.Module, path: Path, image_size: int, threads: int):
-    """Export with the same exporter and options as ``effnet export`` and open a session."""
+def _onnx_session(model: torch.nn.Module, image_size: int, threads: int):
+    """Export with the same exporter and options as ``effnet export`` (but none of our graph
+    rewrites) and open a session with the same options as ours."""
     import onnxruntime as ort
 
+    from effnet.export import onnx_program
     from effnet.runtime import session_options
 
-    example = torch.randn(1, 3, image_size, image_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            dynamo=True,
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
-            input_names=["image"],
-            external_data=False,
-            optimize=True,
-            verbose=False,
-        )
-    session = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
+    proto = onnx_program(model, torch.randn(1, 3, image_size, image_size), dynamic_batch=True)
+    session = ort.InferenceSession(
+        proto.SerializeToString(), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+    )
 
     def run(x: torch.Tensor):
         return session.run(None, {"image": x.numpy()})
@@ -122,7 +112,7 @@ def build_engines(name: str, image_size: int, threads: int, scratch: Path, engin
 
         out["effnet_onnxruntime"] = run_ours
     if tv is not None and "torchvision_onnxruntime" in engines:
-        out["torchvision_onnxruntime"] = _onnx_session(tv, scratch / f"tv_{name}.onnx", image_size, threads)
+        out["torchvision_onnxruntime"] = _onnx_session(tv, image_size, threads)
     return out
 
 

@@ -7,5 +7,11 @@ class UsageError(ValueError):
     exit_code = 2
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (libraries' messages can run to pages)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class WeightsError(UsageError):
     """A weights file that cannot be used: unreadable, unsafe, or not matching the model."""

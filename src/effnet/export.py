@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from effnet.errors import UsageError
+from effnet.errors import UsageError, first_line
 from effnet.fileio import atomic_write
 from effnet.models.fuse import fuse_batchnorm
+from effnet.weights import model_metadata
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_OPSET = 18
@@ -58,18 +59,14 @@ class ExportResult:
 
 
 def export_metadata(model: nn.Module, image_size: int, batch_size: int | None) -> dict[str, str]:
-    """The same keys as a safetensors file's metadata, plus the input the graph accepts."""
+    """A safetensors file's metadata, plus the input the graph accepts."""
     preprocessing = model.preprocessing
     if image_size != preprocessing.resolution:
         # Keep the resize/crop ratio of the model's own preprocessing at the new size.
         resize = round(image_size * preprocessing.resize / preprocessing.resolution)
         preprocessing = replace(preprocessing, resolution=image_size, resize=resize)
     return {
-        "format": "effnet",
-        "model_name": model.config.name,
-        "config": json.dumps(model.config.to_dict()),
-        "preprocessing": json.dumps(preprocessing.to_dict()),
-        "class_names": json.dumps(model.class_names),
+        **model_metadata(model, preprocessing),
         "input": json.dumps(
             {"name": "image", "channels": model.config.in_chans, "image_size": image_size, "batch_size": batch_size}
         ),
@@ -129,9 +126,9 @@ def export(
     return ExportResult(path, format, image_size, None if dynamic_batch else batch_size, diff, scale)
 
 
-def _write_onnx(net, example, path, metadata, dynamic_batch, opset) -> None:
-    import onnx
-
+def onnx_program(net: nn.Module, example: torch.Tensor, *, dynamic_batch: bool, opset: int | None = None):
+    """torch.onnx's exporter (``torch.export`` based, optimised, one file) as effnet calls it, for
+    our models and, in ``effnet bench``, for torchvision's; ``opset=None``: the exporter's default."""
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter narrates its own progress
@@ -139,9 +136,7 @@ def _write_onnx(net, example, path, metadata, dynamic_batch, opset) -> None:
             net,
             (example,),
             dynamo=True,
-            # Lower opsets are converted by _at_opset after our rewrite; the exporter's own
-            # down-conversion fails on ReduceMean and prints its traceback.
-            opset_version=max(opset, DEFAULT_OPSET),
+            opset_version=opset,
             dynamic_shapes=dynamic_shapes,
             input_names=["image"],
             output_names=["logits"],
@@ -149,7 +144,15 @@ def _write_onnx(net, example, path, metadata, dynamic_batch, opset) -> None:
             optimize=True,
             verbose=False,
         )
-    proto = program.model_proto
+    return program.model_proto
+
+
+def _write_onnx(net, example, path, metadata, dynamic_batch, opset) -> None:
+    import onnx
+
+    # Lower opsets are converted by _at_opset after our rewrite; the exporter's own
+    # down-conversion fails on ReduceMean and prints its traceback.
+    proto = onnx_program(net, example, dynamic_batch=dynamic_batch, opset=max(opset, DEFAULT_OPSET))
     _global_pools(proto)
     proto = _at_opset(proto, opset)
     onnx.helper.set_model_props(proto, metadata)
@@ -173,8 +176,7 @@ def _at_opset(proto, opset: int):
         converted = version_converter.convert_version(proto, opset)
         onnx.checker.check_model(converted)
     except Exception as exc:  # the converter raises bare RuntimeErrors from C++
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"--opset {opset}: the graph cannot be expressed at that opset ({first})") from None
+        raise UsageError(f"--opset {opset}: the graph cannot be expressed at that opset ({first_line(exc)})") from None
     return converted
 
 

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from effnet.config import ModelConfig
-from effnet.errors import UsageError, WeightsError
-from effnet.preprocessing import Preprocessing
+from effnet.errors import UsageError, WeightsError, first_line
+from effnet.weights import parse_metadata
 
 
 def session_options(threads: int | None = None):
@@ -46,8 +45,7 @@ def read_onnx(path: str | os.PathLike):
         proto = onnx.load(str(path))
         onnx.checker.check_model(proto)
     except (DecodeError, onnx.checker.ValidationError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path}: not a valid ONNX model ({first})") from None
+        raise WeightsError(f"{path}: not a valid ONNX model ({first_line(exc)})") from None
     return proto
 
 
@@ -65,12 +63,10 @@ class OnnxModel:
                 f"{self.path}: an ONNX file without effnet metadata (not made by `effnet export`); "
                 "its preprocessing and class names are unknown"
             )
+        self.config, self.preprocessing, self.class_names = parse_metadata(meta, self.path)
         try:
-            self.config = ModelConfig.from_dict(json.loads(meta["config"]))
-            self.preprocessing = Preprocessing.from_dict(json.loads(meta["preprocessing"]))
-            self.class_names = json.loads(meta.get("class_names", "null"))
             self.input = json.loads(meta["input"])
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError) as exc:
             raise WeightsError(f"{self.path}: effnet metadata is damaged ({exc})") from None
         try:
             self.session = ort.InferenceSession(

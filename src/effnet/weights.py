@@ -18,12 +18,37 @@ from torch import nn
 
 from effnet.config import ModelConfig
 from effnet.convert import convert_state_dict, detect_source, unwrap_state_dict
-from effnet.errors import UsageError, WeightsError
+from effnet.errors import UsageError, WeightsError, first_line
 from effnet.fileio import atomic_write
 from effnet.preprocessing import Preprocessing
 
 FORMAT_VERSION = "1"
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+def model_metadata(model: nn.Module, preprocessing: Preprocessing | None = None) -> dict[str, str]:
+    """What rebuilds ``model`` with no other input, as strings: safetensors and ONNX files both
+    carry it (``preprocessing`` overrides the model's, for an export at another size)."""
+    config: ModelConfig = model.config
+    return {
+        "format": "effnet",
+        "format_version": FORMAT_VERSION,
+        "model_name": config.name,
+        "config": json.dumps(config.to_dict()),
+        "preprocessing": json.dumps((preprocessing or model.preprocessing).to_dict()),
+        "class_names": json.dumps(model.class_names),
+    }
+
+
+def parse_metadata(metadata: dict[str, str], path) -> tuple[ModelConfig, Preprocessing, list[str] | None]:
+    """The inverse of :func:`model_metadata`, with a clear error for damaged metadata."""
+    try:
+        config = ModelConfig.from_dict(json.loads(metadata["config"]))
+        preprocessing = Preprocessing.from_dict(json.loads(metadata["preprocessing"]))
+        names = json.loads(metadata.get("class_names", "null"))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise WeightsError(f"{path}: effnet metadata is damaged ({exc})") from None
+    return config, preprocessing, names
 
 
 def save(model: nn.Module, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
@@ -32,16 +57,7 @@ def save(model: nn.Module, path: str | os.PathLike, extra_metadata: dict[str, st
     from safetensors.torch import save as to_bytes
 
     path = Path(path)
-    config: ModelConfig = model.config
-    metadata = {
-        "format": "effnet",
-        "format_version": FORMAT_VERSION,
-        "model_name": config.name,
-        "config": json.dumps(config.to_dict()),
-        "preprocessing": json.dumps(model.preprocessing.to_dict()),
-        "class_names": json.dumps(model.class_names),
-        **(extra_metadata or {}),
-    }
+    metadata = {**model_metadata(model), **(extra_metadata or {})}
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write(path, lambda f: f.write(to_bytes(tensors, metadata=metadata)))
     return path
@@ -74,9 +90,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(
-            f"{path}: refused, the file needs arbitrary Python code to load ({first}). "
+            f"{path}: refused, the file needs arbitrary Python code to load ({first_line(exc)}). "
             "Only plain tensors are read; re-save it as a state_dict or with effnet.save()."
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:
@@ -132,12 +147,7 @@ def load(
     metadata = read_metadata(path) if path.suffix == ".safetensors" and path.is_file() else {}
     state_dict = read_state_dict(path)
     if metadata.get("format") == "effnet":
-        try:
-            config = ModelConfig.from_dict(json.loads(metadata["config"]))
-            preprocessing = Preprocessing.from_dict(json.loads(metadata["preprocessing"]))
-            names = json.loads(metadata.get("class_names", "null"))
-        except (KeyError, ValueError, TypeError) as exc:
-            raise WeightsError(f"{path}: effnet metadata is damaged ({exc})") from None
+        config, preprocessing, names = parse_metadata(metadata, path)
         net = build_model(config, class_names=names, preprocessing=preprocessing)
         return load_weights(net, state_dict, origin=str(path)).eval()
     if model is None:
