@@ -56,7 +56,7 @@ def _timm_model(name: str):
     return timm.create_model(name, pretrained=False).eval() if name in timm.list_models(name) else None
 
 
-def _eager(model: torch.nn.Module, channels_last: bool) -> Callable[[torch.Tensor], object]:
+def eager_runner(model: torch.nn.Module, channels_last: bool) -> Callable[[torch.Tensor], object]:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
@@ -94,13 +94,13 @@ def build_engines(name: str, image_size: int, threads: int, scratch: Path, engin
     out: dict[str, Callable] = {}
     tv = _torchvision_model(name)
     if tv is not None and "torchvision" in engines:
-        out["torchvision"] = _eager(tv, channels_last=False)
+        out["torchvision"] = eager_runner(tv, channels_last=False)
     if "timm" in engines and (tm := _timm_model(name)) is not None:
-        out["timm"] = _eager(tm, channels_last=False)
+        out["timm"] = eager_runner(tm, channels_last=False)
     ours = effnet.create_model(name)
     if "effnet" in engines:
         # The form `effnet predict` runs: BN folded, channels_last.
-        out["effnet"] = _eager(effnet.fuse_batchnorm(ours), channels_last=True)
+        out["effnet"] = eager_runner(effnet.fuse_batchnorm(ours), channels_last=True)
     if "effnet_onnxruntime" in engines:
         from effnet.runtime import OnnxModel
 
@@ -155,12 +155,30 @@ def bench(
             runners = build_engines(name, size, threads, Path(scratch), engines)
             for batch in batch_sizes:
                 x = torch.randn(batch, 3, size, size)
-                times = _interleave(runners, x, warmup, min_runs, min_seconds, progress, f"{name} b{batch}")
+                times = time_interleaved(
+                    runners,
+                    x,
+                    warmup=warmup,
+                    min_runs=min_runs,
+                    min_seconds=min_seconds,
+                    progress=progress,
+                    label=f"{name} b{batch}",
+                )
                 rows += _rows(name, batch, size, threads, times)
     return rows
 
 
-def _interleave(runners, x, warmup, min_runs, min_seconds, progress, label) -> dict[str, list[float]]:
+def time_interleaved(
+    runners,
+    x,
+    *,
+    warmup: int = 3,
+    min_runs: int = 10,
+    min_seconds: float = 1.0,
+    progress: bool = False,
+    label: str = "",
+) -> dict[str, list[float]]:
+    """Seconds per call of every runner, timed in rounds of one call each in rotating order."""
     from tqdm import tqdm
 
     for run in runners.values():
@@ -213,7 +231,7 @@ def plot(rows: list[BenchRow], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from effnet.fileio import atomic_write
+    from effnet.training.report import save_figure
 
     groups = sorted({(r.model, r.batch) for r in rows}, key=lambda g: (g[0], g[1]))
     engines = [e for e in ENGINES if any(r.engine == e for r in rows)]
@@ -231,5 +249,4 @@ def plot(rows: list[BenchRow], path: str | Path) -> None:
     ax.set_ylabel("latency / torchvision eager (lower is faster)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=120))
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)

@@ -14,7 +14,7 @@ import sys
 from effnet.errors import UsageError
 
 
-def _print_table(rows: list[dict], columns: list[tuple[str, str]]) -> None:
+def print_table(rows: list[dict], columns: list[tuple[str, str]]) -> None:
     cells = [[fmt.format(r[key]) if r[key] is not None else "-" for key, fmt in columns] for r in rows]
     headers = [key for key, _ in columns]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
@@ -45,7 +45,7 @@ def cmd_models(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        _print_table(rows, SUMMARY_COLUMNS)
+        print_table(rows, SUMMARY_COLUMNS)
     return 0
 
 
@@ -170,7 +170,7 @@ def cmd_bench(args) -> int:
         print(json.dumps([r.to_dict() for r in rows], indent=2))
     else:
         print(f"threads: {rows[0].threads}, image size: {rows[0].image_size}, median of >= {args.runs} runs")
-        _print_table([r.to_dict() for r in rows], BENCH_COLUMNS)
+        print_table([r.to_dict() for r in rows], BENCH_COLUMNS)
     return 0
 
 
@@ -196,6 +196,8 @@ def cmd_data_check(args) -> int:
 TRAIN_HELP = {
     "model": "model name (or use --phi)",
     "phi": "compound-scaled B0 with this phi instead of a named model",
+    "width": "override the model's width multiplier",
+    "depth": "override the model's depth multiplier",
     "weights": "initialise from an effnet weights file or a pretrained tag (lite0); a new classifier if classes differ",
     "data": "fashion-mnist, digits, or an image folder (train/ and val/ inside, or one class tree)",
     "image_size": "input side (default: the model's resolution)",
@@ -210,7 +212,7 @@ TRAIN_HELP = {
 }
 
 
-def _add_dataclass_options(parser, cls, help_text: dict) -> None:
+def add_dataclass_options(parser, cls, help_text: dict) -> None:
     """One --option per field; defaults are suppressed so that only what was typed is seen."""
     from dataclasses import MISSING, fields
 
@@ -226,12 +228,17 @@ def _add_dataclass_options(parser, cls, help_text: dict) -> None:
             parser.add_argument(flag, type=casts[kind], default=argparse.SUPPRESS, help=text)
 
 
+def dataclass_values(args, cls) -> dict:
+    """The options of ``cls``'s fields that were given on the command line."""
+    return {k: v for k, v in vars(args).items() if k in cls.__dataclass_fields__}
+
+
 def cmd_train(args) -> int:
     from pathlib import Path
 
     from effnet.training import TrainConfig, train
 
-    given = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    given = dataclass_values(args, TrainConfig)
     if "phi" in given and "model" not in given:
         given["model"] = None
     if args.resume and (Path(args.out) / "config.json").is_file():
@@ -345,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     from effnet.training.recipe import TrainConfig
 
     p = sub.add_parser("train", help="train a model; writes config, metrics, weights, plots and resume state")
-    _add_dataclass_options(p, TrainConfig, TRAIN_HELP)
+    add_dataclass_options(p, TrainConfig, TRAIN_HELP)
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last state")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
@@ -364,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="write the confusion matrix to this PNG")
     p.add_argument("--json", action="store_true", help="print {top1, top5, per_class, n, loss}")
     p.set_defaults(func=cmd_eval)
+
+    from effnet.search.cli import add_parsers as add_search_parsers
+
+    add_search_parsers(sub)
 
     data = sub.add_parser("data", help="inspect training data").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("check", help="list every file that cannot be used, with the reason (exit 1 if any)")

@@ -133,6 +133,8 @@ class Trainer:
         self.model = create_model(
             cfg.model,
             phi=cfg.phi,
+            width=cfg.width,
+            depth=cfg.depth,
             num_classes=len(classes),
             resolution=cfg.image_size,
             dropout=cfg.dropout,

@@ -29,6 +29,9 @@ class TrainConfig:
 
     model: str | None = "efficientnet_b0"
     phi: float | None = None  # compound-scaled B0 instead of a named model
+    # Explicit multipliers override the model's (the scaling search and study train such models).
+    width: float | None = None
+    depth: float | None = None
     weights: str | None = None  # initialise from a weights file or pretrained tag (fine-tuning)
     data: str = "digits"  # fashion-mnist, digits, or an image folder
     data_dir: str | None = None

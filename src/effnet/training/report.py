@@ -40,10 +40,7 @@ def plot_curves(run: Path, rows: list[dict]) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write(run / "curves.png", lambda f: f.write(buffer.getvalue()))
+    save_figure(fig, run / "curves.png")
 
 
 def plot_confusion(path: Path, confusion: list[list[int]], classes: list[str]) -> None:
@@ -66,7 +63,14 @@ def plot_confusion(path: Path, confusion: list[list[int]], classes: list[str]) -
             color = "white" if normalized[i, j] > 0.5 else "black"
             ax.text(j, i, int(count), ha="center", va="center", fontsize=7, color=color)
     fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100) -> None:
+    """Render a matplotlib figure to PNG and write it atomically; closes the figure."""
+    import matplotlib.pyplot as plt
+
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
     atomic_write(Path(path), lambda f: f.write(buffer.getvalue()))

@@ -1,0 +1,207 @@
+"""The compound-scaling search: the grid, resumption after kill -9, two workers on one SQLite
+study, the latency-budget fit and the scaling study, all on digits with a tiny baseline."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from effnet.errors import UsageError
+from effnet.search.grid import compound_grid
+from effnet.search.latency import mnas_reward
+
+# A quarter-width, quarter-depth B0 at 16 px for one epoch of digits: a few seconds a point.
+PROXY = ["--data", "digits", "--base-width", "0.25", "--base-depth", "0.25", "--image-size", "16", "--epochs", "1"]
+# alpha*beta^2*gamma^2 within 0.6 of 2 on a 0.5 grid: 5 points.
+GRID = ["--grid-step", "0.5", "--tolerance", "0.6"]
+
+
+def effnet_cmd(*args):
+    return [sys.executable, "-m", "effnet", *map(str, args)]
+
+
+def trials(url, study="effnet-search"):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
+
+
+def completed_points(all_trials):
+    return Counter(
+        tuple(t.params[k] for k in ("alpha", "beta", "gamma")) for t in all_trials if t.state.name == "COMPLETE"
+    )
+
+
+def test_grid_satisfies_the_constraint_and_holds_the_papers_point():
+    points = compound_grid(2.0, 0.1, 0.05)
+    assert (1.2, 1.1, 1.15) in points  # Tan & Le's result, 1.2 * 1.1^2 * 1.15^2 = 1.92
+    assert len(points) == len(set(points))
+    for a, b, g in points:
+        assert min(a, b, g) >= 1.0
+        assert abs(a * b**2 * g**2 - 2.0) <= 0.1 + 1e-9
+    # Nothing on the grid that satisfies the constraint is left out.
+    values = [round(1 + 0.05 * i, 2) for i in range(30)]
+    expected = {(a, b, g) for a in values for b in values for g in values if abs(a * b * b * g * g - 2) <= 0.1 + 1e-9}
+    assert set(points) == expected
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"target": 1.0}, "--target"),
+        ({"tolerance": -0.1}, "--tolerance"),
+        ({"tolerance": 1.5}, "--tolerance"),
+        ({"step": 0.0}, "--grid-step"),
+        ({"step": float("nan")}, "finite"),
+        ({"step": 0.001, "tolerance": 0.9}, "more than"),
+        ({"step": 0.9, "tolerance": 0.05}, "no grid point"),
+    ],
+)
+def test_grid_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        compound_grid(**kwargs)
+
+
+def test_mnas_reward_is_accuracy_times_latency_ratio_to_the_minus_0_07():
+    assert mnas_reward(0.9, 10.0, 10.0) == pytest.approx(0.9)
+    assert mnas_reward(0.9, 20.0, 10.0) == pytest.approx(0.9 * 2**-0.07)
+    assert mnas_reward(0.9, 5.0, 10.0) > 0.9  # faster than the target is rewarded, softly
+
+
+def test_search_resumes_after_kill_9(tmp_path):
+    url = f"sqlite:///{tmp_path / 'search.db'}"
+    cmd = effnet_cmd("search", *PROXY, *GRID, "--storage", url, "--heartbeat", "1", "--json")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, before = time.monotonic() + 240, None
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            now = trials(url)
+        except Exception:  # the study does not exist yet
+            continue
+        states = Counter(t.state.name for t in now)
+        if states["COMPLETE"] >= 1 and states["RUNNING"] == 1:
+            os.kill(proc.pid, signal.SIGKILL)
+            before = trials(url)
+            break
+    proc.wait()
+    assert before is not None, "the search finished before it could be killed mid-point"
+    done_before = {t.number for t in before if t.state.name == "COMPLETE"}
+    killed = next(t for t in before if t.state.name == "RUNNING")
+
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    after = trials(url)
+    points = compound_grid(2.0, 0.6, 0.5)
+    assert completed_points(after) == Counter(points)  # every point once, none twice
+    assert done_before <= {t.number for t in after if t.state.name == "COMPLETE"}  # not retrained
+    assert next(t for t in after if t.number == killed.number).state.name == "FAIL"  # went stale...
+    retried = [t for t in after if t.state.name == "COMPLETE" and t.params == killed.params]
+    assert retried and retried[0].number > killed.number  # ...and was trained again
+    result = json.loads(out.stdout)
+    assert len(result["trials"]) == len(points) and result["pending"] == 0
+    assert result["best"]["val_top1"] == max(t["val_top1"] for t in result["trials"])
+    for t in result["trials"]:
+        assert t["params"] > 0 and t["macs"] > 0 and t["latency_ms"] > 0
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path):
+    url = f"sqlite:///{tmp_path / 'search.db'}"
+    cmd = effnet_cmd("search", *PROXY, *GRID, "--storage", url, "--heartbeat", "2", "--json", "--plot",
+                     tmp_path / "grid.png")  # fmt: skip
+    workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [e for _, e in outputs]
+    everything = trials(url)
+    points = compound_grid(2.0, 0.6, 0.5)
+    assert completed_points(everything) == Counter(points)
+    assert len(everything) == len(points)  # no trial failed, none ran twice
+    assert len({t.user_attrs["worker"] for t in everything}) == 2  # both did work
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+
+    # Joining the study with other settings is refused: its points would not be comparable.
+    other = subprocess.run(
+        effnet_cmd("search", *PROXY[:-1], "2", *GRID, "--storage", url), capture_output=True, text=True
+    )
+    assert other.returncode == 2 and "epochs" in other.stderr and "Traceback" not in other.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--storage", "nosuchdb://x"], "--storage"),
+        (["--storage", "sqlite:////nonexistent-dir/x.db"], "--storage"),
+        (["--alpha", "1.2"], "all three"),
+        (["--base", "efficientnet_b99"], "unknown model"),
+        (["--objective", "mnas"], "--latency-budget-ms"),
+    ],
+)
+def test_search_bad_input_is_one_line(tmp_path, args, message):
+    proc = subprocess.run(
+        effnet_cmd("search", *PROXY, *GRID, "--storage", f"sqlite:///{tmp_path / 's.db'}", *args),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_latency_budget_finds_the_largest_phi_that_fits(tmp_path):
+    budget = 3.0
+    proc = subprocess.run(
+        effnet_cmd("search", *PROXY, "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15",
+                   "--latency-budget-ms", budget, "--json"),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    fit = json.loads(proc.stdout)["latency_budget"]
+    assert fit["latency_ms"] <= budget
+    measured = fit["measurements"]
+    over = [m for m in measured if m["latency_ms"] > budget]
+    assert over, "the bracket must contain a phi over the budget"
+    # The answer is bracketed to 0.05 by a measured phi over the budget.
+    assert min(m["phi"] for m in over if m["phi"] > fit["phi"]) - fit["phi"] <= 0.05 + 1e-9
+    assert fit["phi"] != math.floor(fit["phi"]) or len(measured) > 2  # continuous, not only integers
+
+    impossible = subprocess.run(
+        effnet_cmd("search", *PROXY, "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15",
+                   "--latency-budget-ms", "0.0001"),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert impossible.returncode == 2 and "over --latency-budget-ms" in impossible.stderr
+
+
+def test_scaling_study_matches_macs_and_continues(tmp_path):
+    out = tmp_path / "study"
+    cmd = effnet_cmd("scaling-study", *PROXY, "--phis", "0,1", "--seeds", "0", "--out", out, "--json")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    rows = {(r["method"], r["phi"]): r for r in result["rows"]}
+    assert set(rows) == {("baseline", 0), ("compound", 1), ("width", 1), ("depth", 1), ("resolution", 1)}
+    target = rows["compound", 1]["macs"]
+    for method in ("width", "depth", "resolution"):
+        row = rows[method, 1]
+        assert abs(row["macs"] - target) / target < 0.25, (method, row["macs"], target)
+        assert row["multiplier"] > 1.0
+    assert rows["width", 1]["depth"] == rows["baseline", 0]["depth"]  # one dimension at a time
+    assert rows["resolution", 1]["width"] == rows["baseline", 0]["width"]
+    assert all(0.0 <= r["test_top1"] <= 1.0 for r in result["rows"])
+    assert set(result["curves"]) == {"compound", "width", "depth", "resolution"}
+    for name in ("scaling_study.md", "scaling_study.png"):
+        assert (out / name).stat().st_size > 0
+
+    # A second run continues the finished runs instead of training them again.
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/best.safetensors")}
+    assert len(stamps) == 5
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/best.safetensors")} == stamps
