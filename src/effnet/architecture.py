@@ -6,8 +6,9 @@ table plus a width and a depth multiplier; Lite differs only in the family switc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from effnet.errors import UsageError
 from effnet.scaling import round_channels, round_repeats
 
 
@@ -73,10 +74,11 @@ class BlockArgs:
     stride: int
     se_channels: int  # 0 = no squeeze-and-excitation
     drop_path: float
+    hidden: int | None = None  # expansion channels left by structured pruning (None: the ratio's)
 
     @property
     def hidden_channels(self) -> int:
-        return self.in_channels * self.expand_ratio
+        return self.hidden if self.hidden is not None else self.in_channels * self.expand_ratio
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,13 @@ class ResolvedArch:
         return tuple(depths[s] for s in sorted(depths))
 
 
-def scale_stages(family: Family, width: float, depth: float, drop_path_rate: float) -> ResolvedArch:
-    """Apply width/depth multipliers to the family's table; the single place scaling happens."""
+def scale_stages(
+    family: Family, width: float, depth: float, drop_path_rate: float, hidden_channels: tuple[int, ...] | None = None
+) -> ResolvedArch:
+    """Apply width/depth multipliers to the family's table; the single place scaling happens.
+
+    ``hidden_channels`` (one per block) replaces the blocks' expansion widths: what a pruned
+    model keeps, so that it is rebuilt from its config alone."""
     stem = round_channels(family.stem_channels, width) if family.scale_stem_head else family.stem_channels
     head = round_channels(family.head_channels, width) if family.scale_stem_head else family.head_channels
 
@@ -127,4 +134,11 @@ def scale_stages(family: Family, width: float, depth: float, drop_path_rate: flo
                 )
             )
             in_ch = out_ch
+    if hidden_channels is not None:
+        if len(hidden_channels) != len(blocks):
+            raise UsageError(f"hidden_channels has {len(hidden_channels)} entries for {len(blocks)} blocks")
+        blocks = [
+            b if b.expand_ratio == 1 or h == b.hidden_channels else replace(b, hidden=int(h))
+            for b, h in zip(blocks, hidden_channels, strict=True)
+        ]
     return ResolvedArch(stem_channels=stem, blocks=tuple(blocks), head_channels=head, activation=family.activation)

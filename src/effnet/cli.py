@@ -375,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     from effnet.search.cli import add_parsers as add_search_parsers
 
     add_search_parsers(sub)
+    from effnet.compress.cli import add_parsers as add_compress_parsers
+
+    add_compress_parsers(sub)
 
     data = sub.add_parser("data", help="inspect training data").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("check", help="list every file that cannot be used, with the reason (exit 1 if any)")

@@ -32,6 +32,9 @@ class ModelConfig:
     features_only: bool = False
     out_indices: tuple[int, ...] = (1, 2, 3, 4)
     phi: float | None = None  # set when the model came from the compound-scaling formula
+    # Expansion channels per block after structured pruning (None: unpruned). Blocks without
+    # an expansion (MBConv1) keep their input width.
+    hidden_channels: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -60,10 +63,17 @@ class ModelConfig:
                 f"out_indices must be a non-empty subset of 0..4 (strides 2..32), got {self.out_indices!r}"
             )
         object.__setattr__(self, "out_indices", tuple(self.out_indices))
+        if self.hidden_channels is not None:
+            hidden = tuple(self.hidden_channels)
+            if not hidden or not all(isinstance(h, int) and h >= 1 for h in hidden):
+                raise UsageError(f"hidden_channels must be positive integers, got {self.hidden_channels!r}")
+            object.__setattr__(self, "hidden_channels", hidden)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["out_indices"] = list(self.out_indices)
+        if self.hidden_channels is not None:
+            d["hidden_channels"] = list(self.hidden_channels)
         return d
 
     @classmethod
@@ -73,6 +83,7 @@ class ModelConfig:
         if unknown:
             raise UsageError(f"unknown model config keys {unknown}")
         d = dict(d)
-        if "out_indices" in d:
-            d["out_indices"] = tuple(d["out_indices"])
+        for key in ("out_indices", "hidden_channels"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
         return cls(**d)

@@ -28,7 +28,7 @@ class EfficientNet(nn.Module):
         self.class_names: list[str] | None = None
         self.preprocessing = Preprocessing.for_model(config.family, config.resolution)
         self.arch: ResolvedArch = scale_stages(
-            FAMILIES[config.family], config.width, config.depth, config.drop_path_rate
+            FAMILIES[config.family], config.width, config.depth, config.drop_path_rate, config.hidden_channels
         )
         norm = dict(bn_eps=config.bn_eps, bn_momentum=config.bn_momentum, padding=config.padding)
         act = self.arch.activation

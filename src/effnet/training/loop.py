@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ from effnet.datasets.transforms import eval_transform, train_transform
 from effnet.errors import UsageError
 from effnet.fileio import atomic_write
 from effnet.preprocessing import Preprocessing
-from effnet.registry import create_model
+from effnet.registry import build_model, create_model
 from effnet.training.checkpoint import load_state, rng_state, save_state, set_rng_state
 from effnet.training.evaluate import evaluate
 from effnet.training.recipe import BASE_LR, TrainConfig, build_optimizer, lr_lambda, tf_ema_avg_fn
@@ -130,19 +130,33 @@ class Trainer:
             initial = load_for_inference(cfg.weights)
         # Fine-tuned weights keep the padding and BN eps they were trained with.
         arch = {"padding": initial.config.padding, "bn_eps": initial.config.bn_eps} if initial else {}
-        self.model = create_model(
-            cfg.model,
-            phi=cfg.phi,
-            width=cfg.width,
-            depth=cfg.depth,
-            num_classes=len(classes),
-            resolution=cfg.image_size,
-            dropout=cfg.dropout,
-            drop_path_rate=cfg.drop_path_rate,
-            bn_momentum=cfg.bn_momentum,
-            class_names=classes,
-            **arch,
-        )
+        if cfg.model is None and cfg.phi is None:
+            # The file's own architecture (a pruned model's exists only there), this run's head
+            # and regularisation.
+            source = initial.config
+            config = replace(
+                source,
+                num_classes=len(classes),
+                resolution=cfg.image_size or source.resolution,
+                dropout=source.dropout if cfg.dropout is None else cfg.dropout,
+                drop_path_rate=cfg.drop_path_rate,
+                bn_momentum=cfg.bn_momentum,
+            )
+            self.model = build_model(config, class_names=classes)
+        else:
+            self.model = create_model(
+                cfg.model,
+                phi=cfg.phi,
+                width=cfg.width,
+                depth=cfg.depth,
+                num_classes=len(classes),
+                resolution=cfg.image_size,
+                dropout=cfg.dropout,
+                drop_path_rate=cfg.drop_path_rate,
+                bn_momentum=cfg.bn_momentum,
+                class_names=classes,
+                **arch,
+            )
         if initial is not None:
             self._load_initial_weights(initial, cfg.weights)
         size = self.model.config.resolution

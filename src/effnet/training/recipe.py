@@ -27,7 +27,7 @@ BASE_LR = {"rmsproptf": 0.016, "adamw": 1e-3, "sgd": 0.1}
 class TrainConfig:
     """Everything needed to repeat a run; written to RUN/config.json."""
 
-    model: str | None = "efficientnet_b0"
+    model: str | None = "efficientnet_b0"  # None with --weights: the file's architecture (e.g. pruned)
     phi: float | None = None  # compound-scaled B0 instead of a named model
     # Explicit multipliers override the model's (the scaling search and study train such models).
     width: float | None = None
@@ -67,8 +67,10 @@ class TrainConfig:
     device: str = "auto"  # auto: CUDA when available (one GPU per torchrun process), else CPU
 
     def __post_init__(self):
-        if (self.model is None) == (self.phi is None):
-            raise UsageError("give exactly one of --model and --phi")
+        if self.model is not None and self.phi is not None:
+            raise UsageError("give only one of --model and --phi")
+        if self.model is None and self.phi is None and not self.weights:
+            raise UsageError("give --model, --phi, or --weights FILE to take the architecture from")
         checks = [
             ("epochs", self.epochs >= 1),
             ("batch_size", self.batch_size >= 1),

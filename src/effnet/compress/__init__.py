@@ -1,0 +1,1 @@
+"""Compression: structured pruning, knowledge distillation, int8 quantization."""

@@ -1,0 +1,53 @@
+"""``effnet prune`` (and, later, distill / quantize / compress): argument parsing and printing."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def cmd_prune(args) -> int:
+    from effnet.compress.prune import prune
+
+    report = prune(
+        args.weights,
+        args.ratio,
+        args.out,
+        data=args.data,
+        finetune_epochs=args.finetune_epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        limit_train=args.limit_train,
+        seed=args.seed,
+        quiet=args.json or not sys.stderr.isatty(),
+    )
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"pruned {args.ratio:.0%} of the expansion channels: params {report['params_before']:,} -> "
+            f"{report['params_after']:,}, MACs {report['macs_before']:,} -> {report['macs_after']:,} "
+            f"({report['macs_ratio']:.2f}x)"
+        )
+        if "val_top1_finetuned" in report:
+            print(
+                f"validation top-1: {report['val_top1_pruned']:.2%} right after pruning, "
+                f"{report['val_top1_finetuned']:.2%} after {args.finetune_epochs} epoch(s) of fine-tuning"
+            )
+        print(f"wrote {args.out}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("prune", help="structured pruning of MBConv expansion channels (Torch-Pruning), fine-tuned")
+    p.add_argument("--weights", required=True, help="an effnet .safetensors file")
+    p.add_argument("--ratio", type=float, required=True, help="fraction of expansion channels to remove, in (0, 1)")
+    p.add_argument("--data", help="fine-tuning data (default: what the weights were trained on)")
+    p.add_argument("--finetune-epochs", type=int, default=1, help="0: no fine-tuning")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the fine-tuning")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit-train", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="the pruned .safetensors file (loads without Torch-Pruning)")
+    p.add_argument("--json", action="store_true", help="print params, MACs and accuracy before and after")
+    p.set_defaults(func=cmd_prune)

@@ -1,0 +1,160 @@
+"""Structured channel pruning of the MBConv expansion channels, with Torch-Pruning.
+
+Each MBConv's expansion channels form one dependency group: the 1x1 expansion conv's outputs,
+its BN, the depthwise conv (whose groups equal its channels), that BN, the SE reduce conv's
+inputs and SE expand conv's outputs (the gate multiplies the same channels), and the
+projection's inputs. Torch-Pruning traces the graph and removes a channel from all of them at
+once; we only choose which groups to prune and how many channels. Block outputs (the residual
+stream) are left alone: pruning them couples every block of a stage through the additions.
+
+The result is an ordinary dense EfficientNet whose config lists each block's remaining
+expansion width (``hidden_channels``), so ``effnet.load`` rebuilds it without Torch-Pruning.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+
+import torch
+
+from effnet.errors import UsageError
+
+
+def check_ratio(ratio: float) -> float:
+    if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and 0.0 < ratio < 1.0):
+        raise UsageError(f"--ratio must be in (0, 1): the fraction of expansion channels to remove, got {ratio!r}")
+    return float(ratio)
+
+
+def prune_in_place(model, ratio: float, round_to: int = 8) -> None:
+    """Remove ``ratio`` of every block's expansion channels from ``model`` itself: in each
+    group, the channels of least L2 magnitude over all the group's tensors; multiples of
+    ``round_to`` are kept (SIMD-friendly widths)."""
+    import torch_pruning as tp
+
+    from effnet.models.blocks import MBConv
+
+    ratio = check_ratio(ratio)
+    if model.config.features_only:
+        raise UsageError("pruning needs a classifier model, not a features_only backbone")
+    side = model.config.resolution
+    graph = tp.DependencyGraph().build_dependency(
+        model, example_inputs=torch.randn(1, model.config.in_chans, side, side)
+    )
+    importance = tp.importance.GroupMagnitudeImportance(p=2)
+    for block in (m for m in model.modules() if isinstance(m, MBConv)):
+        if block.expand_conv is None:
+            continue  # MBConv1: its "expansion" is the residual stream itself
+        channels = block.expand_conv.out_channels
+        keep = max(round_to, int(round(channels * (1.0 - ratio) / round_to)) * round_to)
+        if keep >= channels:
+            continue
+        group = graph.get_pruning_group(block.expand_conv, tp.prune_conv_out_channels, idxs=list(range(channels)))
+        scores = importance(group)
+        drop = torch.argsort(scores)[: channels - keep].tolist()
+        graph.get_pruning_group(block.expand_conv, tp.prune_conv_out_channels, idxs=drop).prune()
+
+
+def prune_expansion_channels(model, ratio: float, round_to: int = 8):
+    """A pruned copy of ``model``, rebuilt as a plain EfficientNet from its config."""
+    from effnet.models.blocks import MBConv
+    from effnet.registry import build_model
+
+    training = model.training
+    model = copy.deepcopy(model).cpu().eval()
+    prune_in_place(model, ratio, round_to)
+    hidden = tuple(b.dw_conv.out_channels for b in model.modules() if isinstance(b, MBConv))
+    config = dataclasses.replace(model.config, hidden_channels=hidden)
+    pruned = build_model(config, class_names=model.class_names, preprocessing=model.preprocessing)
+    # Rebuilt from the config alone, as effnet.load will: the weights must fit it exactly.
+    pruned.load_state_dict(model.state_dict())
+    return pruned.train(training)
+
+
+def prune(
+    weights: str,
+    ratio: float,
+    out: str,
+    *,
+    data: str | None = None,
+    finetune_epochs: int = 1,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    limit_train: int | None = None,
+    seed: int = 0,
+    quiet: bool = True,
+) -> dict:
+    """Prune the model in ``weights``, fine-tune it on ``data`` (default: the data it was trained
+    on) and write the result to ``out``. Returns params/MACs before and after and, when
+    fine-tuned, the validation top-1 before and after fine-tuning."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from effnet.flops import count_macs, count_params
+    from effnet.weights import load, read_metadata, save
+
+    ratio = check_ratio(ratio)
+    out_path = Path(out)
+    if out_path.suffix != ".safetensors" or out_path.is_dir():
+        raise UsageError(f"--out {out}: give a .safetensors file to write")
+    if finetune_epochs < 0:
+        raise UsageError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
+    if not str(weights).endswith(".safetensors"):
+        raise UsageError(f"--weights {weights}: give an effnet .safetensors file")
+    model = load(weights)
+    training = json.loads(read_metadata(weights).get("training", "{}"))
+    pruned = prune_expansion_channels(model, ratio)
+    report = {
+        "ratio": ratio,
+        "params_before": count_params(model.config),
+        "params_after": count_params(pruned.config),
+        "macs_before": count_macs(model.config),
+        "macs_after": count_macs(pruned.config),
+    }
+    report["macs_ratio"] = report["macs_after"] / report["macs_before"]
+    if finetune_epochs == 0:
+        save(pruned, out_path)
+        return report
+    data = data or training.get("data")
+    if data is None:
+        raise UsageError(f"{weights} does not say what it was trained on; pass --data to fine-tune")
+    from effnet.training import TrainConfig, Trainer
+
+    with tempfile.TemporaryDirectory(prefix="effnet-prune-") as scratch:
+        start = Path(scratch) / "pruned.safetensors"
+        save(pruned, start)
+        cfg = TrainConfig(
+            model=None,
+            weights=str(start),
+            data=data,
+            data_dir=training.get("data_dir"),
+            val_split=training.get("val_split", 0.1),
+            image_size=model.config.resolution,
+            limit_train=limit_train,
+            epochs=finetune_epochs,
+            batch_size=batch_size,
+            seed=seed,
+            opt="adamw",
+            lr=lr,
+            weight_decay=0.01,
+            sched="cosine",
+            warmup_epochs=0.0,  # the weights are trained already: no warm-up from scratch
+            augment="light",
+            ema_decay=0.0,
+            drop_path_rate=0.0,
+            bn_momentum=0.1,
+            channels_last=True,
+        )
+        trainer = Trainer(cfg, Path(scratch) / "run", quiet=quiet)
+        from effnet.training.evaluate import evaluate
+
+        loader = torch.utils.data.DataLoader(trainer.val_set, batch_size=128)
+        report["val_top1_pruned"] = evaluate(trainer.model, loader, len(trainer.data.classes))["top1"]
+        trainer.fit()
+        report["val_top1_finetuned"] = trainer.best_top1
+        best = load(Path(scratch) / "run" / "best.safetensors")
+        save(best, out_path, extra_metadata={"training": json.dumps(training)} if training else None)
+    return report

@@ -1,0 +1,80 @@
+"""Compression: structured pruning with Torch-Pruning, checked against the pruned graph itself."""
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import effnet
+from effnet.compress.prune import prune_expansion_channels, prune_in_place
+from effnet.flops import count_params
+from effnet.models.blocks import MBConv
+from tests.conftest import give_bn_real_statistics
+
+
+def effnet_cmd(*args):
+    return [sys.executable, "-m", "effnet", *map(str, args)]
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_lite0"])
+def test_pruned_model_is_a_plain_model_equal_to_the_pruned_graph(name, tmp_path):
+    model = effnet.create_model(name, num_classes=10, resolution=64)
+    give_bn_real_statistics(model, 64)
+    traced = copy.deepcopy(model)
+    prune_in_place(traced, 0.5)
+    pruned = prune_expansion_channels(model, 0.5)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(pruned(x), traced(x))
+        assert pruned(x).abs().max() > 1e-3  # outputs of order one, not a vacuous comparison
+    blocks = [b for b in model.modules() if isinstance(b, MBConv)]
+    for block, hidden in zip(blocks, pruned.config.hidden_channels, strict=True):
+        if block.expand_conv is None:
+            assert hidden == block.dw_conv.out_channels  # MBConv1 has no expansion to prune
+        else:
+            assert hidden % 8 == 0 and abs(hidden - block.expand_conv.out_channels / 2) <= 8
+    assert sum(p.numel() for p in pruned.parameters()) == count_params(pruned.config)
+    assert count_params(pruned.config) < 0.7 * count_params(model.config)
+
+    path = effnet.save(pruned, tmp_path / "pruned.safetensors")
+    loaded = effnet.load(path)  # rebuilt from the file alone
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pruned(x))
+
+
+def test_prune_cli_fine_tunes_and_evaluates(tmp_path):
+    run = tmp_path / "run"
+    subprocess.run(
+        effnet_cmd("train", "--phi", "-3", "--data", "digits", "--image-size", "32", "--epochs", "1",
+                   "--batch-size", "32", "--limit-train", "320", "--ema-decay", "0", "--bn-momentum", "0.1",
+                   "--out", run, "--quiet"),
+        check=True, timeout=300,
+    )  # fmt: skip
+    out = tmp_path / "pruned.safetensors"
+    proc = subprocess.run(
+        effnet_cmd("prune", "--weights", run / "best.safetensors", "--ratio", "0.5", "--finetune-epochs", "1",
+                   "--limit-train", "320", "--out", out, "--json"),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["macs_after"] < 0.65 * report["macs_before"]
+    assert 0.0 <= report["val_top1_finetuned"] <= 1.0
+    evaluated = subprocess.run(effnet_cmd("eval", "--weights", out, "--json"), capture_output=True, text=True)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["n"] > 0
+
+
+@pytest.mark.parametrize("ratio", ["0", "1", "nan"])
+def test_prune_rejects_ratios_outside_0_1(tmp_path, ratio):
+    model = effnet.create_model("efficientnet_b0", num_classes=10, resolution=32)
+    weights = effnet.save(model, tmp_path / "m.safetensors")
+    proc = subprocess.run(
+        effnet_cmd("prune", "--weights", weights, "--ratio", ratio, "--out", tmp_path / "p.safetensors"),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "--ratio" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "p.safetensors").exists()
