@@ -4,6 +4,7 @@ import copy
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,17 +46,23 @@ def test_pruned_model_is_a_plain_model_equal_to_the_pruned_graph(name, tmp_path)
         assert torch.equal(loaded(x), pruned(x))
 
 
-def test_prune_cli_fine_tunes_and_evaluates(tmp_path):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def digits_weights(tmp_path_factory):
+    """A small model trained for one epoch on digits: real weights for the compression commands."""
+    run = tmp_path_factory.mktemp("digits") / "run"
     subprocess.run(
         effnet_cmd("train", "--phi", "-3", "--data", "digits", "--image-size", "32", "--epochs", "1",
                    "--batch-size", "32", "--limit-train", "320", "--ema-decay", "0", "--bn-momentum", "0.1",
                    "--out", run, "--quiet"),
         check=True, timeout=300,
     )  # fmt: skip
+    return run / "best.safetensors"
+
+
+def test_prune_cli_fine_tunes_and_evaluates(tmp_path, digits_weights):
     out = tmp_path / "pruned.safetensors"
     proc = subprocess.run(
-        effnet_cmd("prune", "--weights", run / "best.safetensors", "--ratio", "0.5", "--finetune-epochs", "1",
+        effnet_cmd("prune", "--weights", digits_weights, "--ratio", "0.5", "--finetune-epochs", "1",
                    "--limit-train", "320", "--out", out, "--json"),
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -78,3 +85,56 @@ def test_prune_rejects_ratios_outside_0_1(tmp_path, ratio):
     )  # fmt: skip
     assert proc.returncode == 2 and "--ratio" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "p.safetensors").exists()
+
+
+def test_quantize_writes_int8_that_eval_and_predict_accept(tmp_path, digits_weights):
+    out = tmp_path / "int8.onnx"
+    proc = subprocess.run(
+        effnet_cmd("quantize", "--weights", digits_weights, "--calibration-images", "64", "--out", out, "--json"),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["calibration_images"] == 64
+    assert report["int8_bytes"] == out.stat().st_size < 0.4 * report["fp32_bytes"]
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
+    evaluated = subprocess.run(effnet_cmd("eval", "--weights", out, "--json"), capture_output=True, text=True)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["top1"] == pytest.approx(report["int8_top1"])
+    from skimage import data as photos  # any real image: predict must run the int8 graph
+
+    photo = tmp_path / "coffee.png"
+    from PIL import Image
+
+    Image.fromarray(photos.coffee()).save(photo)
+    predicted = subprocess.run(effnet_cmd("predict", photo, "--weights", out, "--json"), capture_output=True, text=True)
+    assert predicted.returncode == 0, predicted.stderr
+    assert len(json.loads(predicted.stdout)[0]["top"]) == 5
+
+
+def test_quantize_rejects_calibration_data_of_other_classes(tmp_path, digits_weights):
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("Fashion-MNIST is not installed")
+    out = tmp_path / "int8.onnx"
+    proc = subprocess.run(
+        effnet_cmd("quantize", "--weights", digits_weights, "--data", "fashion-mnist", "--out", out),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "classes" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_quantize_onnx_rejects_calibration_batches_of_the_wrong_shape(tmp_path, digits_weights):
+    import numpy as np
+
+    from effnet.compress.quantize import quantize_onnx
+    from effnet.errors import UsageError
+    from effnet.export import export
+
+    fp32 = export(effnet.load(digits_weights), tmp_path / "fp32.onnx", dynamic_batch=True).path
+    with pytest.raises(UsageError, match="does not fit"):
+        quantize_onnx(fp32, tmp_path / "int8.onnx", [np.zeros((4, 1, 32, 32), np.float32)])
+    assert not (tmp_path / "int8.onnx").exists()

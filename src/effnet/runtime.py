@@ -64,6 +64,7 @@ class OnnxModel:
                 "its preprocessing and class names are unknown"
             )
         self.config, self.preprocessing, self.class_names = parse_metadata(meta, self.path)
+        self.training = json.loads(meta["training"]) if "training" in meta else {}  # what it was trained on
         try:
             self.input = json.loads(meta["input"])
         except (KeyError, ValueError) as exc:
@@ -92,6 +93,9 @@ class OnnxModel:
             raise UsageError(
                 f"{self.path}: exported for a fixed batch of {batch}, got {shape[0]}; export with --dynamic-batch"
             )
+
+    def eval(self) -> OnnxModel:
+        return self  # an exported graph is always in inference mode; evaluate() calls this
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(tuple(x.shape))

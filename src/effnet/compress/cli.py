@@ -1,4 +1,4 @@
-"""``effnet prune`` (and, later, distill / quantize / compress): argument parsing and printing."""
+"""``effnet prune`` and ``effnet quantize``: argument parsing and printing."""
 
 from __future__ import annotations
 
@@ -51,3 +51,51 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", required=True, help="the pruned .safetensors file (loads without Torch-Pruning)")
     p.add_argument("--json", action="store_true", help="print params, MACs and accuracy before and after")
     p.set_defaults(func=cmd_prune)
+    add_quantize_parser(sub)
+
+
+def cmd_quantize(args) -> int:
+    from effnet.compress.quantize import quantize
+
+    keep = tuple(op for op in (args.keep_fp32 or "").split(",") if op)
+    report = quantize(
+        args.weights,
+        args.out,
+        data=args.data,
+        calibration_images=args.calibration_images,
+        method=args.calibration_method,
+        keep_fp32=keep,
+        seed=args.seed,
+        evaluate_split=None if args.no_eval else args.split,
+    )
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"int8 file {report['int8_bytes']:,} bytes = {report['size_ratio']:.2f}x the fp32 export "
+            f"({report['calibration_images']} calibration images, {report['method']})"
+        )
+        if "int8_top1" in report:
+            print(
+                f"{args.split} top-1: fp32 {report['fp32_top1']:.2%}, int8 {report['int8_top1']:.2%} "
+                f"({100 * report['top1_drop']:+.2f} points lost)"
+            )
+        print(f"wrote {args.out}")
+    return 0
+
+
+def add_quantize_parser(sub) -> None:
+    from effnet.compress.quantize import METHODS
+
+    p = sub.add_parser("quantize", help="int8 ONNX (ONNX Runtime static QDQ, per-channel weights), calibrated")
+    p.add_argument("--weights", required=True, help="an effnet .safetensors file")
+    p.add_argument("--data", help="calibration and evaluation data (default: what the weights were trained on)")
+    p.add_argument("--calibration-images", type=int, default=256)
+    p.add_argument("--calibration-method", default="minmax", choices=METHODS)
+    p.add_argument("--keep-fp32", help="comma-separated ONNX op types to leave in float, e.g. Sigmoid,Mul")
+    p.add_argument("--split", default="test", choices=["val", "test"], help="where fp32 and int8 are compared")
+    p.add_argument("--no-eval", action="store_true", help="skip the fp32/int8 comparison")
+    p.add_argument("--seed", type=int, default=0, help="which training images calibrate")
+    p.add_argument("--out", required=True, help="the int8 .onnx file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_quantize)

@@ -62,8 +62,16 @@ def evaluate_weights(
     from effnet.errors import UsageError
     from effnet.weights import load, read_metadata
 
-    model = load(weights)
-    training = json.loads(read_metadata(weights).get("training", "{}")) if str(weights).endswith(".safetensors") else {}
+    if str(weights).endswith(".onnx"):  # an fp32 or int8 export, run by ONNX Runtime
+        from effnet.runtime import OnnxModel
+
+        model = OnnxModel(weights)
+        training = model.training
+    else:
+        model = load(weights)
+        training = (
+            json.loads(read_metadata(weights).get("training", "{}")) if str(weights).endswith(".safetensors") else {}
+        )
     data = data or training.get("data")
     if data is None:
         raise UsageError(f"{weights} does not say what it was trained on; pass --data")
@@ -74,11 +82,24 @@ def evaluate_weights(
         seed=seed if seed is not None else training.get("seed", 0),
         bad_images=bad_images,
     )
+    check_classes(model, bundle.classes, f"{weights}", f"--data {data}")
     classes = model.config.num_classes
-    if classes != len(bundle.classes):
-        raise UsageError(f"{weights} predicts {classes} classes but {data} has {len(bundle.classes)}")
     pre = model.preprocessing
     dataset = ImageDataset(bundle.split(split), eval_transform(pre.resolution, pre.mean, pre.std))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     result = evaluate(model, loader, classes)
     return result, bundle.classes
+
+
+def check_classes(model, classes: list[str], model_name: str, data_name: str) -> None:
+    """The model must predict exactly the data's classes, in the same order: same count is not
+    enough (digits and Fashion-MNIST both have 10)."""
+    from effnet.errors import UsageError
+
+    if model.config.num_classes != len(classes):
+        raise UsageError(f"{model_name} predicts {model.config.num_classes} classes but {data_name} has {len(classes)}")
+    names = getattr(model, "class_names", None)
+    if names and list(names) != list(classes):
+        raise UsageError(
+            f"{model_name} was trained on classes {list(names)[:4]}... but {data_name} has {list(classes)[:4]}..."
+        )

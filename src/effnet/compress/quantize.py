@@ -1,0 +1,178 @@
+"""Post-training int8 quantization with ONNX Runtime's static QDQ quantizer.
+
+The fp32 export (BN folded, checked against eager) is pre-processed (shape inference and
+graph cleanup, as ONNX Runtime recommends), then quantized with QuantizeLinear/DequantizeLinear
+pairs that ONNX Runtime fuses into integer kernels: weights int8 per output channel (one scale
+per filter; depthwise filters differ by orders of magnitude, so a per-tensor scale would zero
+most of them), activations uint8 with scales from calibration images.
+
+What makes EfficientNet hard to quantize: SiLU's output (x * sigmoid(x)) is unbounded above but
+bounded below by -0.28, and the SE gate multiplies whole feature maps by values in (0, 1).
+Both are kept quantized by default; ``keep_fp32`` names op types to leave in float (e.g.
+``Sigmoid,Mul`` keeps SiLU and the SE gate in fp32 at the cost of extra conversions).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from effnet.errors import UsageError, first_line
+from effnet.fileio import atomic_write
+
+METHODS = ("minmax", "percentile", "entropy")
+
+
+class _Calibration:
+    """ONNX Runtime's CalibrationDataReader protocol: ``get_next()`` returns the next input
+    dict, or None when the calibration set is exhausted."""
+
+    def __init__(self, batches, input_name: str):
+        self.batches, self.input_name = iter(batches), input_name
+
+    def get_next(self):
+        batch = next(self.batches, None)
+        return None if batch is None else {self.input_name: batch}
+
+
+def calibration_batches(model, data: str, n: int, batch_size: int = 32, seed: int = 0, data_dir=None):
+    """``n`` training images through the model's own eval preprocessing, as float32 NCHW arrays."""
+    from effnet.datasets import ImageDataset, load_data
+    from effnet.datasets.transforms import eval_transform
+    from effnet.training.evaluate import check_classes
+
+    bundle = load_data(data, data_dir=data_dir, seed=seed)
+    check_classes(model, bundle.classes, "the model", f"calibration data {data}")
+    pre = model.preprocessing
+    dataset = ImageDataset(bundle.split("train"), eval_transform(pre.resolution, pre.mean, pre.std))
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
+    subset = torch.utils.data.Subset(dataset, order.tolist())
+    return [images.numpy() for images, _ in torch.utils.data.DataLoader(subset, batch_size=batch_size)]
+
+
+def quantize_onnx(
+    fp32: str | Path,
+    out: str | Path,
+    batches: list[np.ndarray],
+    *,
+    method: str = "minmax",
+    keep_fp32: tuple[str, ...] = (),
+) -> None:
+    """Quantize an effnet fp32 ONNX file to int8 QDQ with ``batches`` as calibration data; the
+    effnet metadata (classes, preprocessing, input) is carried over."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from effnet.runtime import read_onnx
+
+    if method not in METHODS:
+        raise UsageError(f"--calibration-method must be one of {', '.join(METHODS)}, got {method!r}")
+    source = read_onnx(fp32)
+    meta = {p.key: p.value for p in source.metadata_props}
+    want = json.loads(meta.get("input", "{}"))
+    input_name = source.graph.input[0].name
+    for batch in batches:
+        expected = (want.get("channels"), want.get("image_size"), want.get("image_size"))
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
+            raise UsageError(
+                f"calibration data of shape {tuple(batch.shape)} does not fit the model's input (N, {expected})"
+            )
+    if not batches:
+        raise UsageError("no calibration images")
+    calibrate = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }[method]
+    with tempfile.TemporaryDirectory(prefix="effnet-quantize-") as scratch:
+        pre = Path(scratch) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        excluded = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in keep_fp32]
+        tmp = Path(scratch) / "int8.onnx"
+        try:
+            quantize_static(
+                str(pre),
+                str(tmp),
+                _Calibration(batches, input_name),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=calibrate,
+                nodes_to_exclude=excluded,
+            )
+        except Exception as exc:  # the quantizer raises plain exceptions from deep inside
+            raise UsageError(f"{fp32}: ONNX Runtime could not quantize it ({first_line(exc)})") from None
+        proto = onnx.load(str(tmp))
+        onnx.helper.set_model_props(
+            proto, {**meta, "quantization": json.dumps({"method": method, "keep_fp32": list(keep_fp32)})}
+        )
+        atomic_write(Path(out), lambda f: f.write(proto.SerializeToString()))
+
+
+def quantize(
+    weights: str,
+    out: str,
+    *,
+    data: str | None = None,
+    calibration_images: int = 256,
+    method: str = "minmax",
+    keep_fp32: tuple[str, ...] = (),
+    seed: int = 0,
+    evaluate_split: str | None = "test",
+) -> dict:
+    """Export ``weights`` to fp32 ONNX, quantize it to int8 with calibration images from
+    ``data`` (default: what it was trained on) and write ``out``. With ``evaluate_split``, both
+    files are evaluated by the same code (``effnet eval``'s) and the report compares them."""
+    from effnet.export import export
+    from effnet.training.evaluate import evaluate_weights
+    from effnet.weights import load, read_metadata
+
+    out_path = Path(out)
+    if out_path.suffix != ".onnx" or out_path.is_dir():
+        raise UsageError(f"--out {out}: give an .onnx file to write")
+    if not str(weights).endswith(".safetensors"):
+        raise UsageError(f"--weights {weights}: give an effnet .safetensors file")
+    if calibration_images < 1:
+        raise UsageError(f"--calibration-images must be at least 1, got {calibration_images}")
+    model = load(weights)
+    training = read_metadata(weights).get("training")
+    data = data or (json.loads(training)["data"] if training else None)
+    if data is None:
+        raise UsageError(f"{weights} does not say what it was trained on; pass --data for calibration")
+    batches = calibration_batches(model, data, calibration_images, seed=seed)
+    with tempfile.TemporaryDirectory(prefix="effnet-quantize-") as scratch:
+        fp32 = Path(scratch) / "fp32.onnx"
+        export(model, fp32, dynamic_batch=True)
+        if training:
+            _add_props(fp32, {"training": training})
+        int8 = Path(scratch) / "int8.onnx"
+        quantize_onnx(fp32, int8, batches, method=method, keep_fp32=keep_fp32)
+        report = {
+            "method": method,
+            "calibration_images": sum(len(b) for b in batches),
+            "fp32_bytes": fp32.stat().st_size,
+            "int8_bytes": int8.stat().st_size,
+        }
+        report["size_ratio"] = report["int8_bytes"] / report["fp32_bytes"]
+        if evaluate_split:
+            for name, path in (("fp32", fp32), ("int8", int8)):
+                metrics, _ = evaluate_weights(str(path), data, split=evaluate_split)
+                report[f"{name}_top1"] = metrics["top1"]
+            report["top1_drop"] = report["fp32_top1"] - report["int8_top1"]
+        atomic_write(out_path, lambda f: f.write(int8.read_bytes()))
+    return report
+
+
+def _add_props(path: Path, extra: dict[str, str]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    onnx.helper.set_model_props(proto, {**props, **extra})
+    path.write_bytes(proto.SerializeToString())
