@@ -138,3 +138,47 @@ def test_quantize_onnx_rejects_calibration_batches_of_the_wrong_shape(tmp_path, 
     with pytest.raises(UsageError, match="does not fit"):
         quantize_onnx(fp32, tmp_path / "int8.onnx", [np.zeros((4, 1, 32, 32), np.float32)])
     assert not (tmp_path / "int8.onnx").exists()
+
+
+def test_distillation_loss_is_hintons():
+    import torch.nn.functional as F
+
+    from effnet.training.loop import distillation_loss
+
+    student, teacher = torch.randn(8, 10), torch.randn(8, 10)
+    labels = torch.randint(0, 10, (8,))
+    hard = F.cross_entropy(student, labels)
+    assert distillation_loss(student, teacher, hard, 4.0, 0.0) == pytest.approx(hard.item())
+    assert distillation_loss(student, student, hard, 4.0, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+    t = 3.0
+    p_teacher = F.softmax(teacher / t, dim=1)
+    manual = (p_teacher * (p_teacher.log() - F.log_softmax(student / t, dim=1))).sum(1).mean() * t * t
+    got = distillation_loss(student, teacher, hard, t, 0.7)
+    assert got.item() == pytest.approx(0.7 * manual.item() + 0.3 * hard.item(), rel=1e-5)
+
+
+def test_distill_trains_a_student_with_the_teacher(tmp_path, digits_weights):
+    run = tmp_path / "student"
+    proc = subprocess.run(
+        effnet_cmd("distill", "--teacher", digits_weights, "--phi", "-4", "--data", "digits", "--image-size", "24",
+                   "--epochs", "1", "--batch-size", "32", "--limit-train", "320", "--ema-decay", "0",
+                   "--temperature", "2", "--alpha", "0.5", "--out", run, "--quiet", "--json"),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert 0.0 <= json.loads(proc.stdout)["val_top1"] <= 1.0
+    config = json.loads((run / "config.json").read_text())
+    assert config["teacher"] == str(digits_weights) and config["kd_temperature"] == 2.0 and config["kd_alpha"] == 0.5
+    assert effnet.load(run / "best.safetensors").config.resolution == 24  # the student, not the teacher
+
+
+def test_distill_rejects_a_teacher_with_other_classes(tmp_path):
+    teacher = effnet.save(
+        effnet.create_model("efficientnet_b0", num_classes=3, resolution=32), tmp_path / "t.safetensors"
+    )
+    proc = subprocess.run(
+        effnet_cmd("distill", "--teacher", teacher, "--phi", "-4", "--data", "digits", "--out", tmp_path / "run"),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "--teacher" in proc.stderr and "classes" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()

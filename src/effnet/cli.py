@@ -209,19 +209,26 @@ TRAIN_HELP = {
     "amp": "none or bf16 (autocast)",
     "bad_images": "error: stop on the first bad file; skip: train on the good ones",
     "memory_efficient": "recompute activations in the backward pass (per block): less memory, ~1 extra forward",
+    "teacher": "distil from this trained model (an effnet .safetensors file with the same classes)",
+    "kd_temperature": "distillation temperature T",
+    "kd_alpha": "weight of the distillation term; 1 - kd_alpha weighs the labels",
 }
 
 
-def add_dataclass_options(parser, cls, help_text: dict) -> None:
+def add_dataclass_options(parser, cls, help_text: dict, skip: tuple[str, ...] = ()) -> None:
     """One --option per field; defaults are suppressed so that only what was typed is seen."""
     from dataclasses import MISSING, fields
 
     casts = {"int": int, "float": float, "str": str}
     for f in fields(cls):
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
         kind = str(f.type).replace(" | None", "")
         default = None if f.default is MISSING else f.default
-        text = help_text.get(f.name, "") + f" (default: {default})"
+        text = help_text.get(f.name, "")
+        if "default" not in text:
+            text += f" (default: {default})"
         if kind == "bool":
             parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=text)
         else:
@@ -251,6 +258,21 @@ def cmd_train(args) -> int:
     if args.json and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
         print(json.dumps(row, indent=2))
     return 0
+
+
+def cmd_distill(args) -> int:
+    """``effnet train`` with a teacher: the same runs, resume and reports."""
+    from pathlib import Path
+
+    if args.student is None and getattr(args, "phi", None) is None:
+        raise UsageError("give --student NAME|FILE or --phi")
+    if args.student is not None:
+        if args.student.endswith(".safetensors") or Path(args.student).is_file():
+            args.weights, args.model = args.student, None
+        else:
+            args.model = args.student
+    args.teacher, args.kd_temperature, args.kd_alpha = args.teacher_file, args.temperature, args.alpha
+    return cmd_train(args)
 
 
 def cmd_eval(args) -> int:
@@ -358,6 +380,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     p.add_argument("--json", action="store_true", help="print the last epoch's metrics as JSON")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill", help="train a student on labels and a teacher's soft outputs (Hinton KD)")
+    p.add_argument("--teacher", dest="teacher_file", required=True, help="the trained teacher (.safetensors)")
+    p.add_argument("--student", help="a model name (trained from scratch) or a .safetensors file (fine-tuned)")
+    p.add_argument("--temperature", type=float, default=4.0, help="softening temperature T (default 4)")
+    p.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation term (default 0.9)")
+    add_dataclass_options(
+        p, TrainConfig, TRAIN_HELP, skip=("model", "weights", "teacher", "kd_temperature", "kd_alpha")
+    )
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last state")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument("--json", action="store_true", help="print the last epoch's metrics as JSON")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("eval", help="top-1, top-5, per-class accuracy and loss of a weights file")
     p.add_argument("--weights", required=True, help="an effnet .safetensors file")

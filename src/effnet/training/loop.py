@@ -167,6 +167,7 @@ class Trainer:
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model.set_memory_efficient(cfg.memory_efficient)
+        self.teacher = self._load_teacher(cfg.teacher) if cfg.teacher else None
 
         train_set = ImageDataset(self.data.split("train"), train_transform(size, pre.mean, pre.std, cfg.augment))
         self.train_set = SeededAugment(train_set, cfg.seed)
@@ -296,7 +297,25 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16"):
             logits = self.net(images)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.label_smoothing)
+        if self.teacher is not None:
+            loss = distillation_loss(
+                logits.float(), self.teacher(images), loss, self.cfg.kd_temperature, self.cfg.kd_alpha
+            )
         return logits, loss
+
+    def _load_teacher(self, path: str):
+        """The teacher, frozen, fed the student's batches in its own preprocessing."""
+        from effnet.predict import load_for_inference
+        from effnet.training.evaluate import check_classes
+
+        teacher = load_for_inference(path)
+        if not isinstance(teacher, torch.nn.Module):
+            raise UsageError(f"--teacher {path}: give a torch weights file (.safetensors), not an export")
+        check_classes(teacher, self.data.classes, f"--teacher {path}", f"--data {self.cfg.data}")
+        teacher = teacher.to(self.device).eval().requires_grad_(False)
+        if self.cfg.channels_last:
+            teacher = teacher.to(memory_format=torch.channels_last)
+        return TeacherInput(teacher, self.model.preprocessing)
 
     def _finite_everywhere(self, value: torch.Tensor) -> bool:
         flag = torch.tensor([0.0 if torch.isfinite(value) else 1.0], device=self.device)
@@ -447,6 +466,40 @@ class Trainer:
             )
         if self.dist.world > 1:
             dist.barrier()
+
+
+def distillation_loss(student, teacher, hard_loss, temperature: float, alpha: float) -> torch.Tensor:
+    """Hinton et al. (2015): KL divergence between the softened distributions, scaled by T^2 so
+    its gradients keep their size as T changes, mixed with the loss on the labels."""
+    soft = F.kl_div(
+        F.log_softmax(student / temperature, dim=1),
+        F.log_softmax(teacher.float() / temperature, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return alpha * temperature**2 * soft + (1.0 - alpha) * hard_loss
+
+
+class TeacherInput(torch.nn.Module):
+    """Runs a teacher on the student's batch: undoes the student's normalisation, applies the
+    teacher's, and resizes to the teacher's resolution when the two differ."""
+
+    def __init__(self, teacher: torch.nn.Module, student: Preprocessing):
+        super().__init__()
+        self.teacher, self.student, self.own = teacher, student, teacher.preprocessing
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images
+        if (self.own.mean, self.own.std) != (self.student.mean, self.student.std):
+            s_mean, s_std, t_mean, t_std = (
+                torch.tensor(v, device=x.device).view(1, -1, 1, 1)
+                for v in (self.student.mean, self.student.std, self.own.mean, self.own.std)
+            )
+            x = ((x * s_std + s_mean) - t_mean) / t_std
+        if self.own.resolution != x.shape[-1]:
+            x = F.interpolate(x, size=self.own.resolution, mode="bilinear", align_corners=False, antialias=True)
+        return self.teacher(x)
 
 
 def train(cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, quiet: bool = False) -> dict:
