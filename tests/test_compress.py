@@ -182,3 +182,35 @@ def test_distill_rejects_a_teacher_with_other_classes(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2 and "--teacher" in proc.stderr and "classes" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+def test_compress_pipeline_measures_every_stage_alike(tmp_path, digits_weights):
+    out = tmp_path / "compressed"
+    proc = subprocess.run(
+        effnet_cmd("compress", "--weights", digits_weights, "--steps", "distill,prune,quantize", "--epochs", "1",
+                   "--limit-train", "320", "--calibration-images", "64", "--out", out, "--json"),
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    stages = {s["stage"]: s for s in json.loads(proc.stdout)["stages"]}
+    assert list(stages) == ["original", "distill", "prune", "quantize"]
+    assert stages["distill"]["macs"] < stages["original"]["macs"]  # phi - 1 student
+    assert stages["prune"]["macs"] < stages["distill"]["macs"]
+    assert stages["quantize"]["file_bytes"] < 0.4 * stages["prune"]["file_bytes"]
+    for stage in stages.values():
+        assert stage["latency_ms"] > 0 and 0.0 <= stage["test_top1"] <= 1.0
+    for name in ("distill.safetensors", "prune.safetensors", "quantize.onnx", "report.md", "accuracy_latency.png"):
+        assert (out / name).stat().st_size > 0
+    # The stage files are ordinary effnet files: eval reproduces the report's numbers.
+    evaluated = subprocess.run(effnet_cmd("eval", "--weights", out / "quantize.onnx", "--json"),
+                               capture_output=True, text=True)  # fmt: skip
+    assert json.loads(evaluated.stdout)["top1"] == pytest.approx(stages["quantize"]["test_top1"])
+
+
+@pytest.mark.parametrize("steps, message", [("prune,quantize,distill", "last step"), ("shrink", "subset")])
+def test_compress_rejects_bad_steps(tmp_path, digits_weights, steps, message):
+    proc = subprocess.run(
+        effnet_cmd("compress", "--weights", digits_weights, "--steps", steps, "--out", tmp_path / "c"),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2 and message in proc.stderr and not (tmp_path / "c").exists()

@@ -1,9 +1,10 @@
-"""``effnet prune`` and ``effnet quantize``: argument parsing and printing."""
+"""``effnet prune``, ``quantize`` and ``compress``: argument parsing and printing."""
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 
 def cmd_prune(args) -> int:
@@ -52,6 +53,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--json", action="store_true", help="print params, MACs and accuracy before and after")
     p.set_defaults(func=cmd_prune)
     add_quantize_parser(sub)
+    add_compress_parser(sub)
 
 
 def cmd_quantize(args) -> int:
@@ -99,3 +101,49 @@ def add_quantize_parser(sub) -> None:
     p.add_argument("--out", required=True, help="the int8 .onnx file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_quantize)
+
+
+def cmd_compress(args) -> int:
+    from effnet.compress.pipeline import compress, parse_steps
+
+    def say(text: str) -> None:
+        if not args.json:
+            print(text, file=sys.stderr)
+
+    rows = compress(
+        args.weights,
+        args.out,
+        steps=parse_steps(args.steps),
+        data=args.data,
+        student=args.student,
+        epochs=args.epochs,
+        prune_ratio=args.prune_ratio,
+        finetune_epochs=args.finetune_epochs,
+        calibration_images=args.calibration_images,
+        limit_train=args.limit_train,
+        seed=args.seed,
+        progress=say,
+    )
+    if args.json:
+        print((Path(args.out) / "report.json").read_text(), end="")
+    else:
+        print((Path(args.out) / "report.md").read_text(), end="")
+        print(f"{len(rows)} stages; files, report.md/.json and accuracy_latency.png in {args.out}")
+    return 0
+
+
+def add_compress_parser(sub) -> None:
+    p = sub.add_parser("compress", help="distill, prune and quantize in one pipeline, every stage measured alike")
+    p.add_argument("--weights", required=True, help="the trained model (.safetensors)")
+    p.add_argument("--data", help="default: what the weights were trained on")
+    p.add_argument("--steps", default="distill,prune,quantize", help="comma-separated, in order")
+    p.add_argument("--student", help="distillation student: a model name or phi:X (default: the teacher's phi - 1)")
+    p.add_argument("--epochs", type=int, default=3, help="distillation epochs")
+    p.add_argument("--prune-ratio", type=float, default=0.5, help="fraction of expansion channels removed")
+    p.add_argument("--finetune-epochs", type=int, default=1, help="fine-tuning after pruning")
+    p.add_argument("--calibration-images", type=int, default=256)
+    p.add_argument("--limit-train", type=int, help="train (distill, fine-tune) on this many images only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="a new directory for the stages' files and the report")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compress)

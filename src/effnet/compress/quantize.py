@@ -150,7 +150,7 @@ def quantize(
         fp32 = Path(scratch) / "fp32.onnx"
         export(model, fp32, dynamic_batch=True)
         if training:
-            _add_props(fp32, {"training": training})
+            add_onnx_metadata(fp32, {"training": training})
         int8 = Path(scratch) / "int8.onnx"
         quantize_onnx(fp32, int8, batches, method=method, keep_fp32=keep_fp32)
         report = {
@@ -169,7 +169,7 @@ def quantize(
     return report
 
 
-def _add_props(path: Path, extra: dict[str, str]) -> None:
+def add_onnx_metadata(path: Path, extra: dict[str, str]) -> None:
     import onnx
 
     proto = onnx.load(str(path))
