@@ -68,6 +68,7 @@ def compress(
     from effnet.compress.prune import check_ratio, prune
     from effnet.compress.quantize import quantize
     from effnet.training import TrainConfig, train
+    from effnet.training.recipe import SHORT_RUN
     from effnet.weights import load, read_metadata
 
     out = Path(out)
@@ -103,15 +104,8 @@ def compress(
                     limit_train=limit_train,
                     epochs=epochs,
                     seed=seed,
-                    opt="adamw",
                     lr=0.004,
-                    weight_decay=0.01,
-                    sched="cosine",
-                    augment="light",
-                    ema_decay=0.0,
-                    drop_path_rate=0.0,
-                    bn_momentum=0.1,
-                    channels_last=True,
+                    **SHORT_RUN,
                 )
                 train(cfg, scratch / "distill", quiet=True)
                 current = scratch / "distill" / "best.safetensors"

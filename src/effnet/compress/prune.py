@@ -122,6 +122,7 @@ def prune(
     if data is None:
         raise UsageError(f"{weights} does not say what it was trained on; pass --data to fine-tune")
     from effnet.training import TrainConfig, Trainer
+    from effnet.training.recipe import SHORT_RUN
 
     with tempfile.TemporaryDirectory(prefix="effnet-prune-") as scratch:
         start = Path(scratch) / "pruned.safetensors"
@@ -137,16 +138,9 @@ def prune(
             epochs=finetune_epochs,
             batch_size=batch_size,
             seed=seed,
-            opt="adamw",
             lr=lr,
-            weight_decay=0.01,
-            sched="cosine",
             warmup_epochs=0.0,  # the weights are trained already: no warm-up from scratch
-            augment="light",
-            ema_decay=0.0,
-            drop_path_rate=0.0,
-            bn_momentum=0.1,
-            channels_last=True,
+            **SHORT_RUN,
         )
         trainer = Trainer(cfg, Path(scratch) / "run", quiet=quiet)
         from effnet.training.evaluate import evaluate

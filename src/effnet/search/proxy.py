@@ -40,8 +40,8 @@ class Proxy:
     batch_size: int = 64
     lr: float = 0.004
     limit_train: int | None = None
-    # A short AdamW + cosine recipe: the paper's RMSprop schedule and a 0.9999 EMA need
-    # hundreds of epochs; with a few, they only add noise to the ranking.
+    # The short-run recipe (training.recipe.SHORT_RUN): the paper's RMSprop schedule and a
+    # 0.9999 EMA need hundreds of epochs; with a few, they only add noise to the ranking.
     opt: str = "adamw"
     weight_decay: float = 0.01
     augment: str = "light"
@@ -96,6 +96,7 @@ class Proxy:
         Returns the best validation top-1 (the figure a search may select on) and, with
         ``test``, the test top-1 of those weights (the figure a study reports)."""
         from effnet.training import TrainConfig, Trainer, evaluate_weights
+        from effnet.training.recipe import SHORT_RUN
 
         cfg = TrainConfig(
             model=self.base,
@@ -108,15 +109,8 @@ class Proxy:
             epochs=self.epochs,
             batch_size=self.batch_size,
             seed=seed,
-            opt=self.opt,
+            **{**SHORT_RUN, "opt": self.opt, "weight_decay": self.weight_decay, "augment": self.augment},
             lr=self.lr,
-            weight_decay=self.weight_decay,
-            sched="cosine",
-            augment=self.augment,
-            ema_decay=0.0,
-            drop_path_rate=0.0,
-            bn_momentum=0.1,
-            channels_last=True,
         )
         run = Path(run)
         start = time.perf_counter()
