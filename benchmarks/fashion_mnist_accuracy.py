@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -65,6 +66,9 @@ def main() -> None:
         "epoch_seconds": [float(r.split(",")[header.index("epoch_seconds")]) for r in rows[1:]],
     }
     Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n")
+    # runs/ is not committed: keep the plots beside the summary so they outlive the run directory
+    for name in ("curves.png", "confusion.png"):
+        shutil.copyfile(Path(args.out) / name, Path(args.summary).parent / f"fashion_mnist_{name}")
     print(json.dumps({k: summary[k] for k in ("test_top1", "wall_seconds_this_invocation", "epochs")}, indent=2))
 
 
