@@ -66,6 +66,9 @@ def test_exported_graph_is_the_inference_form(tmp_path):
     assert meta["model_name"] == "efficientnet_b0"
     assert json.loads(meta["preprocessing"])["resolution"] == SIDE
     assert json.loads(meta["input"]) == {"name": "image", "channels": 3, "image_size": SIDE, "batch_size": 1}
+    # No exporter provenance: it would ship this machine's file paths and stack traces.
+    assert not any(n.metadata_props for n in proto.graph.node)
+    assert str(Path(__file__).parent.parent) not in proto.SerializeToString().decode("latin-1")
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")

@@ -154,10 +154,18 @@ def _write_onnx(net, example, path, metadata, dynamic_batch, opset) -> None:
     # down-conversion fails on ReduceMean and prints its traceback.
     proto = onnx_program(net, example, dynamic_batch=dynamic_batch, opset=max(opset, DEFAULT_OPSET))
     _global_pools(proto)
+    _strip_provenance(proto)
     proto = _at_opset(proto, opset)
     onnx.helper.set_model_props(proto, metadata)
     onnx.checker.check_model(proto)
     Path(path).write_bytes(proto.SerializeToString())
+
+
+def _strip_provenance(proto) -> None:
+    """Drop the exporter's per-node provenance (module path, FX node, Python stack trace): it
+    names files on the machine that exported, and it is a fifth of an int8 file's size."""
+    for node in proto.graph.node:
+        del node.metadata_props[:]
 
 
 def _opset_of(proto) -> int:

@@ -57,7 +57,8 @@ def fashion_mnist(data_dir: str | os.PathLike | None = None) -> tuple[dict[str, 
         x, y = read_idx(images), read_idx(labels)
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise UsageError(f"{images}: {x.shape} images do not pair with {labels}: {y.shape} labels")
-        splits[split] = ArraySplit(np.ascontiguousarray(x), y.astype(np.int64))
+        # np.frombuffer views are read-only, which torch.from_numpy warns about: own a copy
+        splits[split] = ArraySplit(np.array(x, order="C"), y.astype(np.int64))
     return splits, list(FASHION_MNIST_CLASSES)
 
 
