@@ -82,8 +82,8 @@ def main() -> None:
 
     def prune() -> dict:
         out = f"{runs}/pruned.safetensors"
-        report = json.loads(effnet("prune", "--weights", teacher, "--ratio", args.prune_ratio, *limit,
-                                   "--finetune-epochs", args.finetune_epochs, "--out", out, "--json", log=log))  # fmt: skip
+        prune = ["prune", "--weights", teacher, "--ratio", args.prune_ratio, "--finetune-epochs", args.finetune_epochs]
+        report = json.loads(effnet(*prune, *limit, "--out", out, "--json", log=log))
         return {**report, "test_top1": test_top1(out, log)}
 
     pruned = cached(results / "prune.json", prune)
@@ -144,8 +144,10 @@ def main() -> None:
             "latency_ms": [fp32["latency_ms"], q["latency_ms"]],
         },
         "distillation": {k: v["test_top1"] for k, v in students.items()},
-        "pipeline": [{k: s[k] for k in ("stage", "params", "macs", "file_bytes", "latency_ms", "test_top1")}
-                     for s in chain["stages"]],  # fmt: skip
+        "pipeline": [
+            {k: s[k] for k in ("stage", "params", "macs", "file_bytes", "latency_ms", "test_top1")}
+            for s in chain["stages"]
+        ],  # fmt: skip
     }
     (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: summary[k] for k in ("teacher_test_top1", "prune", "int8", "distillation")}, indent=2))
