@@ -2,10 +2,11 @@
 alone and as one pipeline, every figure from the effnet CLI. Writes the runs to runs/compression/
 and the results to benchmarks/compression/ (summary.json, summary.md, the pipeline's report).
 
-    python benchmarks/fmnist_compression.py          # the committed configuration, ~1 hour on 2 cores
+    python benchmarks/fmnist_compression.py    # the committed configuration: ~75 min on 2 idle cores
 
-Every step is skipped when its result file exists, so an interrupted run continues where it stopped
-(delete benchmarks/compression/ to start over).
+Every step is skipped when its result file exists and an interrupted training resumes, so running
+the same command again continues where it stopped (delete benchmarks/compression/ and
+runs/compression/ to start over).
 
 The teacher is phi=-3 B0 at 48 px trained on 20k of the 54k training images: the targets are
 differences between models measured side by side, which a smaller training set keeps affordable
@@ -49,6 +50,11 @@ def cached(path: Path, make) -> dict:
     return json.loads(path.read_text())
 
 
+def resume(out: str) -> list[str]:
+    """Continue a training run an interrupted invocation left behind (same command, same settings)."""
+    return ["--resume"] if (Path(out) / "config.json").exists() else []
+
+
 def test_top1(weights: str, log: list) -> float:
     return json.loads(effnet("eval", "--weights", weights, "--split", "test", "--json", log=log))["top1"]
 
@@ -58,6 +64,7 @@ def main() -> None:
     parser.add_argument("--limit-train", default="20000")
     parser.add_argument("--teacher-epochs", default="10")
     parser.add_argument("--student-epochs", default="5")
+    parser.add_argument("--lite-epochs", default="5")
     parser.add_argument("--prune-ratio", default="0.6", help="0.6 of the expansion channels is 0.48x the MACs")
     parser.add_argument("--finetune-epochs", default="3")
     parser.add_argument("--seeds", default="0,1")
@@ -73,9 +80,8 @@ def main() -> None:
     teacher = f"{runs}/teacher/best.safetensors"
 
     def train_teacher() -> dict:
-        shutil.rmtree(runs / "teacher", ignore_errors=True)
         effnet("train", "--phi", "-3", *RECIPE, *limit, "--epochs", args.teacher_epochs, "--seed", "0",
-               "--out", f"{runs}/teacher", log=log)  # fmt: skip
+               "--out", f"{runs}/teacher", *resume(f"{runs}/teacher"), log=log)  # fmt: skip
         return {"test_top1": test_top1(teacher, log)}
 
     base = cached(results / "teacher.json", train_teacher)
@@ -102,10 +108,9 @@ def main() -> None:
 
             def student(kind=kind, seed=seed) -> dict:
                 out = f"{runs}/student-{kind}-{seed}"
-                shutil.rmtree(out, ignore_errors=True)
                 teach = ["distill", "--teacher", teacher] if kind == "distilled" else ["train"]
                 effnet(*teach, "--phi", "-4", *RECIPE, *limit, "--epochs", args.student_epochs, "--seed", seed,
-                       "--out", out, log=log)  # fmt: skip
+                       "--out", out, *resume(out), log=log)  # fmt: skip
                 return {"test_top1": test_top1(f"{out}/best.safetensors", log)}
 
             students[f"{kind}-{seed}"] = cached(results / f"student-{kind}-{seed}.json", student)
@@ -127,10 +132,9 @@ def main() -> None:
     lite = f"{runs}/lite/best.safetensors"
 
     def train_lite() -> dict:
-        shutil.rmtree(runs / "lite", ignore_errors=True)
         model = ["--model", "efficientnet_lite0", "--width", f"{1.1**-3:.4f}", "--depth", f"{1.2**-3:.4f}"]
-        effnet("train", *model, *RECIPE, *limit, "--epochs", args.teacher_epochs, "--seed", "0",
-               "--out", f"{runs}/lite", log=log)  # fmt: skip
+        effnet("train", *model, *RECIPE, *limit, "--epochs", args.lite_epochs, "--seed", "0",
+               "--out", f"{runs}/lite", *resume(f"{runs}/lite"), log=log)  # fmt: skip
         return quantize(lite, "lite-int8")
 
     lite_int8 = cached(results / "lite_int8.json", train_lite)
