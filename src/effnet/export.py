@@ -163,7 +163,7 @@ def _write_onnx(net, example, path, metadata, dynamic_batch, opset) -> None:
 
 def _strip_provenance(proto) -> None:
     """Drop the exporter's per-node provenance (module path, FX node, Python stack trace): it
-    names files on the machine that exported, and it is a fifth of an int8 file's size."""
+    names files on the machine that exported, and it is a tenth of an int8 file's size."""
     for node in proto.graph.node:
         del node.metadata_props[:]
 
