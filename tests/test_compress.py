@@ -172,6 +172,41 @@ def test_distill_trains_a_student_with_the_teacher(tmp_path, digits_weights):
     assert effnet.load(run / "best.safetensors").config.resolution == 24  # the student, not the teacher
 
 
+def test_cached_teacher_logits_train_the_same_student(tmp_path):
+    from safetensors.torch import load_file
+
+    from effnet.training import TrainConfig, train
+
+    # A teacher whose outputs are of order one and differ between images, so that using the wrong
+    # image's cached logits would show.
+    teacher = effnet.create_model(phi=-4, num_classes=10, resolution=24)
+    give_bn_real_statistics(teacher, 24, batch=8, damp_residuals=True)
+    teacher_file = effnet.save(teacher, tmp_path / "teacher.safetensors")
+    settings = dict(model=None, phi=-4.0, teacher=str(teacher_file), data="digits", image_size=16, epochs=1,
+                    batch_size=32, limit_train=128, ema_decay=0.0, augment="none", opt="adamw", lr=0.004)  # fmt: skip
+    live = train(TrainConfig(**settings), tmp_path / "live", quiet=True)
+    cached = train(TrainConfig(**settings, cache_teacher=True), tmp_path / "cached", quiet=True)
+    logits = load_file(str(tmp_path / "cached" / "teacher_logits.safetensors"))["logits"]
+    assert logits.shape == (128, 10) and logits.std(0).mean() > 0.1  # one row per training image, varied
+    assert not (tmp_path / "live" / "teacher_logits.safetensors").exists()
+    # The same run: the teacher's outputs only differ in float rounding between batch sizes.
+    assert cached["train_loss"] == pytest.approx(live["train_loss"], rel=1e-4)
+    a, b = (effnet.load(tmp_path / run / "last.safetensors").state_dict() for run in ("live", "cached"))
+    assert all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-3, atol=1e-5) for k in a)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [(dict(augment="light"), "--augment none"), (dict(teacher=None, augment="none"), "needs a teacher")],
+)
+def test_cache_teacher_refuses_what_it_cannot_cache(tmp_path, settings, message):
+    from effnet.errors import UsageError
+    from effnet.training import TrainConfig
+
+    with pytest.raises(UsageError, match=message):
+        TrainConfig(**{"phi": -4.0, "model": None, "teacher": "t.safetensors", "cache_teacher": True, **settings})
+
+
 def test_distill_rejects_a_teacher_with_other_classes(tmp_path):
     teacher = effnet.save(
         effnet.create_model("efficientnet_b0", num_classes=3, resolution=32), tmp_path / "t.safetensors"

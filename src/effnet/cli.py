@@ -212,6 +212,7 @@ TRAIN_HELP = {
     "teacher": "distil from this trained model (an effnet .safetensors file with the same classes)",
     "kd_temperature": "distillation temperature T",
     "kd_alpha": "weight of the distillation term; 1 - kd_alpha weighs the labels",
+    "cache_teacher": "run the teacher once over the training images and reuse its logits (needs --augment none)",
 }
 
 

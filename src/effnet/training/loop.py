@@ -35,12 +35,26 @@ from effnet.training.report import plot_curves, write_metrics_csv
 from effnet.weights import save
 
 MAX_BAD_STEPS = 10
+TEACHER_LOGITS = "teacher_logits.safetensors"
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (diverged, non-finite weights); the message says why."""
 
     exit_code = 1
+
+
+class WithIndex(torch.utils.data.Dataset):
+    """(image, label, index): lets a batch find its rows in the cached teacher logits."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        return (*self.base[index], index)
 
 
 class SeededAugment(torch.utils.data.Dataset):
@@ -172,6 +186,7 @@ class Trainer:
         train_set = ImageDataset(self.data.split("train"), train_transform(size, pre.mean, pre.std, cfg.augment))
         self.train_set = SeededAugment(train_set, cfg.seed)
         self.val_set = ImageDataset(self.data.split("val"), eval_transform(size, pre.mean, pre.std))
+        self.teacher_logits = self._cached_teacher_logits(train_set, resume) if cfg.cache_teacher else None
         per_rank = len(self.train_set) // self.dist.world
         self.micro_per_epoch = per_rank // cfg.batch_size
         self.steps_per_epoch = self.micro_per_epoch // cfg.accum_steps
@@ -216,6 +231,8 @@ class Trainer:
                 f"{first['reason']}); the list is in {self.run / 'skipped_images.json'}",
                 file=sys.stderr,
             )
+        if self.teacher_logits is not None:
+            self._write_teacher_logits()
         self._save_state()  # a run killed before its first checkpoint can still resume
 
     def _load_initial_weights(self, initial: torch.nn.Module, weights: str) -> None:
@@ -234,9 +251,10 @@ class Trainer:
         if resume:
             if not config_path.is_file():
                 raise UsageError(f"{self.run}: nothing to resume (no config.json)")
-            saved = json.loads(config_path.read_text())
+            # Through from_dict: a run saved before a setting existed resumes with its default.
+            saved = TrainConfig.from_dict(json.loads(config_path.read_text())).to_dict()
             if saved != self.cfg.to_dict():
-                diff = sorted(k for k in saved if saved.get(k) != self.cfg.to_dict().get(k))
+                diff = sorted(k for k in saved if saved[k] != self.cfg.to_dict()[k])
                 raise UsageError(f"--resume with settings that differ from {config_path}: {', '.join(diff)}")
             return
         if self.dist.main and config_path.exists():
@@ -283,7 +301,7 @@ class Trainer:
         mine = order[self.dist.rank :: self.dist.world][: self.micro_per_epoch * self.cfg.batch_size]
         self.train_set.epoch = epoch
         return torch.utils.data.DataLoader(
-            self.train_set,
+            self.train_set if self.teacher_logits is None else WithIndex(self.train_set),
             batch_size=self.cfg.batch_size,
             sampler=mine[start_micro * self.cfg.batch_size :].tolist(),
             num_workers=self.cfg.workers,
@@ -293,15 +311,41 @@ class Trainer:
             generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch),
         )
 
-    def _forward_loss(self, images, labels):
+    def _forward_loss(self, images, labels, index=None):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16"):
             logits = self.net(images)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.label_smoothing)
         if self.teacher is not None:
-            loss = distillation_loss(
-                logits.float(), self.teacher(images), loss, self.cfg.kd_temperature, self.cfg.kd_alpha
-            )
+            soft = self.teacher(images) if index is None else self.teacher_logits[index.to(self.device)]
+            loss = distillation_loss(logits.float(), soft, loss, self.cfg.kd_temperature, self.cfg.kd_alpha)
         return logits, loss
+
+    def _cached_teacher_logits(self, train_set: ImageDataset, resume: bool) -> torch.Tensor:
+        """The teacher's logits for every training image in index order: read back from the run
+        when resuming, else computed once here (un-augmented: the config demands --augment none)."""
+        from safetensors.torch import load_file
+        from tqdm import tqdm
+
+        path = self.run / TEACHER_LOGITS
+        if resume and path.is_file():
+            return load_file(str(path))["logits"].to(self.device)
+        # its own generator: the global RNG stream must stay what an uncached run sees
+        loader = torch.utils.data.DataLoader(
+            train_set, batch_size=256, num_workers=self.cfg.workers, generator=torch.Generator()
+        )
+        fmt = torch.channels_last if self.cfg.channels_last else torch.preserve_format
+        bar = tqdm(loader, desc="teacher logits", unit="batch", disable=self.quiet or not sys.stderr.isatty())
+        logits = torch.cat([self.teacher(images.to(self.device, memory_format=fmt)).float() for images, _ in bar])
+        if resume and self.dist.main:  # a fresh run writes them with its config (_start_run_dir)
+            self.teacher_logits = logits
+            self._write_teacher_logits()
+        return logits
+
+    def _write_teacher_logits(self) -> None:
+        from safetensors.torch import save as safetensors_bytes
+
+        data = safetensors_bytes({"logits": self.teacher_logits.cpu().contiguous()})
+        atomic_write(self.run / TEACHER_LOGITS, lambda f: f.write(data))
 
     def _load_teacher(self, path: str):
         """The teacher, frozen, fed the student's batches in its own preprocessing."""
@@ -329,10 +373,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, correct, seen = 0.0, 0, 0
         ok = True
-        for images, labels in micro_batches:
+        for images, labels, *index in micro_batches:  # index: with cached teacher logits
             fmt = torch.channels_last if self.cfg.channels_last else torch.preserve_format
             images, labels = images.to(self.device, memory_format=fmt), labels.to(self.device)
-            logits, loss = self._forward_loss(images, labels)
+            logits, loss = self._forward_loss(images, labels, *index)
             if not self._finite_everywhere(loss.detach()):
                 ok = False
                 break

@@ -81,6 +81,10 @@ class TrainConfig:
     teacher: str | None = None
     kd_temperature: float = 4.0
     kd_alpha: float = 0.9
+    # Run the teacher once over the training images and reuse its logits every epoch
+    # (RUN/teacher_logits.safetensors). Exact only without augmentation: an augmented image is
+    # not the image the teacher's logits were computed on.
+    cache_teacher: bool = False
     clip_grad: float | None = None
     accum_steps: int = 1
     checkpoint_every: int = 0  # steps; 0: only at the end of each epoch
@@ -112,6 +116,13 @@ class TrainConfig:
         for name, ok in checks:
             if not ok:
                 raise UsageError(f"--{name.replace('_', '-')}={getattr(self, name)!r} is out of range")
+        if self.cache_teacher and not self.teacher:
+            raise UsageError("--cache-teacher needs a teacher (effnet distill --teacher FILE)")
+        if self.cache_teacher and self.augment != "none":
+            raise UsageError(
+                f"--cache-teacher needs --augment none: the cached logits are the teacher's on the un-augmented "
+                f"images, and --augment {self.augment} would train the student on other images"
+            )
         for name, allowed in (("opt", OPTIMIZERS), ("sched", SCHEDULES), ("amp", AMP)):
             if getattr(self, name) not in allowed:
                 raise UsageError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
