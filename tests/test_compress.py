@@ -115,6 +115,48 @@ def test_quantize_writes_int8_that_eval_and_predict_accept(tmp_path, digits_weig
     assert len(json.loads(predicted.stdout)[0]["top"]) == 5
 
 
+def test_fake_quantization_puts_weights_and_inputs_on_the_int8_grid():
+    from effnet.compress.qat import InputUint8, PerChannelInt8
+
+    weight = torch.randn(8, 4, 3, 3) * torch.logspace(-3, 0, 8).view(8, 1, 1, 1)  # depthwise-like spread
+    rounded = PerChannelInt8()(weight)
+    scale = weight.abs().amax(dim=(1, 2, 3), keepdim=True) / 127
+    steps = rounded / scale
+    assert torch.allclose(steps, steps.round(), atol=1e-3) and steps.abs().max() <= 127.001
+    assert (rounded - weight).abs().le(scale / 2 + 1e-7).all()  # rounding, per channel: small filters survive
+    conv = torch.nn.Conv2d(4, 8, 1)
+    hook = InputUint8()
+    x = torch.randn(2, 4, 16, 16)
+    (quantized,) = hook(conv, (x,))
+    assert quantized.unique().numel() <= 256 and (quantized - x).abs().max() <= (x.max() - x.min()) / 255
+
+
+def test_quantize_aware_finetuning_writes_int8_from_grid_weights(tmp_path, digits_weights):
+    from effnet.compress.qat import quantization_aware_finetune
+
+    model = effnet.load(digits_weights)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tuned = quantization_aware_finetune(model, "digits", epochs=1, batch_size=32, limit_train=64)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the input is untouched
+    convs = [m for m in tuned.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and not any(isinstance(m, torch.nn.BatchNorm2d) for m in tuned.modules())  # the folded form
+    for conv in convs:  # every filter on its own symmetric int8 grid, as ONNX Runtime will quantize it
+        w = conv.weight
+        scale = w.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-12) / 127
+        assert torch.allclose(w / scale, (w / scale).round(), atol=1e-3)
+
+    out = tmp_path / "qat.onnx"
+    proc = subprocess.run(
+        effnet_cmd("quantize", "--weights", digits_weights, "--method", "qat", "--qat-epochs", "1",
+                   "--limit-train", "64", "--calibration-images", "32", "--out", out, "--json"),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["scheme"] == "qat" and report["qat_epochs"] == 1 and 0.0 <= report["int8_top1"] <= 1.0
+    assert out.stat().st_size == report["int8_bytes"]
+
+
 def test_quantize_rejects_calibration_data_of_other_classes(tmp_path, digits_weights):
     if not Path("/usr/share/datasets/fashion-mnist").is_dir():
         pytest.skip("Fashion-MNIST is not installed")

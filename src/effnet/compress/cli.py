@@ -69,13 +69,18 @@ def cmd_quantize(args) -> int:
         keep_fp32=keep,
         seed=args.seed,
         evaluate_split=None if args.no_eval else args.split,
+        scheme=args.method,
+        qat_epochs=args.qat_epochs,
+        qat_lr=args.qat_lr,
+        limit_train=args.limit_train,
+        quiet=args.json or not sys.stderr.isatty(),
     )
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(
             f"int8 file {report['int8_bytes']:,} bytes = {report['size_ratio']:.2f}x the fp32 export "
-            f"({report['calibration_images']} calibration images, {report['method']})"
+            f"({report['scheme']}, {report['calibration_images']} calibration images, {report['method']})"
         )
         if "int8_top1" in report:
             print(
@@ -87,11 +92,16 @@ def cmd_quantize(args) -> int:
 
 
 def add_quantize_parser(sub) -> None:
-    from effnet.compress.quantize import METHODS
+    from effnet.compress.quantize import METHODS, SCHEMES
 
     p = sub.add_parser("quantize", help="int8 ONNX (ONNX Runtime static QDQ, per-channel weights), calibrated")
     p.add_argument("--weights", required=True, help="an effnet .safetensors file")
     p.add_argument("--data", help="calibration and evaluation data (default: what the weights were trained on)")
+    p.add_argument("--method", default="ptq", choices=SCHEMES,
+                   help="ptq: post-training; qat: fine-tune with int8 rounding in the loop first")  # fmt: skip
+    p.add_argument("--qat-epochs", type=int, default=1)
+    p.add_argument("--qat-lr", type=float, default=1e-4, help="AdamW learning rate of the QAT fine-tuning")
+    p.add_argument("--limit-train", type=int, help="QAT fine-tunes on this many training images only")
     p.add_argument("--calibration-images", type=int, default=256)
     p.add_argument("--calibration-method", default="minmax", choices=METHODS)
     p.add_argument("--keep-fp32", help="comma-separated ONNX op types to leave in float, e.g. Sigmoid,Mul")

@@ -25,6 +25,7 @@ from effnet.errors import UsageError, first_line
 from effnet.fileio import atomic_write
 
 METHODS = ("minmax", "percentile", "entropy")
+SCHEMES = ("ptq", "qat")  # post-training, or quantization-aware fine-tuning first
 
 
 class _Calibration:
@@ -125,10 +126,17 @@ def quantize(
     keep_fp32: tuple[str, ...] = (),
     seed: int = 0,
     evaluate_split: str | None = "test",
+    scheme: str = "ptq",
+    qat_epochs: int = 1,
+    qat_lr: float = 1e-4,
+    limit_train: int | None = None,
+    quiet: bool = True,
 ) -> dict:
     """Export ``weights`` to fp32 ONNX, quantize it to int8 with calibration images from
-    ``data`` (default: what it was trained on) and write ``out``. With ``evaluate_split``, both
-    files are evaluated by the same code (``effnet eval``'s) and the report compares them."""
+    ``data`` (default: what it was trained on) and write ``out``. ``scheme="qat"`` first
+    fine-tunes with int8 rounding in the loop (``effnet.compress.qat``). With
+    ``evaluate_split``, the fp32 export of ``weights`` and the int8 file are evaluated by the same
+    code (``effnet eval``'s) and the report compares them."""
     from effnet.export import export
     from effnet.training.evaluate import evaluate_weights
     from effnet.weights import load, read_metadata
@@ -140,6 +148,8 @@ def quantize(
         raise UsageError(f"--weights {weights}: give an effnet .safetensors file")
     if calibration_images < 1:
         raise UsageError(f"--calibration-images must be at least 1, got {calibration_images}")
+    if scheme not in SCHEMES:
+        raise UsageError(f"--method must be one of {', '.join(SCHEMES)}, got {scheme!r}")
     model = load(weights)
     training = read_metadata(weights).get("training")
     data = data or (json.loads(training)["data"] if training else None)
@@ -151,9 +161,22 @@ def quantize(
         export(model, fp32, dynamic_batch=True)
         if training:
             add_onnx_metadata(fp32, {"training": training})
+        source = fp32
+        if scheme == "qat":
+            from effnet.compress.qat import quantization_aware_finetune
+
+            tuned = quantization_aware_finetune(
+                model, data, epochs=qat_epochs, lr=qat_lr, limit_train=limit_train, seed=seed, quiet=quiet
+            )
+            source = Path(scratch) / "qat-fp32.onnx"
+            export(tuned, source, dynamic_batch=True)
+            if training:
+                add_onnx_metadata(source, {"training": training})
         int8 = Path(scratch) / "int8.onnx"
-        quantize_onnx(fp32, int8, batches, method=method, keep_fp32=keep_fp32)
+        quantize_onnx(source, int8, batches, method=method, keep_fp32=keep_fp32)
         report = {
+            "scheme": scheme,
+            **({"qat_epochs": qat_epochs, "qat_lr": qat_lr} if scheme == "qat" else {}),
             "method": method,
             "calibration_images": sum(len(b) for b in batches),
             "fp32_bytes": fp32.stat().st_size,
