@@ -46,6 +46,23 @@ def test_pruned_model_is_a_plain_model_equal_to_the_pruned_graph(name, tmp_path)
         assert torch.equal(loaded(x), pruned(x))
 
 
+def test_recalibrated_batchnorm_statistics_are_the_data_s():
+    from effnet.compress.prune import recalibrate_batchnorm
+
+    model = effnet.create_model(phi=-4, num_classes=10, resolution=32)
+    stem_bn = model.stem.bn
+    momentum = stem_bn.momentum
+    stem_bn.running_mean.fill_(100.0)  # stale statistics, as after pruning
+    images = torch.randn(64, 3, 32, 32) * 2 + 1
+    dataset = torch.utils.data.TensorDataset(images, torch.zeros(64, dtype=torch.long))
+    recalibrate_batchnorm(model.eval(), dataset, batches=4, batch_size=16)
+    with torch.no_grad():
+        expected = model.stem.conv(images).mean(dim=(0, 2, 3))
+    assert torch.allclose(stem_bn.running_mean, expected, atol=1e-4)  # four equal batches: their mean
+    assert stem_bn.momentum == momentum  # restored
+    assert not model.training  # left in the mode it came in
+
+
 @pytest.fixture(scope="module")
 def digits_weights(tmp_path_factory):
     """A small model trained for one epoch on digits: real weights for the compression commands."""
@@ -69,7 +86,7 @@ def test_prune_cli_fine_tunes_and_evaluates(tmp_path, digits_weights):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["macs_after"] < 0.65 * report["macs_before"]
-    assert 0.0 <= report["val_top1_finetuned"] <= 1.0
+    assert 0.0 <= report["val_top1_finetuned"] <= 1.0 and 0.0 <= report["val_top1_recalibrated"] <= 1.0
     evaluated = subprocess.run(effnet_cmd("eval", "--weights", out, "--json"), capture_output=True, text=True)
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["n"] > 0

@@ -33,6 +33,7 @@ def cmd_prune(args) -> int:
         if "val_top1_finetuned" in report:
             print(
                 f"validation top-1: {report['val_top1_pruned']:.2%} right after pruning, "
+                f"{report['val_top1_recalibrated']:.2%} with BN statistics re-estimated, "
                 f"{report['val_top1_finetuned']:.2%} after {args.finetune_epochs} epoch(s) of fine-tuning"
             )
         print(f"wrote {args.out}")
