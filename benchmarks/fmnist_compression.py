@@ -59,6 +59,42 @@ def test_top1(weights: str, log: list) -> float:
     return json.loads(effnet("eval", "--weights", weights, "--split", "test", "--json", log=log))["top1"]
 
 
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def summary_markdown(summary: dict, args) -> str:
+    p, lines = summary["prune"], []
+    lines += [
+        f"Command: `{summary['command']}`",
+        "",
+        f"Teacher: phi=-3 B0 at 48 px, {args.teacher_epochs} epochs on {args.limit_train} images: "
+        f"**{pct(summary['teacher_test_top1'])}%** test top-1.",
+        "",
+        "| pruning | MACs | params | test top-1 (%) | points lost |",
+        "|---|---|---|---|---|",
+        f"| {p['ratio']:.0%} of expansion channels, {args.finetune_epochs} epochs fine-tuning | {p['macs_ratio']:.2f}x "
+        f"| {p['params'][0]:,} -> {p['params'][1]:,} | {pct(p['test_top1'])} | {p['points_lost']:.2f} |",
+        "",
+        "| int8 | params | fp32 top-1 (%) | int8 top-1 (%) | points lost | file vs fp32 | latency b1 vs fp32 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, key in (("B0 phi=-3", "int8"), ("Lite0 at the same width and depth", "int8_lite")):
+        q = summary[key]
+        lines.append(
+            f"| {name} | {q['params']:,} | {pct(q['fp32_top1'])} | {pct(q['int8_top1'])} | {q['points_lost']:.2f} "
+            f"| {q['size_ratio']:.3f}x | {q['latency_ratio']:.2f}x ({q['latency_ms'][1]:.2f} ms) |"
+        )
+    d = summary["distillation"]
+    seeds = sorted({k.split("-", 1)[1] for k in d})
+    lines += ["", "| student phi=-4, same recipe and epochs | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |"]
+    lines.append("|---|" + "---|" * (len(seeds) + 1))
+    for kind in ("alone", "distilled"):
+        values = [d[f"{kind}-{s}"] for s in seeds]
+        lines.append(f"| {kind} | " + " | ".join(pct(v) for v in values) + f" | {pct(sum(values) / len(values))} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--limit-train", default="20000")
@@ -162,6 +198,8 @@ def main() -> None:
             "params": [pruned["params_before"], pruned["params_after"]],
             "test_top1": pruned["test_top1"],
             "points_lost": round(100 * (base["test_top1"] - pruned["test_top1"]), 2),
+            # validation top-1 right after pruning, after BN re-estimation, after fine-tuning
+            "val_top1_steps": [pruned.get(f"val_top1_{k}") for k in ("pruned", "recalibrated", "finetuned")],
         },
         "int8": int8_summary(int8),
         "int8_lite": int8_summary(lite_int8),
@@ -172,6 +210,7 @@ def main() -> None:
         ],  # fmt: skip
     }
     (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (results / "summary.md").write_text(summary_markdown(summary, args))
     print(
         json.dumps(
             {k: summary[k] for k in ("teacher_test_top1", "prune", "int8", "int8_lite", "distillation")}, indent=2
