@@ -63,8 +63,8 @@ def recalibrate_batchnorm(model, dataset, batches: int = 50, batch_size: int = 6
     Pruning removes channels whose contributions the following layers' statistics still count:
     a projection conv that lost 60% of its inputs produces smaller outputs than its BN expects,
     and the error compounds block after block (a 90% model falls to chance before any
-    fine-tuning). Re-estimating the statistics (a cumulative average, no gradients) gives
-    fine-tuning a working model to start from."""
+    fine-tuning). Re-estimating the statistics (a cumulative average, no gradients) makes the
+    pruned model usable as it is; fine-tuning normalises with batch statistics and is unaffected."""
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     momenta = [bn.momentum for bn in norms]
     for bn in norms:
