@@ -41,7 +41,7 @@ class InputUint8:
 
     def __call__(self, module: nn.Module, args):
         x = args[0]
-        low, high = x.detach().min().item(), x.detach().max().item()
+        low, high = (v.item() for v in torch.aminmax(x.detach()))  # one pass over the activation
         if self.low is None:
             self.low, self.high = low, high
         elif module.training:

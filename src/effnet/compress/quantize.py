@@ -157,21 +157,22 @@ def quantize(
         raise UsageError(f"{weights} does not say what it was trained on; pass --data for calibration")
     batches = calibration_batches(model, data, calibration_images, seed=seed)
     with tempfile.TemporaryDirectory(prefix="effnet-quantize-") as scratch:
-        fp32 = Path(scratch) / "fp32.onnx"
-        export(model, fp32, dynamic_batch=True)
-        if training:
-            add_onnx_metadata(fp32, {"training": training})
-        source = fp32
+
+        def export_fp32(net, name: str) -> Path:
+            path = Path(scratch) / name
+            export(net, path, dynamic_batch=True)
+            if training:
+                add_onnx_metadata(path, {"training": training})
+            return path
+
+        fp32 = source = export_fp32(model, "fp32.onnx")
         if scheme == "qat":
             from effnet.compress.qat import quantization_aware_finetune
 
             tuned = quantization_aware_finetune(
                 model, data, epochs=qat_epochs, lr=qat_lr, limit_train=limit_train, seed=seed, quiet=quiet
             )
-            source = Path(scratch) / "qat-fp32.onnx"
-            export(tuned, source, dynamic_batch=True)
-            if training:
-                add_onnx_metadata(source, {"training": training})
+            source = export_fp32(tuned, "qat-fp32.onnx")
         int8 = Path(scratch) / "int8.onnx"
         quantize_onnx(source, int8, batches, method=method, keep_fp32=keep_fp32)
         report = {

@@ -232,7 +232,7 @@ class Trainer:
                 file=sys.stderr,
             )
         if self.teacher_logits is not None:
-            self._write_teacher_logits()
+            self._write_teacher_logits(self.teacher_logits)
         self._save_state()  # a run killed before its first checkpoint can still resume
 
     def _load_initial_weights(self, initial: torch.nn.Module, weights: str) -> None:
@@ -337,14 +337,13 @@ class Trainer:
         bar = tqdm(loader, desc="teacher logits", unit="batch", disable=self.quiet or not sys.stderr.isatty())
         logits = torch.cat([self.teacher(images.to(self.device, memory_format=fmt)).float() for images, _ in bar])
         if resume and self.dist.main:  # a fresh run writes them with its config (_start_run_dir)
-            self.teacher_logits = logits
-            self._write_teacher_logits()
+            self._write_teacher_logits(logits)
         return logits
 
-    def _write_teacher_logits(self) -> None:
+    def _write_teacher_logits(self, logits: torch.Tensor) -> None:
         from safetensors.torch import save as safetensors_bytes
 
-        data = safetensors_bytes({"logits": self.teacher_logits.cpu().contiguous()})
+        data = safetensors_bytes({"logits": logits.cpu().contiguous()})
         atomic_write(self.run / TEACHER_LOGITS, lambda f: f.write(data))
 
     def _load_teacher(self, path: str):
