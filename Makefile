@@ -36,9 +36,11 @@ demo: $(STAMP)
 		--augment light --opt adamw --lr 0.002 --sched cosine --bn-momentum 0.1 --ema-decay 0.99 --out runs/demo
 	$(VENV)/bin/effnet eval --weights runs/demo/best.safetensors --split test --plot runs/demo/confusion.png
 
+# ruff, and import-linter's contracts (pyproject.toml): the layers point down, no import cycles.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/lint-imports
 
 test: lint data
 	$(PY) -m pytest -q --durations=10

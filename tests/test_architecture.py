@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 import effnet
-from effnet.registry import resolve_config
+from effnet.models.registry import resolve_config
 
 B_NAMES = [f"efficientnet_b{i}" for i in range(8)]
 

@@ -11,8 +11,8 @@ import torch
 
 import effnet
 from effnet.compress.prune import prune_expansion_channels, prune_in_place
-from effnet.flops import count_params
 from effnet.models.blocks import MBConv
+from effnet.models.flops import count_params
 from tests.conftest import give_bn_real_statistics
 
 
@@ -94,7 +94,7 @@ def test_prune_cli_fine_tunes_and_evaluates(tmp_path, digits_weights):
 
 @pytest.mark.parametrize("ratio", ["0", "1", "nan"])
 def test_prune_rejects_ratios_outside_0_1(tmp_path, capsys, ratio):
-    from effnet.cli import main
+    from effnet.cli.main import main
 
     model = effnet.create_model("efficientnet_b0", num_classes=10, resolution=32)
     weights = effnet.save(model, tmp_path / "m.safetensors")
@@ -190,8 +190,8 @@ def test_quantize_onnx_rejects_calibration_batches_of_the_wrong_shape(tmp_path, 
     import numpy as np
 
     from effnet.compress.quantize import quantize_onnx
-    from effnet.errors import UsageError
-    from effnet.export import export
+    from effnet.core.errors import UsageError
+    from effnet.deploy.export import export
 
     fp32 = export(effnet.load(digits_weights), tmp_path / "fp32.onnx", dynamic_batch=True).path
     with pytest.raises(UsageError, match="does not fit"):
@@ -202,7 +202,7 @@ def test_quantize_onnx_rejects_calibration_batches_of_the_wrong_shape(tmp_path, 
 def test_distillation_loss_is_hintons():
     import torch.nn.functional as F
 
-    from effnet.training.loop import distillation_loss
+    from effnet.training.distill import distillation_loss
 
     student, teacher = torch.randn(8, 10), torch.randn(8, 10)
     labels = torch.randint(0, 10, (8,))
@@ -259,7 +259,7 @@ def test_cached_teacher_logits_train_the_same_student(tmp_path):
     [(dict(augment="light"), "--augment none"), (dict(teacher=None, augment="none"), "needs a teacher")],
 )
 def test_cache_teacher_refuses_what_it_cannot_cache(tmp_path, settings, message):
-    from effnet.errors import UsageError
+    from effnet.core.errors import UsageError
     from effnet.training import TrainConfig
 
     with pytest.raises(UsageError, match=message):
@@ -303,7 +303,7 @@ def test_compress_pipeline_measures_every_stage_alike(tmp_path, digits_weights):
 
 @pytest.mark.parametrize("steps, message", [("prune,quantize,distill", "last step"), ("shrink", "subset")])
 def test_compress_rejects_bad_steps(tmp_path, capsys, digits_weights, steps, message):
-    from effnet.cli import main
+    from effnet.cli.main import main
 
     assert main(["compress", "--weights", str(digits_weights), "--steps", steps, "--out", str(tmp_path / "c")]) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "c").exists()

@@ -15,7 +15,8 @@ import effnet
 from effnet.datasets import ImageDataset, check_files, load_data
 from effnet.datasets.builtin import FASHION_MNIST_DIR
 from effnet.datasets.idx import read_idx
-from effnet.datasets.transforms import eval_transform, train_transform
+from effnet.datasets.transforms import train_transform
+from effnet.models.preprocessing import Preprocessing
 
 
 def write_idx(path, array):
@@ -75,10 +76,14 @@ def test_digits_splits_and_transforms():
     data = load_data("digits", seed=0)
     assert sum(len(s) for s in data.splits.values()) == 1797
     assert data.split("train").images.max() == 255
-    x, y = ImageDataset(data.split("train"), train_transform(32, (0.5,) * 3, (0.5,) * 3, "paper"))[0]
+    x, y = ImageDataset(data.split("train"), train_transform(half_normalized(32), "paper"))[0]
     assert x.shape == (3, 32, 32) and 0 <= y < 10
-    x, _ = ImageDataset(data.split("test"), eval_transform(24, (0.5,) * 3, (0.5,) * 3))[0]
+    x, _ = ImageDataset(data.split("test"), half_normalized(24).transform())[0]
     assert x.shape == (3, 24, 24) and torch_equal_channels(x)
+
+
+def half_normalized(size: int) -> Preprocessing:
+    return Preprocessing(resolution=size, resize=size, mean=(0.5,) * 3, std=(0.5,) * 3)
 
 
 def torch_equal_channels(x):
@@ -98,7 +103,7 @@ def test_folder_with_train_and_val(tmp_path):
     data = load_data(str(tmp_path))
     assert data.classes == ["cat", "dog"]
     assert (len(data.split("train")), len(data.split("val"))) == (12, 4)
-    x, y = ImageDataset(data.split("val"), eval_transform(16, (0.5,) * 3, (0.5,) * 3))[3]
+    x, y = ImageDataset(data.split("val"), half_normalized(16).transform())[3]
     assert x.shape == (3, 16, 16) and y == 1
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import effnet
-from effnet.export import ExportError, export
-from effnet.runtime import OnnxModel
+from effnet.deploy.export import ExportError, export
+from effnet.deploy.runtime import OnnxModel
 from tests.conftest import give_bn_real_statistics
 
 SIDE = 64  # small images keep the big members affordable; the graph is the same at any size
@@ -86,7 +86,7 @@ def test_torchscript_export_carries_metadata(tmp_path):
 def test_failed_check_leaves_no_file(tmp_path, monkeypatch):
     model = trained_like("efficientnet_b0")
     # A graph that computes something else: the eager reference is perturbed after export.
-    import effnet.export as ex
+    import effnet.deploy.export as ex
 
     real = ex.run_exported
     monkeypatch.setattr(ex, "run_exported", lambda *a: real(*a) + 1.0)

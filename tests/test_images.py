@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from effnet.errors import UsageError
-from effnet.images import load_rgb
+from effnet.core.errors import UsageError
+from effnet.datasets.images import load_rgb
 
 
 def test_exif_orientation_is_applied(tmp_path):

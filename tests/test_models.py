@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import effnet
-from effnet.registry import register
+from effnet.models.registry import register
 
 SMALL = [n for n in effnet.list_models() if n[-1] in "0123" and not n.endswith("l2")]
 

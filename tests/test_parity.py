@@ -11,7 +11,7 @@ import torchvision
 from efficientnet_pytorch import EfficientNet as LukemelasEfficientNet
 
 import effnet
-from effnet.convert import convert_state_dict, detect_source
+from effnet.weights.convert import convert_state_dict, detect_source
 from tests.conftest import give_bn_real_statistics
 
 B = [f"b{i}" for i in range(9)] + ["l2"]
@@ -75,8 +75,8 @@ def test_lukemelas(variant):
 
 
 def test_lukemelas_lite_checkpoint_converts():
-    from effnet.pretrained import weights_path
-    from effnet.weights import read_state_dict
+    from effnet.weights.io import read_state_dict
+    from effnet.weights.pretrained import weights_path
 
     sd = read_state_dict(weights_path("lite0"))
     assert detect_source(sd) == "lukemelas"

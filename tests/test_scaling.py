@@ -3,7 +3,7 @@ import math
 import pytest
 
 import effnet
-from effnet.scaling import PUBLISHED, compound_scale, dropout_for_phi, flops_ratio, round_channels, round_repeats
+from effnet.models.scaling import PUBLISHED, compound_scale, dropout_for_phi, flops_ratio, round_channels, round_repeats
 
 
 def test_compound_scale_follows_the_paper_rule():

@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from effnet.errors import UsageError
+from effnet.core.errors import UsageError
 from effnet.search.grid import compound_grid
 from effnet.search.latency import mnas_reward
 
@@ -144,7 +144,7 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     ],
 )
 def test_search_bad_input_is_one_line(tmp_path, capsys, args, message):
-    from effnet.cli import main  # in-process: the same code path as the command, without its start-up
+    from effnet.cli.main import main  # in-process: the same code path as the command, without its start-up
 
     assert main(["search", *PROXY, *GRID, "--storage", f"sqlite:///{tmp_path / 's.db'}", *args]) == 2
     err = capsys.readouterr().err

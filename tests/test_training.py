@@ -13,8 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 import effnet
-from effnet.training import TrainConfig, Trainer, TrainingError
-from effnet.training.loop import _bn_buffers
+from effnet.training import ClassificationTrainer as Trainer
+from effnet.training import TrainConfig, TrainingError
+from effnet.training.trainer import _bn_buffers
 
 # A small compound-scaled B0 on digits at 32 px: ~3 s an epoch on 2 cores.
 TINY = ["--phi", "-3", "--data", "digits", "--image-size", "32", "--batch-size", "32", "--limit-train", "640",

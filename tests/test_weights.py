@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import effnet
-from effnet.weights import load, read_metadata, save
+from effnet.weights.io import load, read_metadata, save
 from tests.conftest import give_bn_real_statistics
 
 
@@ -122,7 +122,7 @@ def test_missing_file_and_unknown_suffix(tmp_path):
 def test_missing_pretrained_package_says_how_to_install(monkeypatch):
     from dataclasses import replace
 
-    from effnet import pretrained
+    from effnet.weights import pretrained
 
     spec = replace(pretrained.PRETRAINED["lite0"], module="effnet_no_such_weights_package")
     monkeypatch.setitem(pretrained.PRETRAINED, "lite0", spec)

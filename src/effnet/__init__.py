@@ -1,38 +1,46 @@
-"""effnet: the EfficientNet family from one baseline table and the compound-scaling rule."""
+"""effnet: the EfficientNet family from one baseline table and the compound-scaling rule.
 
-from effnet.architecture import B0_STAGES, StageSpec, scale_stages
-from effnet.config import ModelConfig
-from effnet.convert import convert_state_dict
-from effnet.errors import UsageError, WeightsError
-from effnet.flops import count_macs, count_params
-from effnet.models import EfficientNet
-from effnet.models.fuse import fuse_batchnorm
-from effnet.pretrained import load_pretrained
-from effnet.registry import create_model, list_models
-from effnet.scaling import PUBLISHED, compound_scale, round_channels, round_repeats
-from effnet.weights import load, save
+The package is layered, and each layer imports only from those below it (``make lint`` checks
+it with import-linter):
+
+    core -> models -> weights -> datasets -> tasks -> training | deploy -> search | compress -> cli
+
+The public names below are loaded on first use (PEP 562), so ``import effnet`` and
+``effnet --help`` do not pay for torch until a model is actually needed.
+"""
+
+from __future__ import annotations
+
+from effnet.core.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "B0_STAGES",
-    "PUBLISHED",
-    "EfficientNet",
-    "ModelConfig",
-    "StageSpec",
-    "UsageError",
-    "WeightsError",
-    "compound_scale",
-    "convert_state_dict",
-    "load",
-    "load_pretrained",
-    "save",
-    "count_macs",
-    "count_params",
-    "create_model",
-    "fuse_batchnorm",
-    "list_models",
-    "round_channels",
-    "round_repeats",
-    "scale_stages",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "B0_STAGES": "effnet.models.architecture",
+    "StageSpec": "effnet.models.architecture",
+    "scale_stages": "effnet.models.architecture",
+    "ModelConfig": "effnet.models.config",
+    "PUBLISHED": "effnet.models.scaling",
+    "compound_scale": "effnet.models.scaling",
+    "round_channels": "effnet.models.scaling",
+    "round_repeats": "effnet.models.scaling",
+    "count_macs": "effnet.models.flops",
+    "count_params": "effnet.models.flops",
+    "EfficientNet": "effnet.models.efficientnet",
+    "fuse_batchnorm": "effnet.models.fuse",
+    "create_model": "effnet.models.registry",
+    "list_models": "effnet.models.registry",
+    "UsageError": "effnet.core.errors",
+    "WeightsError": "effnet.core.errors",
+    "convert_state_dict": "effnet.weights.convert",
+    "load": "effnet.weights.io",
+    "save": "effnet.weights.io",
+    "load_pretrained": "effnet.weights.pretrained",
+    "load_trained": "effnet.weights.trained",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

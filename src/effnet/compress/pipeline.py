@@ -15,10 +15,23 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from effnet.errors import UsageError
-from effnet.fileio import atomic_write
+import torch
 
-STEPS = ("distill", "prune", "quantize")
+from effnet.compress.choices import STEPS
+from effnet.compress.prune import check_ratio, prune
+from effnet.compress.quantize import add_onnx_metadata, quantize
+from effnet.core.errors import UsageError
+from effnet.core.figures import pyplot, save_figure
+from effnet.core.fileio import atomic_write
+from effnet.deploy.bench import time_interleaved
+from effnet.deploy.evaluate import evaluate_weights
+from effnet.deploy.export import export
+from effnet.deploy.runtime import OnnxModel
+from effnet.models.flops import count_macs, count_params
+from effnet.training.classify import train
+from effnet.training.config import SHORT_RUN, TrainConfig
+from effnet.weights.io import load, read_metadata
+from effnet.weights.trained import load_trained
 
 
 @dataclass
@@ -65,12 +78,6 @@ def compress(
     seed: int = 0,
     progress=None,
 ) -> list[StageRow]:
-    from effnet.compress.prune import check_ratio, prune
-    from effnet.compress.quantize import quantize
-    from effnet.training import TrainConfig, train
-    from effnet.training.recipe import SHORT_RUN
-    from effnet.weights import load, read_metadata
-
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out {out} exists and is not an empty directory")
@@ -78,11 +85,10 @@ def compress(
         raise UsageError(f"--weights {weights}: give an effnet .safetensors file")
     if "prune" in steps:
         check_ratio(prune_ratio)
-    original = load(weights)
-    training = json.loads(read_metadata(weights).get("training", "{}"))
-    data = data or training.get("data")
-    if data is None:
-        raise UsageError(f"{weights} does not say what it was trained on; pass --data")
+    trained = load_trained(weights)
+    original = trained.model
+    options = trained.provenance.data_options(data, origin=weights)
+    data = options["data"]
     say = progress or (lambda text: None)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +106,8 @@ def compress(
                     phi=phi,
                     teacher=str(current),
                     data=data,
+                    data_dir=options["data_dir"],
+                    val_split=options["val_split"],
                     image_size=original.config.resolution,
                     limit_train=limit_train,
                     epochs=epochs,
@@ -120,7 +128,7 @@ def compress(
                          evaluate_split=None)  # fmt: skip
                 current = target
             stages.append((step, current))
-        rows = _measure(stages, data, scratch, say)
+        rows = _measure(stages, options, scratch, say)
         # The stage files and the report appear together, complete, or not at all.
         final = scratch / "result"
         final.mkdir()
@@ -136,15 +144,7 @@ def compress(
     return rows
 
 
-def _measure(stages, data: str, scratch: Path, say) -> list[StageRow]:
-    from effnet.bench import time_interleaved
-    from effnet.compress.quantize import add_onnx_metadata
-    from effnet.export import export
-    from effnet.flops import count_macs, count_params
-    from effnet.runtime import OnnxModel
-    from effnet.training.evaluate import evaluate_weights
-    from effnet.weights import load, read_metadata
-
+def _measure(stages, options: dict, scratch: Path, say) -> list[StageRow]:
     rows, sessions = [], {}
     config = None
     for stage, path in stages:
@@ -159,7 +159,7 @@ def _measure(stages, data: str, scratch: Path, say) -> list[StageRow]:
             if training:
                 add_onnx_metadata(onnx_path, {"training": training})
         say(f"evaluating {stage}...")
-        metrics, _ = evaluate_weights(str(onnx_path), data, split="test")
+        metrics, _ = evaluate_weights(str(onnx_path), options["data"], data_dir=options["data_dir"], split="test")
         sessions[stage] = OnnxModel(onnx_path)
         rows.append(
             StageRow(
@@ -172,8 +172,6 @@ def _measure(stages, data: str, scratch: Path, say) -> list[StageRow]:
             )
         )
     say("timing every stage on ONNX Runtime, interleaved...")
-    import torch
-
     side = next(iter(sessions.values())).input["image_size"]
     x = torch.randn(1, 3, side, side)
     times = time_interleaved(sessions, x, warmup=5, min_runs=30, min_seconds=2.0)
@@ -202,12 +200,7 @@ def write_report(rows: list[StageRow], out: Path, settings: dict) -> None:
 
 
 def plot(rows: list[StageRow], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from effnet.training.report import save_figure
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [r.latency_ms for r in rows]

@@ -15,11 +15,22 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
+import tempfile
+from pathlib import Path
 
 import torch
 
-from effnet.errors import UsageError
+from effnet.core.errors import UsageError
+from effnet.models.blocks import MBConv
+from effnet.models.flops import count_macs, count_params
+from effnet.models.registry import build_model
+from effnet.tasks.classification import evaluate
+from effnet.training.classify import ClassificationTrainer
+from effnet.training.config import SHORT_RUN, TrainConfig
+from effnet.weights.io import load, save
+from effnet.weights.trained import load_trained
 
 
 def check_ratio(ratio: float) -> float:
@@ -33,8 +44,6 @@ def prune_in_place(model, ratio: float, round_to: int = 8) -> None:
     group, the channels of least L2 magnitude over all the group's tensors; multiples of
     ``round_to`` are kept (SIMD-friendly widths)."""
     import torch_pruning as tp
-
-    from effnet.models.blocks import MBConv
 
     ratio = check_ratio(ratio)
     if model.config.features_only:
@@ -87,9 +96,6 @@ def recalibrate_batchnorm(model, dataset, batches: int = 50, batch_size: int = 6
 
 def prune_expansion_channels(model, ratio: float, round_to: int = 8):
     """A pruned copy of ``model``, rebuilt as a plain EfficientNet from its config."""
-    from effnet.models.blocks import MBConv
-    from effnet.registry import build_model
-
     training = model.training
     model = copy.deepcopy(model).cpu().eval()
     prune_in_place(model, ratio, round_to)
@@ -117,13 +123,6 @@ def prune(
     """Prune the model in ``weights``, fine-tune it on ``data`` (default: the data it was trained
     on) and write the result to ``out``. Returns params/MACs before and after and, when
     fine-tuned, the validation top-1 before and after fine-tuning."""
-    import json
-    import tempfile
-    from pathlib import Path
-
-    from effnet.flops import count_macs, count_params
-    from effnet.weights import load, read_metadata, save
-
     ratio = check_ratio(ratio)
     out_path = Path(out)
     if out_path.suffix != ".safetensors" or out_path.is_dir():
@@ -132,8 +131,8 @@ def prune(
         raise UsageError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
     if not str(weights).endswith(".safetensors"):
         raise UsageError(f"--weights {weights}: give an effnet .safetensors file")
-    model = load(weights)
-    training = json.loads(read_metadata(weights).get("training", "{}"))
+    trained = load_trained(weights)
+    model, training = trained.model, trained.provenance.training
     pruned = prune_expansion_channels(model, ratio)
     report = {
         "ratio": ratio,
@@ -146,21 +145,16 @@ def prune(
     if finetune_epochs == 0:
         save(pruned, out_path)
         return report
-    data = data or training.get("data")
-    if data is None:
-        raise UsageError(f"{weights} does not say what it was trained on; pass --data to fine-tune")
-    from effnet.training import TrainConfig, Trainer
-    from effnet.training.recipe import SHORT_RUN
-
+    options = trained.provenance.data_options(data, origin=weights)
     with tempfile.TemporaryDirectory(prefix="effnet-prune-") as scratch:
         start = Path(scratch) / "pruned.safetensors"
         save(pruned, start)
         cfg = TrainConfig(
             model=None,
             weights=str(start),
-            data=data,
-            data_dir=training.get("data_dir"),
-            val_split=training.get("val_split", 0.1),
+            data=options["data"],
+            data_dir=options["data_dir"],
+            val_split=options["val_split"],
             image_size=model.config.resolution,
             limit_train=limit_train,
             epochs=finetune_epochs,
@@ -170,14 +164,13 @@ def prune(
             warmup_epochs=0.0,  # the weights are trained already: no warm-up from scratch
             **SHORT_RUN,
         )
-        trainer = Trainer(cfg, Path(scratch) / "run", quiet=quiet)
-        from effnet.training.evaluate import evaluate
-
+        trainer = ClassificationTrainer(cfg, Path(scratch) / "run", quiet=quiet)
         loader = torch.utils.data.DataLoader(trainer.val_set, batch_size=128)
         report["val_top1_pruned"] = evaluate(trainer.model, loader, len(trainer.data.classes))["top1"]
         recalibrate_batchnorm(trainer.model, trainer.train_set, seed=seed)
         report["val_top1_recalibrated"] = evaluate(trainer.model, loader, len(trainer.data.classes))["top1"]
         trainer.fit()
+        trainer.rundir.unlock()
         report["val_top1_finetuned"] = trainer.best_top1
         best = load(Path(scratch) / "run" / "best.safetensors")
         save(best, out_path, extra_metadata={"training": json.dumps(training)} if training else None)

@@ -12,13 +12,18 @@ sit on the int8 grid; ``quantize`` then calibrates and quantizes it like any oth
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from effnet.errors import UsageError
+from effnet.core.errors import UsageError
+from effnet.datasets.loading import ImageDataset, load_data
+from effnet.datasets.transforms import train_transform
+from effnet.models.fuse import fuse_batchnorm
+from effnet.tasks.classification import check_classes
 
 
 class PerChannelInt8(nn.Module):
@@ -55,7 +60,7 @@ class InputUint8:
 
 def quantization_aware_finetune(
     model: nn.Module,
-    data: str,
+    data_options: dict,
     *,
     epochs: int = 1,
     lr: float = 1e-4,
@@ -68,19 +73,18 @@ def quantization_aware_finetune(
     light augmentation); returns the folded float model with its weights on the int8 grid."""
     from tqdm import tqdm
 
-    from effnet.datasets import ImageDataset, load_data
-    from effnet.datasets.transforms import train_transform
-    from effnet.models.fuse import fuse_batchnorm
-    from effnet.training.evaluate import check_classes
-
     if epochs < 1:
         raise UsageError(f"--qat-epochs must be at least 1, got {epochs}")
     if not (math.isfinite(lr) and lr > 0):
         raise UsageError(f"--qat-lr must be positive, got {lr}")
-    bundle = load_data(data, limit_train=limit_train, seed=seed)
-    check_classes(model, bundle.classes, "the model", f"--data {data}")
-    pre = model.preprocessing
-    train_set = ImageDataset(bundle.split("train"), train_transform(pre.resolution, pre.mean, pre.std, "light"))
+    bundle = load_data(**data_options, limit_train=limit_train)
+    check_classes(model, bundle.classes, "the model", f"--data {data_options['data']}")
+    train_set = ImageDataset(bundle.split("train"), train_transform(model.preprocessing, "light"))
+    if len(train_set) < batch_size:
+        warnings.warn(
+            f"{len(train_set)} training images are fewer than one batch; batch size {len(train_set)}", stacklevel=2
+        )
+        batch_size = len(train_set)
 
     net = fuse_batchnorm(model)  # a copy: the caller's model is left as it was
     net.requires_grad_(True)

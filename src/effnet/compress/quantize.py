@@ -21,11 +21,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from effnet.errors import UsageError, first_line
-from effnet.fileio import atomic_write
-
-METHODS = ("minmax", "percentile", "entropy")
-SCHEMES = ("ptq", "qat")  # post-training, or quantization-aware fine-tuning first
+from effnet.compress.choices import CALIBRATION_METHODS as METHODS
+from effnet.compress.choices import SCHEMES
+from effnet.compress.qat import quantization_aware_finetune
+from effnet.core.errors import UsageError, first_line
+from effnet.core.fileio import atomic_write
+from effnet.datasets.loading import ImageDataset, load_data
+from effnet.deploy.evaluate import evaluate_weights
+from effnet.deploy.export import export
+from effnet.deploy.runtime import read_onnx
+from effnet.tasks.classification import check_classes
+from effnet.weights.trained import load_trained
 
 
 class _Calibration:
@@ -40,16 +46,12 @@ class _Calibration:
         return None if batch is None else {self.input_name: batch}
 
 
-def calibration_batches(model, data: str, n: int, batch_size: int = 32, seed: int = 0, data_dir=None):
-    """``n`` training images through the model's own eval preprocessing, as float32 NCHW arrays."""
-    from effnet.datasets import ImageDataset, load_data
-    from effnet.datasets.transforms import eval_transform
-    from effnet.training.evaluate import check_classes
-
-    bundle = load_data(data, data_dir=data_dir, seed=seed)
-    check_classes(model, bundle.classes, "the model", f"calibration data {data}")
-    pre = model.preprocessing
-    dataset = ImageDataset(bundle.split("train"), eval_transform(pre.resolution, pre.mean, pre.std))
+def calibration_batches(model, data_options: dict, n: int, batch_size: int = 32, seed: int = 0):
+    """``n`` training images through the model's own eval preprocessing, as float32 NCHW arrays.
+    ``data_options``: ``load_data``'s arguments (``Provenance.data_options``)."""
+    bundle = load_data(**data_options)
+    check_classes(model, bundle.classes, "the model", f"calibration data {data_options['data']}")
+    dataset = ImageDataset(bundle.split("train"), model.preprocessing.transform())
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
     subset = torch.utils.data.Subset(dataset, order.tolist())
     return [images.numpy() for images, _ in torch.utils.data.DataLoader(subset, batch_size=batch_size)]
@@ -68,8 +70,6 @@ def quantize_onnx(
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from effnet.runtime import read_onnx
 
     if method not in METHODS:
         raise UsageError(f"--calibration-method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -137,10 +137,6 @@ def quantize(
     fine-tunes with int8 rounding in the loop (``effnet.compress.qat``). With
     ``evaluate_split``, the fp32 export of ``weights`` and the int8 file are evaluated by the same
     code (``effnet eval``'s) and the report compares them."""
-    from effnet.export import export
-    from effnet.training.evaluate import evaluate_weights
-    from effnet.weights import load, read_metadata
-
     out_path = Path(out)
     if out_path.suffix != ".onnx" or out_path.is_dir():
         raise UsageError(f"--out {out}: give an .onnx file to write")
@@ -150,12 +146,11 @@ def quantize(
         raise UsageError(f"--calibration-images must be at least 1, got {calibration_images}")
     if scheme not in SCHEMES:
         raise UsageError(f"--method must be one of {', '.join(SCHEMES)}, got {scheme!r}")
-    model = load(weights)
-    training = read_metadata(weights).get("training")
-    data = data or (json.loads(training)["data"] if training else None)
-    if data is None:
-        raise UsageError(f"{weights} does not say what it was trained on; pass --data for calibration")
-    batches = calibration_batches(model, data, calibration_images, seed=seed)
+    trained = load_trained(weights)
+    model = trained.model
+    options = trained.provenance.data_options(data, origin=weights)
+    training = json.dumps(trained.provenance.training) if trained.provenance.training else None
+    batches = calibration_batches(model, options, calibration_images, seed=seed)
     with tempfile.TemporaryDirectory(prefix="effnet-quantize-") as scratch:
 
         def export_fp32(net, name: str) -> Path:
@@ -167,10 +162,8 @@ def quantize(
 
         fp32 = source = export_fp32(model, "fp32.onnx")
         if scheme == "qat":
-            from effnet.compress.qat import quantization_aware_finetune
-
             tuned = quantization_aware_finetune(
-                model, data, epochs=qat_epochs, lr=qat_lr, limit_train=limit_train, seed=seed, quiet=quiet
+                model, options, epochs=qat_epochs, lr=qat_lr, limit_train=limit_train, seed=seed, quiet=quiet
             )
             source = export_fp32(tuned, "qat-fp32.onnx")
         int8 = Path(scratch) / "int8.onnx"
@@ -186,7 +179,9 @@ def quantize(
         report["size_ratio"] = report["int8_bytes"] / report["fp32_bytes"]
         if evaluate_split:
             for name, path in (("fp32", fp32), ("int8", int8)):
-                metrics, _ = evaluate_weights(str(path), data, split=evaluate_split)
+                metrics, _ = evaluate_weights(
+                    str(path), options["data"], data_dir=options["data_dir"], split=evaluate_split
+                )
                 report[f"{name}_top1"] = metrics["top1"]
             report["top1_drop"] = report["fp32_top1"] - report["int8_top1"]
         atomic_write(out_path, lambda f: f.write(int8.read_bytes()))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from effnet.core.errors import UsageError
 from effnet.datasets.idx import read_idx
-from effnet.errors import UsageError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [

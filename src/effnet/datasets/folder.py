@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from effnet.errors import UsageError
+from effnet.core.errors import UsageError
 
 # Files with these suffixes are taken as images; anything else in a class folder is reported
 # by `effnet data check` rather than silently skipped.

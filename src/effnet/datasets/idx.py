@@ -8,7 +8,7 @@ import struct
 
 import numpy as np
 
-from effnet.errors import UsageError
+from effnet.core.errors import UsageError
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 

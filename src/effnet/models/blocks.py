@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from effnet.architecture import BlockArgs
+from effnet.models.architecture import BlockArgs
 from effnet.models.layers import DropPath, SqueezeExcite, activation, conv2d
 
 

@@ -6,11 +6,11 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from effnet.architecture import FAMILIES, ResolvedArch, scale_stages
-from effnet.config import ModelConfig
+from effnet.models.architecture import FAMILIES, ResolvedArch, scale_stages
 from effnet.models.blocks import MBConv
+from effnet.models.config import ModelConfig
 from effnet.models.layers import ConvBNAct, init_weights
-from effnet.preprocessing import Preprocessing
+from effnet.models.preprocessing import Preprocessing
 
 
 class EfficientNet(nn.Module):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 
-from effnet.errors import UsageError
-from effnet.scaling import flops_ratio
+from effnet.core.errors import UsageError
+from effnet.models.scaling import flops_ratio
 
 # Beyond this many points the grid is almost certainly a typo (a step of 0.001, say): each
 # point is a training run.

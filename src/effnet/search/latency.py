@@ -18,7 +18,10 @@ import statistics
 
 import torch
 
-from effnet.errors import UsageError
+from effnet.core.errors import UsageError
+from effnet.deploy.bench import eager_runner, time_interleaved
+from effnet.models.fuse import fuse_batchnorm
+from effnet.models.registry import build_model
 from effnet.search.proxy import Proxy
 
 MNAS_W = -0.07
@@ -43,12 +46,8 @@ def measure_latency_ms(
     config, device: str = "cpu", batch: int = 1, min_runs: int = 20, min_seconds: float = 0.5
 ) -> float:
     """Median batch latency of the inference form (BN folded, channels_last) on ``device``."""
-    import effnet
-    from effnet.bench import eager_runner, time_interleaved
-    from effnet.registry import build_model
-
     dev = resolve_latency_device(device)
-    model = effnet.fuse_batchnorm(build_model(config).eval()).to(dev)
+    model = fuse_batchnorm(build_model(config).eval()).to(dev)
     run = eager_runner(model, channels_last=True)
     if dev.type == "cuda":
         inner = run

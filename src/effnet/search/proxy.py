@@ -14,7 +14,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from effnet.errors import UsageError
+from effnet.core.errors import UsageError
+from effnet.deploy.evaluate import evaluate_weights
+from effnet.models.flops import count_macs, count_params
+from effnet.models.registry import resolve_config
+from effnet.training.classify import ClassificationTrainer
+from effnet.training.config import SHORT_RUN, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -47,8 +52,6 @@ class Proxy:
     augment: str = "light"
 
     def __post_init__(self):
-        from effnet.registry import resolve_config
-
         base = resolve_config(self.base)  # unknown names fail here, before any training
         object.__setattr__(self, "base_width", base.width if self.base_width is None else self.base_width)
         object.__setattr__(self, "base_depth", base.depth if self.base_depth is None else self.base_depth)
@@ -76,8 +79,6 @@ class Proxy:
         return self.scaled(width=beta**phi, depth=alpha**phi, resolution=gamma**phi)
 
     def config(self, shape: Shape, num_classes: int = 1000):
-        from effnet.registry import resolve_config
-
         return resolve_config(
             self.base, width=shape.width, depth=shape.depth, resolution=shape.resolution, num_classes=num_classes
         )
@@ -85,8 +86,6 @@ class Proxy:
     @functools.lru_cache(maxsize=4096)  # noqa: B019 (Proxy is frozen; MAC counts are pure)
     def cost(self, shape: Shape) -> dict:
         """Params and MACs of a candidate (10 classes: the count barely moves either)."""
-        from effnet.flops import count_macs, count_params
-
         config = self.config(shape, num_classes=10)
         return {"params": count_params(config), "macs": count_macs(config)}
 
@@ -95,9 +94,6 @@ class Proxy:
 
         Returns the best validation top-1 (the figure a search may select on) and, with
         ``test``, the test top-1 of those weights (the figure a study reports)."""
-        from effnet.training import TrainConfig, Trainer, evaluate_weights
-        from effnet.training.recipe import SHORT_RUN
-
         cfg = TrainConfig(
             model=self.base,
             width=shape.width,
@@ -114,7 +110,7 @@ class Proxy:
         )
         run = Path(run)
         start = time.perf_counter()
-        trainer = Trainer(cfg, run, resume=(run / "config.json").is_file(), quiet=True)
+        trainer = ClassificationTrainer(cfg, run, resume=(run / "config.json").is_file(), quiet=True)
         trainer.fit()
         result = {"val_top1": trainer.best_top1, "train_seconds": round(time.perf_counter() - start, 1)}
         if test and "test" in trainer.data.splits:

@@ -16,8 +16,9 @@ import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from effnet.errors import UsageError
-from effnet.fileio import atomic_write
+from effnet.core.errors import UsageError
+from effnet.core.figures import pyplot, save_figure
+from effnet.core.fileio import atomic_write
 from effnet.search.proxy import Proxy, Shape
 
 METHODS = ("compound", "width", "depth", "resolution")
@@ -177,12 +178,7 @@ def write_outputs(rows: list[StudyRow], out: Path, settings: dict) -> None:
 
 
 def plot(table: dict[str, list[dict]], path: Path, split: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from effnet.training.report import save_figure
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for method, points in table.items():

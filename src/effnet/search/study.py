@@ -15,17 +15,23 @@ machine) stops beating; after the grace period any worker marks it failed and Op
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import math
 import os
+import re
 import socket
 import tempfile
 import threading
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from effnet.errors import UsageError, first_line
-from effnet.scaling import flops_ratio
+from effnet.core.errors import UsageError, first_line
+from effnet.core.figures import pyplot, save_figure
+from effnet.models.scaling import flops_ratio
 from effnet.search.grid import compound_grid
 from effnet.search.latency import measure_latency_ms, mnas_reward
 from effnet.search.proxy import Proxy
@@ -44,6 +50,15 @@ class GridSearch:
     tolerance: float = 0.1
     grid_step: float = 0.05
     seed: int = 0
+
+    def __post_init__(self):
+        # Checked before the study exists: a study created with a bad setting would stay behind.
+        for name in ("phi", "target", "tolerance", "grid_step"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value)):
+                raise UsageError(f"--{name.replace('_', '-')} must be a finite number, got {value!r}")
+        if not 0.0 < self.phi <= 8.0:
+            raise UsageError(f"--phi must be in (0, 8] for a grid search (the paper uses 1), got {self.phi}")
 
     def points(self) -> list[tuple[float, float, float]]:
         return compound_grid(self.target, self.tolerance, self.grid_step)
@@ -75,6 +90,35 @@ class SearchResult:
         }
 
 
+def redact(url: str) -> str:
+    """A storage URL fit for messages: the password replaced by ***."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL sqlalchemy can parse: hide anything between ':' and '@'
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str):
+    """Serialise the creation of a new SQLite database's tables between workers on this machine:
+    two workers that start together would otherwise both create Optuna's schema and one fails
+    (IntegrityError on alembic_version). Other databases need no file lock (see open_storage)."""
+    path = url.split("///", 1)[1] if url.startswith("sqlite:///") else ""
+    if not path or path == ":memory:":
+        yield
+        return
+    lock_path = Path(path).with_name(Path(path).name + ".init-lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def open_storage(url: str, heartbeat: int):
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -87,21 +131,46 @@ def open_storage(url: str, heartbeat: int):
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # SQLite serialises writers; concurrent workers wait for the lock instead of failing at 5 s.
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    for attempt in range(3):
+    for attempt in range(5):
         try:
-            return RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat,
-                grace_period=3 * heartbeat,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
-            )
+            with _schema_lock(url):
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat,
+                    grace_period=3 * heartbeat,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
+                )
         except Exception as exc:  # sqlalchemy: bad URL, missing driver, unreachable server, not a database
-            # Two workers creating the tables of a new database at once: the loser retries.
-            if attempt < 2 and "already exists" in str(exc):
-                time.sleep(1.0)
+            # A server database whose schema another worker is creating right now: wait and retry.
+            racing = any(s in str(exc) for s in ("already exists", "UNIQUE constraint", "Duplicate entry"))
+            if attempt < 4 and racing:
+                time.sleep(1.0 + attempt)
                 continue
-            raise UsageError(f"--storage {url}: {first_line(exc)}") from None
+            raise UsageError(f"--storage {redact(url)}: {_hide_password(first_line(exc), url)}") from None
+
+
+def _hide_password(text: str, url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        password = make_url(url).password
+    except Exception:
+        return text
+    return text.replace(str(password), "***") if password else text
+
+
+@contextlib.contextmanager
+def storage_errors(url: str):
+    """Storage failures after the database opened (read-only file, lost server) as one line."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+        cause = exc.__cause__ or exc
+        raise UsageError(f"--storage {redact(url)}: {_hide_password(first_line(cause), url)}") from None
 
 
 def open_study(spec: GridSearch, storage, name: str, wait_seconds: float = 30.0):
@@ -223,10 +292,15 @@ def run_grid(
     With ``wait`` the worker, once the queue is empty, waits for points other workers are
     still training (or that a dead worker left, until their heartbeat goes stale and they
     are queued again), so that it returns only with the whole grid."""
+    storage = open_storage(storage_url, heartbeat)
+    with storage_errors(storage_url):
+        return _work_through(spec, storage, study_name, heartbeat, device, wait, progress)
+
+
+def _work_through(spec: GridSearch, storage, study_name: str, heartbeat: int, device: str, wait: bool, progress):
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
-    storage = open_storage(storage_url, heartbeat)
     study = open_study(spec, storage, study_name)
     total = len(spec.points())
     while True:
@@ -271,13 +345,8 @@ def summarize(study, objective: str = "accuracy", latency_target_ms: float | Non
 def plot_grid(result: SearchResult, path) -> None:
     """Heatmap of validation top-1 over (beta, alpha); each cell's gamma is written in it
     (the constraint leaves about one gamma per cell; where there are more, the best is shown)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
-
-    from effnet.training.report import save_figure
 
     if not result.trials:
         raise UsageError("no finished trials to plot")

@@ -1,7 +1,14 @@
-"""Training and evaluation: the paper's recipe, resumable, on one process or many."""
+"""Training: a task-agnostic trainer core (resume, DDP, EMA, fault handling, run directories,
+reporting) and the classification task that plugs into it; the paper's recipe and a short one."""
 
-from effnet.training.evaluate import evaluate, evaluate_weights
-from effnet.training.loop import Trainer, TrainingError, train
-from effnet.training.recipe import TrainConfig
+from effnet.core.lazy import lazy_exports
 
-__all__ = ["TrainConfig", "Trainer", "TrainingError", "evaluate", "evaluate_weights", "train"]
+_EXPORTS = {
+    "TrainConfig": "effnet.training.config",
+    "Trainer": "effnet.training.trainer",
+    "TrainingError": "effnet.training.trainer",
+    "ClassificationTrainer": "effnet.training.classify",
+    "train": "effnet.training.classify",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from effnet.errors import UsageError
-from effnet.fileio import atomic_write
+from effnet.core.errors import UsageError
+from effnet.core.fileio import atomic_write
 
 STATE_FILE = "state.pt"
 

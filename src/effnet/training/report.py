@@ -1,12 +1,14 @@
-"""What a run leaves for people: metrics.csv, TensorBoard events and PNG plots."""
+"""What a run leaves for people: metrics.csv, TensorBoard events, PNG plots and a line per epoch."""
 
 from __future__ import annotations
 
 import csv
 import io
+import sys
 from pathlib import Path
 
-from effnet.fileio import atomic_write
+from effnet.core.figures import pyplot, save_figure
+from effnet.core.fileio import atomic_write
 
 COLUMNS = [
     "epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
@@ -15,18 +17,17 @@ COLUMNS = [
 
 
 def write_metrics_csv(run: Path, rows: list[dict]) -> None:
+    """One row an epoch: the classification columns first, then whatever else a task reports."""
+    extra = [k for k in rows[0] if k not in COLUMNS] if rows else []
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS + extra, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(run / "metrics.csv", lambda f: f.write(buffer.getvalue().encode()))
 
 
 def plot_curves(run: Path, rows: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -44,10 +45,7 @@ def plot_curves(run: Path, rows: list[dict]) -> None:
 
 
 def plot_confusion(path: Path, confusion: list[list[int]], classes: list[str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     matrix = np.asarray(confusion, dtype=float)
@@ -66,11 +64,34 @@ def plot_confusion(path: Path, confusion: list[list[int]], classes: list[str]) -
     save_figure(fig, path)
 
 
-def save_figure(fig, path: str | Path, dpi: int = 100) -> None:
-    """Render a matplotlib figure to PNG and write it atomically; closes the figure."""
-    import matplotlib.pyplot as plt
+class EpochReporter:
+    """Everything a run reports at the end of an epoch (main process only): metrics.csv, the
+    curves, TensorBoard scalars and one line on stderr."""
 
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    plt.close(fig)
-    atomic_write(Path(path), lambda f: f.write(buffer.getvalue()))
+    SCALARS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr")
+
+    def __init__(self, run: Path, total_epochs: int, quiet: bool):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run, self.total_epochs, self.quiet = run, total_epochs, quiet
+        self.writer = SummaryWriter(str(run / "tensorboard"))
+
+    def epoch(self, rows: list[dict]) -> None:
+        row = rows[-1]
+        write_metrics_csv(self.run, rows)
+        plot_curves(self.run, rows)
+        for key in self.SCALARS:
+            if row.get(key) is not None:
+                self.writer.add_scalar(key, row[key], row["step"])
+        self.writer.flush()
+        if not self.quiet:
+            print(
+                f"epoch {row['epoch']}/{self.total_epochs}: train loss {row['train_loss']:.4f} "
+                f"top-1 {row['train_top1']:.2%}, val top-1 {row['val_top1']:.2%} top-5 {row['val_top5']:.2%}, "
+                f"{row['images_per_second']} img/s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        self.writer.close()

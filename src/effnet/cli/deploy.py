@@ -1,0 +1,176 @@
+"""``effnet predict``, ``export``, ``bench`` and ``eval``: running trained models."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from effnet.cli.common import add_weights_options, parse_list, positive_int, print_table, weights_kwargs
+from effnet.core.errors import UsageError
+from effnet.datasets.choices import BAD_IMAGE_POLICIES, SPLITS
+from effnet.deploy.choices import BENCH_ENGINES, DEFAULT_OPSET, ENGINES, FORMATS
+
+BENCH_COLUMNS = [
+    ("model", "{}"),
+    ("batch", "{}"),
+    ("engine", "{}"),
+    ("median_ms", "{:.1f}"),
+    ("p10_ms", "{:.1f}"),
+    ("p90_ms", "{:.1f}"),
+    ("images_per_s", "{:.1f}"),
+    ("vs_torchvision", "{:.2f}"),
+]
+
+
+def cmd_predict(args) -> int:
+    from effnet.deploy.predict import load_for_inference, predict
+
+    model = load_for_inference(args.weights, args.model, engine=args.engine, **weights_kwargs(args))
+    results, errors = predict(model, args.images, top_k=args.top_k)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        for r in results:
+            print(r.image)
+            for t in r.top:
+                print(f"  {t['prob']:7.2%}  {t['label']} ({t['index']})")
+    for exc in errors:
+        print(f"effnet: error: {exc}", file=sys.stderr)
+    return 2 if errors else 0
+
+
+def cmd_export(args) -> int:
+    from effnet.deploy.export import export
+    from effnet.deploy.predict import load_for_inference
+    from effnet.models.registry import create_model
+
+    if args.weights:
+        model = load_for_inference(args.weights, args.model, engine="torch", **weights_kwargs(args))
+    elif args.model:
+        model = create_model(args.model)  # the architecture alone, freshly initialised
+    else:
+        raise UsageError("give --weights FILE (and --model for files without effnet metadata) or --model NAME")
+    result = export(
+        model,
+        args.out,
+        format=args.format,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        dynamic_batch=args.dynamic_batch,
+        opset=args.opset,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        batch = "dynamic" if result.batch_size is None else result.batch_size
+        print(f"wrote {result.path} ({result.format}, {result.image_size}x{result.image_size}, batch {batch})")
+        print(
+            f"max |exported - eager| = {result.max_abs_diff:.3g} "
+            f"({result.relative_diff:.2g} of the output scale {result.output_scale:.3g}; allowed 1e-4)"
+        )
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from effnet.deploy.bench import bench, plot
+
+    engines = parse_list(args.engines, "--engines") if args.engines else list(BENCH_ENGINES)
+    rows = bench(
+        parse_list(args.models, "--models"),
+        parse_list(args.batch_sizes, "--batch-sizes", int),
+        image_size=args.image_size,
+        threads=args.threads,
+        min_runs=args.runs,
+        min_seconds=args.min_seconds,
+        engines=engines,
+        progress=not args.json and sys.stderr.isatty(),
+    )
+    if args.plot:
+        plot(rows, args.plot)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+    else:
+        print(f"threads: {rows[0].threads}, image size: {rows[0].image_size}, median of >= {args.runs} runs")
+        print_table([r.to_dict() for r in rows], BENCH_COLUMNS)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from effnet.core.figures import check_writable
+    from effnet.deploy.evaluate import evaluate_weights
+    from effnet.training.report import plot_confusion
+
+    if args.plot:
+        check_writable(args.plot, "--plot")  # before the evaluation, not after it
+    result, classes = evaluate_weights(
+        args.weights,
+        args.data,
+        split=args.split,
+        data_dir=args.data_dir,
+        val_split=args.val_split,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        bad_images=args.bad_images,
+    )
+    per_class = dict(zip(classes, result["per_class"], strict=True))
+    if args.plot:
+        plot_confusion(args.plot, result["confusion"], classes)
+    if args.json:
+        out = {k: result[k] for k in ("top1", "top5", "loss", "n")}
+        print(json.dumps({**out, "per_class": per_class}, indent=2))
+    else:
+        print(f"{args.weights} on {args.split} ({result['n']} images)")
+        print(f"  top-1 {result['top1']:.2%}  top-5 {result['top5']:.2%}  loss {result['loss']:.4f}")
+        for name, acc in per_class.items():
+            print(f"  {acc:7.2%}  {name}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="classify images with a weights file or pretrained tag")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument(
+        "--weights", required=True, help="pretrained tag (lite0), a .safetensors/.pth file or an .onnx export"
+    )
+    add_weights_options(p)
+    p.add_argument("--engine", choices=ENGINES, help="torch or onnxruntime (default: onnxruntime for .onnx files)")
+    p.add_argument("--top-k", type=positive_int, default=5)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict, extras=())
+
+    p = sub.add_parser("export", help="export the inference form (BN folded) to ONNX or TorchScript, checked")
+    p.add_argument("--weights", help="pretrained tag (lite0) or a weights file")
+    add_weights_options(p)
+    p.add_argument("--format", choices=FORMATS, default="onnx")
+    p.add_argument("--out", required=True, help="file to write (.onnx / .pt)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
+    p.add_argument("--image-size", type=positive_int, help="input side (default: the model's resolution)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="the fixed batch size of a static export")
+    p.add_argument("--dynamic-batch", action="store_true", help="any batch size")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export, extras=("deploy",))
+
+    p = sub.add_parser("bench", help="inference latency: torchvision, timm, effnet eager and on ONNX Runtime")
+    p.add_argument("--models", default="efficientnet_b0", help="comma-separated model names")
+    p.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes")
+    p.add_argument("--engines", help="comma-separated subset of: " + ", ".join(BENCH_ENGINES))
+    p.add_argument("--image-size", type=positive_int, help="default: each model's resolution")
+    p.add_argument("--threads", type=positive_int, help="threads for torch and ONNX Runtime (default: torch's)")
+    p.add_argument("--runs", type=positive_int, default=10, help="timed runs per engine, at least")
+    p.add_argument("--min-seconds", type=float, default=3.0, help="timed seconds per engine, at least")
+    p.add_argument("--plot", help="write latency ratios as a PNG")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench, extras=("deploy",))
+
+    p = sub.add_parser("eval", help="top-1, top-5, per-class accuracy and loss of a weights file")
+    p.add_argument("--weights", required=True, help="an effnet .safetensors file or .onnx export")
+    p.add_argument("--data", help="dataset (default: the one the weights were trained on)")
+    p.add_argument("--data-dir", help="where the dataset's files are (default: the training run's)")
+    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--val-split", type=float, help="default: the training run's")
+    p.add_argument("--seed", type=int, help="default: the training run's")
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--bad-images", default="error", choices=BAD_IMAGE_POLICIES)
+    p.add_argument("--plot", help="write the confusion matrix to this PNG")
+    p.add_argument("--json", action="store_true", help="print {top1, top5, per_class, n, loss}")
+    p.set_defaults(func=cmd_eval, extras=("train",))

@@ -1,0 +1,56 @@
+"""The ``effnet`` command: a thin layer over the Python API.
+
+Arguments are parsed first; a command imports the layers it needs only when it runs, so
+``effnet --help`` answers without loading torch (these imports inside the ``cmd_*`` functions
+are the one place effnet imports its own modules lazily). Expected failures (bad names, files,
+numbers) print one line and exit 2; a run that fails after it started exits 1; a traceback
+means a bug in effnet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+
+from effnet import __version__
+from effnet.cli import compress, data, deploy, models, search, train
+from effnet.core.errors import EffnetError
+from effnet.core.extras import require
+
+DOMAINS = (models, deploy, train, search, compress, data)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="effnet", description="EfficientNet: build, scale, train, compress, deploy.")
+    parser.add_argument("--version", action="version", version=f"effnet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for domain in DOMAINS:
+        domain.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        require(*getattr(args, "extras", ()))
+        return args.func(args)
+    except EffnetError as exc:
+        print(f"effnet: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        # The disk filled up or a path is not writable: every write is atomic, so nothing half-written stays.
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"effnet: error: {exc.strerror}{where}; nothing half-written was left behind", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"effnet: interrupted{_resume_hint(args)}", file=sys.stderr)
+        return 130
+
+
+def _resume_hint(args) -> str:
+    if getattr(args, "command", None) in ("train", "distill") and getattr(args, "out", None):
+        return f"; continue with: effnet {args.command} --out {args.out} --resume"
+    return ""

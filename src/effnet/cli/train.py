@@ -1,0 +1,100 @@
+"""``effnet train`` and ``effnet distill``: training runs, resumable, on one process or many."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from effnet.cli.common import add_dataclass_options, dataclass_values
+from effnet.core.errors import UsageError
+from effnet.training.config import TrainConfig
+
+TRAIN_HELP = {
+    "model": "model name (or use --phi)",
+    "phi": "compound-scaled B0 with this phi instead of a named model",
+    "width": "override the model's width multiplier",
+    "depth": "override the model's depth multiplier",
+    "weights": "initialise from an effnet weights file or a pretrained tag (lite0); a new classifier if classes differ",
+    "data": "fashion-mnist, digits, or an image folder (train/ and val/ inside, or one class tree)",
+    "image_size": "input side (default: the model's resolution)",
+    "augment": "paper (random-resized crop, flip, RandAugment), light (padded crop, flip) or none",
+    "opt": "rmsproptf (paper), adamw or sgd",
+    "sched": "step (paper: x0.97 every 2.4 epochs) or cosine",
+    "lr": "base learning rate (default: per optimizer, x global batch / 256)",
+    "checkpoint_every": "also write the resume state every N optimizer steps",
+    "amp": "none or bf16 (autocast)",
+    "bad_images": "error: stop on the first bad file; skip: train on the good ones",
+    "memory_efficient": "recompute activations in the backward pass (per block): less memory, ~1 extra forward",
+    "teacher": "distil from this trained model (an effnet .safetensors file with the same classes)",
+    "kd_temperature": "distillation temperature T",
+    "kd_alpha": "weight of the distillation term; 1 - kd_alpha weighs the labels",
+    "cache_teacher": "run the teacher once over the training images and reuse its logits (needs --augment none)",
+}
+
+
+def read_saved_config(run: Path) -> dict:
+    """RUN/config.json as a dict, or a one-line error naming the file."""
+    path = run / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"{path}: unreadable run settings ({exc}); start a new run with another --out") from None
+    if not isinstance(saved, dict):
+        raise UsageError(f"{path}: not a JSON object of run settings; start a new run with another --out")
+    return saved
+
+
+def cmd_train(args) -> int:
+    from effnet.training.classify import train
+
+    given = dataclass_values(args, TrainConfig)
+    if "phi" in given and "model" not in given:
+        given["model"] = None
+    if args.resume and (Path(args.out) / "config.json").is_file():
+        # The saved settings fill in whatever this command does not repeat.
+        cfg = TrainConfig.from_dict({**read_saved_config(Path(args.out)), **given})
+    else:
+        cfg = TrainConfig(**given)
+    row = train(cfg, args.out, resume=args.resume, quiet=args.quiet)
+    if args.json and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+        print(json.dumps(row, indent=2))
+    return 0
+
+
+def cmd_distill(args) -> int:
+    """``effnet train`` with a teacher: the same runs, resume and reports."""
+    if args.student is None and getattr(args, "phi", None) is None:
+        raise UsageError("give --student NAME|FILE or --phi")
+    if args.student is not None:
+        if args.student.endswith(".safetensors") or Path(args.student).is_file():
+            args.weights, args.model = args.student, None
+        else:
+            args.model = args.student
+    args.teacher, args.kd_temperature, args.kd_alpha = args.teacher_file, args.temperature, args.alpha
+    return cmd_train(args)
+
+
+def _run_options(p) -> None:
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last state")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument("--json", action="store_true", help="print the last epoch's metrics as JSON")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a model; writes config, metrics, weights, plots and resume state")
+    add_dataclass_options(p, TrainConfig, TRAIN_HELP)
+    _run_options(p)
+    p.set_defaults(func=cmd_train, extras=("train",))
+
+    p = sub.add_parser("distill", help="train a student on labels and a teacher's soft outputs (Hinton KD)")
+    p.add_argument("--teacher", dest="teacher_file", required=True, help="the trained teacher (.safetensors)")
+    p.add_argument("--student", help="a model name (trained from scratch) or a .safetensors file (fine-tuned)")
+    p.add_argument("--temperature", type=float, default=4.0, help="softening temperature T (default 4)")
+    p.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation term (default 0.9)")
+    add_dataclass_options(
+        p, TrainConfig, TRAIN_HELP, skip=("model", "weights", "teacher", "kd_temperature", "kd_alpha")
+    )
+    _run_options(p)
+    p.set_defaults(func=cmd_distill, extras=("train",))

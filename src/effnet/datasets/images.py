@@ -1,0 +1,65 @@
+"""Decoding image files into RGB PIL images, with errors that name the file."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+from PIL import Image, ImageOps
+
+from effnet.core.errors import UsageError
+
+
+class ImageDecodeError(UsageError):
+    """An image file that cannot be used; ``reason`` is the message without the path."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open, fully decode and orient an image; any failure is a UsageError naming ``path``."""
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        # A pipe or device would block open() or stream forever; only plain files are images.
+        raise ImageDecodeError(path, "not a regular file (a pipe, socket or device)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()  # decode now, so truncated files fail here rather than later
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb(img)
+    except FileNotFoundError:
+        raise ImageDecodeError(path, "no such file") from None
+    except IsADirectoryError:
+        raise ImageDecodeError(path, "is a directory, not an image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(path, f"refused, decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's ways of saying "not a valid image"
+        reason = "empty file (0 bytes)" if _is_empty(path) else f"cannot decode image ({exc})"
+        raise ImageDecodeError(path, reason) from None
+
+
+def _is_empty(path) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except OSError:
+        return False
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite on white: transparent pixels are usually background, and black would
+        # invent dark objects the model never saw.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit images: scale to 8 bits rather than clip everything above 255 to white.
+        import numpy as np
+
+        eight_bit = (np.asarray(img, dtype=np.float64) / 257.0).round().clip(0, 255).astype(np.uint8)
+        return Image.fromarray(eight_bit, mode="L").convert("RGB")
+    return img.convert("RGB")

@@ -1,0 +1,242 @@
+"""Inference latency side by side: the peers' eager models, ours eager, ours and torchvision's
+exports on ONNX Runtime, all in one process, interleaved.
+
+The machine is shared and noisy, so every engine is timed in the same rounds (one call of each
+per round, in rotating order), and the figures that carry over are the ratios to torchvision
+eager in the same run. Threads are pinned to the same count for torch and ONNX Runtime, and
+ONNX Runtime's pools do not spin (spinning pools of interleaved sessions steal each other's cores).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from effnet.core.errors import UsageError
+from effnet.core.figures import pyplot, save_figure
+from effnet.deploy.choices import BENCH_ENGINES as ENGINES
+from effnet.deploy.export import export, onnx_program
+from effnet.deploy.runtime import OnnxModel, session_options
+from effnet.models.fuse import fuse_batchnorm
+from effnet.models.registry import create_model, get_entry, resolve_config
+
+BASELINE = "torchvision"
+
+
+@dataclass
+class BenchRow:
+    model: str
+    engine: str
+    batch: int
+    image_size: int
+    threads: int
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    runs: int
+    images_per_s: float
+    vs_torchvision: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _torchvision_model(name: str):
+    import torchvision
+
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        return None
+    return torchvision.models.get_model(name, weights=None).eval()
+
+
+def _timm_model(name: str):
+    import timm
+
+    return timm.create_model(name, pretrained=False).eval() if name in timm.list_models(name) else None
+
+
+def eager_runner(model: torch.nn.Module, channels_last: bool) -> Callable[[torch.Tensor], object]:
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    def run(x: torch.Tensor):
+        with torch.inference_mode():
+            return model(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+
+    return run
+
+
+def _onnx_session(model: torch.nn.Module, image_size: int, threads: int):
+    """Export with the same exporter and options as ``effnet export`` (but none of our graph
+    rewrites) and open a session with the same options as ours."""
+    import onnxruntime as ort
+
+    proto = onnx_program(model, torch.randn(1, 3, image_size, image_size), dynamic_batch=True)
+    session = ort.InferenceSession(
+        proto.SerializeToString(), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+    )
+
+    def run(x: torch.Tensor):
+        return session.run(None, {"image": x.numpy()})
+
+    return run
+
+
+def build_engines(name: str, image_size: int, threads: int, scratch: Path, engines=ENGINES) -> dict[str, Callable]:
+    """Callables for every engine available for ``name`` (torchvision has only B0-B7)."""
+    out: dict[str, Callable] = {}
+    tv = _torchvision_model(name)
+    if tv is not None and "torchvision" in engines:
+        out["torchvision"] = eager_runner(tv, channels_last=False)
+    if "timm" in engines and (tm := _timm_model(name)) is not None:
+        out["timm"] = eager_runner(tm, channels_last=False)
+    ours = create_model(name)
+    if "effnet" in engines:
+        # The form `effnet predict` runs: BN folded, channels_last.
+        out["effnet"] = eager_runner(fuse_batchnorm(ours), channels_last=True)
+    if "effnet_onnxruntime" in engines:
+        result = export(ours, scratch / f"{name}.onnx", image_size=image_size, dynamic_batch=True)
+        session = OnnxModel(result.path, threads=threads).session
+
+        def run_ours(x: torch.Tensor, session=session):
+            return session.run(None, {"image": x.numpy()})
+
+        out["effnet_onnxruntime"] = run_ours
+    if tv is not None and "torchvision_onnxruntime" in engines:
+        out["torchvision_onnxruntime"] = _onnx_session(tv, image_size, threads)
+    return out
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def bench(
+    models: list[str],
+    batch_sizes: list[int],
+    *,
+    image_size: int | None = None,
+    threads: int | None = None,
+    warmup: int = 3,
+    min_runs: int = 10,
+    min_seconds: float = 3.0,
+    engines=ENGINES,
+    progress: bool = False,
+) -> list[BenchRow]:
+    """Median latency of every engine, per model and batch size, with its ratio to torchvision."""
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown:
+        raise UsageError(f"unknown engine(s) {', '.join(unknown)}; known: {', '.join(ENGINES)}")
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise UsageError(f"--batch-sizes must be positive integers, got {batch_sizes}")
+    for name in models:
+        get_entry(name)  # unknown names fail before minutes of exporting
+    threads = threads or torch.get_num_threads()
+    if threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+
+    rows: list[BenchRow] = []
+    with tempfile.TemporaryDirectory(prefix="effnet-bench-") as scratch:
+        for name in models:
+            size = image_size or resolve_config(name).resolution
+            runners = build_engines(name, size, threads, Path(scratch), engines)
+            for batch in batch_sizes:
+                x = torch.randn(batch, 3, size, size)
+                times = time_interleaved(
+                    runners,
+                    x,
+                    warmup=warmup,
+                    min_runs=min_runs,
+                    min_seconds=min_seconds,
+                    progress=progress,
+                    label=f"{name} b{batch}",
+                )
+                rows += _rows(name, batch, size, threads, times)
+    return rows
+
+
+def time_interleaved(
+    runners,
+    x,
+    *,
+    warmup: int = 3,
+    min_runs: int = 10,
+    min_seconds: float = 1.0,
+    progress: bool = False,
+    label: str = "",
+) -> dict[str, list[float]]:
+    """Seconds per call of every runner, timed in rounds of one call each in rotating order."""
+    from tqdm import tqdm
+
+    for run in runners.values():
+        for _ in range(warmup):
+            run(x)
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    order = list(runners)
+    bar = tqdm(total=min_runs, desc=label, disable=not progress, leave=False)
+    rounds = 0
+    while rounds < min_runs or min(sum(t) for t in times.values()) < min_seconds:
+        for key in order:
+            start = time.perf_counter()
+            runners[key](x)
+            times[key].append(time.perf_counter() - start)
+        order = order[1:] + order[:1]  # no engine always runs right after the same one
+        rounds += 1
+        bar.update(1)
+    bar.close()
+    return times
+
+
+def _rows(name, batch, size, threads, times) -> list[BenchRow]:
+    rows = []
+    for engine, ts in times.items():
+        median = statistics.median(ts)
+        rows.append(
+            BenchRow(
+                model=name,
+                engine=engine,
+                batch=batch,
+                image_size=size,
+                threads=threads,
+                median_ms=median * 1e3,
+                p10_ms=_percentile(ts, 0.1) * 1e3,
+                p90_ms=_percentile(ts, 0.9) * 1e3,
+                runs=len(ts),
+                images_per_s=batch / median,
+            )
+        )
+    base = next((r for r in rows if r.engine == BASELINE), None)
+    for r in rows:
+        r.vs_torchvision = r.median_ms / base.median_ms if base else None
+    return rows
+
+
+def plot(rows: list[BenchRow], path: str | Path) -> None:
+    """Latency relative to torchvision eager, a group of bars per (model, batch)."""
+    plt = pyplot()
+
+    groups = sorted({(r.model, r.batch) for r in rows}, key=lambda g: (g[0], g[1]))
+    engines = [e for e in ENGINES if any(r.engine == e for r in rows)]
+    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(groups), 4))
+    width = 0.8 / len(engines)
+    for i, engine in enumerate(engines):
+        values = []
+        for model, batch in groups:
+            row = next((r for r in rows if (r.model, r.batch, r.engine) == (model, batch, engine)), None)
+            values.append(row.vs_torchvision if row and row.vs_torchvision else 0.0)
+        xs = [g + (i - (len(engines) - 1) / 2) * width for g in range(len(groups))]
+        ax.bar(xs, values, width, label=engine)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(range(len(groups)), [f"{m}\nbatch {b}" for m, b in groups])
+    ax.set_ylabel("latency / torchvision eager (lower is faster)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=120)

@@ -1,0 +1,244 @@
+"""Export the inference form of a model to ONNX or TorchScript, checked against eager.
+
+What is exported is what serves best: BatchNorm folded into the convolutions, PyTorch's
+native SiLU (no custom autograd function can end up in the graph), and a fixed image size,
+so TensorFlow-style SAME padding becomes a constant Pad. The file carries the model's
+metadata (name, config, classes, preprocessing), so it alone is enough to serve.
+
+A file is written to a scratch directory, run once against the eager model, and only then
+written atomically to its place; a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from effnet.core.errors import RunError, UsageError, first_line
+from effnet.core.extras import require
+from effnet.core.fileio import atomic_write
+from effnet.deploy.choices import DEFAULT_OPSET, FORMAT_SUFFIXES, FORMATS
+from effnet.deploy.runtime import OnnxModel
+from effnet.models.fuse import fuse_batchnorm
+from effnet.weights.io import model_metadata
+
+# Relative to the output's scale (its largest magnitude): fp32 reassociation in fused convs
+# and a different kernel library stay far below this; a wrong graph does not.
+TOLERANCE = 1e-4
+METADATA_FILE = "effnet.json"  # TorchScript's extra file holding the metadata
+
+
+class ExportError(RunError):
+    """The exported file does not reproduce the eager model (exit code 1)."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    image_size: int
+    batch_size: int | None  # None: dynamic
+    max_abs_diff: float
+    output_scale: float
+
+    @property
+    def relative_diff(self) -> float:
+        return self.max_abs_diff / self.output_scale
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("format", "image_size", "batch_size", "max_abs_diff", "output_scale")}
+        return {"path": str(self.path), **d, "relative_diff": self.relative_diff, "tolerance": TOLERANCE}
+
+
+def export_metadata(model: nn.Module, image_size: int, batch_size: int | None) -> dict[str, str]:
+    """A safetensors file's metadata, plus the input the graph accepts."""
+    preprocessing = model.preprocessing
+    if image_size != preprocessing.resolution:
+        # Keep the resize/crop ratio of the model's own preprocessing at the new size.
+        resize = round(image_size * preprocessing.resize / preprocessing.resolution)
+        preprocessing = replace(preprocessing, resolution=image_size, resize=resize)
+    return {
+        **model_metadata(model, preprocessing),
+        "input": json.dumps(
+            {"name": "image", "channels": model.config.in_chans, "image_size": image_size, "batch_size": batch_size}
+        ),
+    }
+
+
+def inference_form(model: nn.Module) -> nn.Module:
+    """BN folded, eval mode, no gradients: the module that gets exported."""
+    return fuse_batchnorm(model).eval().requires_grad_(False)
+
+
+def export(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    format: str = "onnx",
+    image_size: int | None = None,
+    batch_size: int = 1,
+    dynamic_batch: bool = False,
+    opset: int = DEFAULT_OPSET,
+) -> ExportResult:
+    """Export ``model`` to ``path`` and check it against eager on one input."""
+    if format == "onnx":
+        require("deploy")
+    if format not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    suffix = Path(path).suffix.lower()
+    for other, suffixes in FORMAT_SUFFIXES.items():
+        if other != format and suffix in suffixes:
+            raise UsageError(f"--out {path} names a {other} file but --format is {format}")
+    if format == "onnx":
+        import onnx
+
+        newest = onnx.defs.onnx_opset_version()
+        if not 7 <= opset <= newest:
+            raise UsageError(f"--opset {opset} is out of range: this onnx writes opsets 7..{newest}")
+    image_size = model.config.resolution if image_size is None else image_size
+    if not 16 <= image_size <= 4096:
+        raise UsageError(f"--image-size {image_size} is out of range (16..4096)")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a directory; give a file name")
+    net = inference_form(model)
+    example = torch.randn(batch_size, model.config.in_chans, image_size, image_size)
+    metadata = export_metadata(model, image_size, None if dynamic_batch else batch_size)
+
+    with tempfile.TemporaryDirectory(prefix="effnet-export-") as scratch:
+        tmp = Path(scratch) / path.name
+        if format == "onnx":
+            _write_onnx(net, example, tmp, metadata, dynamic_batch, opset)
+        else:
+            _write_torchscript(net, example, tmp, metadata)
+        # Check on a batch size other than the example's when the batch is dynamic, so a
+        # batch dimension that was baked in after all is caught.
+        check = torch.randn(batch_size + 1 if dynamic_batch else batch_size, *example.shape[1:])
+        with torch.no_grad():
+            expected = model.eval()(check)
+        got = run_exported(tmp, format, check)
+        diff = (got - expected).abs().max().item()
+        scale = expected.abs().max().item()
+        if not diff <= TOLERANCE * max(scale, 1e-12):
+            raise ExportError(
+                f"{path}: the exported {format} graph differs from the eager model by {diff:.3g} "
+                f"(output scale {scale:.3g}, allowed {TOLERANCE:g} of it); nothing was written"
+            )
+        atomic_write(path, lambda f: f.write(tmp.read_bytes()))
+    return ExportResult(path, format, image_size, None if dynamic_batch else batch_size, diff, scale)
+
+
+def onnx_program(net: nn.Module, example: torch.Tensor, *, dynamic_batch: bool, opset: int | None = None):
+    """torch.onnx's exporter (``torch.export`` based, optimised, one file) as effnet calls it, for
+    our models and, in ``effnet bench``, for torchvision's; ``opset=None``: the exporter's default."""
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter narrates its own progress
+        program = torch.onnx.export(
+            net,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            dynamic_shapes=dynamic_shapes,
+            input_names=["image"],
+            output_names=["logits"],
+            external_data=False,
+            optimize=True,
+            verbose=False,
+        )
+    return program.model_proto
+
+
+def _write_onnx(net, example, path, metadata, dynamic_batch, opset) -> None:
+    import onnx
+
+    # Lower opsets are converted by _at_opset after our rewrite; the exporter's own
+    # down-conversion fails on ReduceMean and prints its traceback.
+    proto = onnx_program(net, example, dynamic_batch=dynamic_batch, opset=max(opset, DEFAULT_OPSET))
+    _global_pools(proto)
+    _strip_provenance(proto)
+    proto = _at_opset(proto, opset)
+    onnx.helper.set_model_props(proto, metadata)
+    onnx.checker.check_model(proto)
+    Path(path).write_bytes(proto.SerializeToString())
+
+
+def _strip_provenance(proto) -> None:
+    """Drop the exporter's per-node provenance (module path, FX node, Python stack trace): it
+    names files on the machine that exported, and it is a tenth of an int8 file's size."""
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+
+
+def _opset_of(proto) -> int:
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _at_opset(proto, opset: int):
+    """torch.onnx's exporter emits opset 18+ and converts down on its own only sometimes (it fails
+    on ReduceMean's axes, which our GlobalAveragePool rewrite has removed by now): convert here."""
+    import onnx
+    from onnx import version_converter
+
+    if _opset_of(proto) == opset:
+        return proto
+    try:
+        converted = version_converter.convert_version(proto, opset)
+        onnx.checker.check_model(converted)
+    except Exception as exc:  # the converter raises bare RuntimeErrors from C++
+        raise UsageError(f"--opset {opset}: the graph cannot be expressed at that opset ({first_line(exc)})") from None
+    return converted
+
+
+def _global_pools(proto) -> int:
+    """Rewrite ``ReduceMean(x, axes=[2, 3], keepdims=1)`` (the SE squeeze and the head's pool, as
+    the exporter emits them) as ``GlobalAveragePool``: the same numbers, but ONNX Runtime runs
+    GlobalAveragePool in its blocked NCHWc layout, while ReduceMean makes it convert the whole
+    activation back to NCHW and the pooled result forward again in every block."""
+    from onnx import helper, numpy_helper
+
+    initializers = {t.name: t for t in proto.graph.initializer}
+    rewritten = 0
+    for index, node in enumerate(list(proto.graph.node)):
+        if node.op_type != "ReduceMean" or len(node.input) != 2 or node.input[1] not in initializers:
+            continue
+        keepdims = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+        axes = {int(a) % 4 for a in numpy_helper.to_array(initializers[node.input[1]]).ravel()}
+        if keepdims != 1 or axes != {2, 3}:
+            continue
+        pool = helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output), name=f"{node.name}_gap")
+        proto.graph.node.remove(node)
+        proto.graph.node.insert(index, pool)
+        rewritten += 1
+    used = {i for n in proto.graph.node for i in n.input}
+    for name in [n for n in initializers if n not in used]:
+        proto.graph.initializer.remove(initializers[name])
+    return rewritten
+
+
+def _write_torchscript(net, example, path, metadata) -> None:
+    # TorchScript is deprecated upstream in favour of torch.export, but LibTorch deployments
+    # still load it; tracing is exact here because the inference form has no control flow.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(net, example)
+        torch.jit.save(traced, str(path), _extra_files={METADATA_FILE: json.dumps(metadata)})
+
+
+def run_exported(path: str | os.PathLike, format: str, x: torch.Tensor) -> torch.Tensor:
+    if format == "onnx":
+        return OnnxModel(path)(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(str(path))
+    with torch.no_grad():
+        return module(x)

@@ -1,0 +1,119 @@
+"""Serving an exported ONNX file with ONNX Runtime, behind the same interface as a model.
+
+``OnnxModel(path)`` has what ``effnet.predict`` needs from a model (``preprocessing``,
+``class_names``, ``config``, call on a batch), so the torch and ONNX Runtime engines share
+the preprocessing and labels. Inputs are checked against what the graph accepts before they
+reach the runtime, whose own shape errors are long and name internal nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from effnet.core.errors import UsageError, WeightsError, first_line
+from effnet.core.extras import require
+from effnet.weights.io import parse_metadata
+
+
+def session_options(threads: int | None = None):
+    """Graph optimisations on, and worker threads that sleep instead of spinning when idle:
+    spinning pools of two sessions measured side by side steal the cores from each other."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
+def read_onnx(path: str | os.PathLike):
+    """The ModelProto, or a clear error for a file that is not ONNX."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such ONNX file")
+    try:
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto)
+    except (DecodeError, onnx.checker.ValidationError, ValueError, OSError) as exc:
+        raise WeightsError(f"{path}: not a valid ONNX model ({first_line(exc)})") from None
+    return proto
+
+
+class OnnxModel:
+    """An effnet ONNX export served by ONNX Runtime; call it on an NCHW float batch."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        require("deploy")
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        proto = read_onnx(self.path)
+        meta = {p.key: p.value for p in proto.metadata_props}
+        if meta.get("format") != "effnet":
+            raise WeightsError(
+                f"{self.path}: an ONNX file without effnet metadata (not made by `effnet export`); "
+                "its preprocessing and class names are unknown"
+            )
+        self.config, self.preprocessing, self.class_names = parse_metadata(meta, self.path)
+        self.training = json.loads(meta["training"]) if "training" in meta else {}  # what it was trained on
+        try:
+            self.input = json.loads(meta["input"])
+        except (KeyError, ValueError) as exc:
+            raise WeightsError(f"{self.path}: effnet metadata is damaged ({exc})") from None
+        try:
+            self.session = ort.InferenceSession(
+                proto.SerializeToString(), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise WeightsError(f"{self.path}: ONNX Runtime cannot load it ({exc})") from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def check_input(self, shape: tuple[int, ...]) -> None:
+        want = self.input
+        size, channels = want["image_size"], want["channels"]
+        if len(shape) != 4:
+            raise UsageError(f"{self.path}: expects a batch of shape (N, {channels}, {size}, {size}), got {shape}")
+        if shape[1] != channels:
+            raise UsageError(f"{self.path}: expects {channels} channels, got {shape[1]} (input shape {shape})")
+        if tuple(shape[2:]) != (size, size):
+            raise UsageError(
+                f"{self.path}: exported for {size}x{size} images, got {shape[2]}x{shape[3]}; "
+                f"export again with --image-size {shape[2]}"
+            )
+        if shape[0] < 1:
+            raise UsageError(f"{self.path}: an empty batch (shape {shape})")
+
+    def eval(self) -> OnnxModel:
+        return self  # an exported graph is always in inference mode; evaluate() calls this
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of any size: a static export runs it in chunks of its own batch
+        size, the last one padded, so eval and quantize need no re-export."""
+        self.check_input(tuple(x.shape))
+        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        fixed = self.input["batch_size"]
+        if fixed is None or len(array) == fixed:
+            return torch.from_numpy(self._run(array))
+        chunks = []
+        for start in range(0, len(array), fixed):
+            chunk = array[start : start + fixed]
+            pad = fixed - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), dtype=np.float32)])
+            chunks.append(self._run(chunk)[: fixed - pad])
+        return torch.from_numpy(np.concatenate(chunks))
+
+    def _run(self, array: np.ndarray) -> np.ndarray:
+        (logits,) = self.session.run(None, {self.input_name: array})
+        return logits

@@ -1,0 +1,145 @@
+"""Image classification on the trainer core: the data, the model (from a name, phi or a
+weights file to fine-tune), transforms, the teacher when distilling, and ``train()``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import torch
+
+from effnet.core.errors import UsageError
+from effnet.datasets.loading import ImageDataset, load_data
+from effnet.datasets.transforms import train_transform
+from effnet.models.preprocessing import Preprocessing
+from effnet.models.registry import build_model, create_model
+from effnet.tasks.classification import ClassificationTask
+from effnet.training.config import TrainConfig
+from effnet.training.distill import Distillation, load_teacher, teacher_logits, write_teacher_logits
+from effnet.training.distributed import resolve_device, setup_distributed, shutdown
+from effnet.training.rundir import RunDir
+from effnet.training.sampling import SeededAugment
+from effnet.training.trainer import Trainer, plan_steps
+from effnet.weights.io import load_weights
+from effnet.weights.trained import load_trained
+
+
+def build_classifier(cfg: TrainConfig, classes: list[str]) -> torch.nn.Module:
+    """The model a run trains: a named or phi-scaled member, or the architecture of ``cfg.weights``
+    (a pruned model's exists only there) with this run's head and regularisation; fine-tuned
+    weights keep the padding and BN eps they were trained with and every tensor but a
+    classifier of another shape."""
+    initial = load_trained(cfg.weights).model if cfg.weights else None
+    if cfg.model is None and cfg.phi is None:
+        source = initial.config
+        config = replace(
+            source,
+            num_classes=len(classes),
+            resolution=cfg.image_size or source.resolution,
+            dropout=source.dropout if cfg.dropout is None else cfg.dropout,
+            drop_path_rate=cfg.drop_path_rate,
+            bn_momentum=cfg.bn_momentum,
+        )
+        model = build_model(config, class_names=classes)
+    else:
+        arch = {"padding": initial.config.padding, "bn_eps": initial.config.bn_eps} if initial else {}
+        model = create_model(
+            cfg.model,
+            phi=cfg.phi,
+            width=cfg.width,
+            depth=cfg.depth,
+            num_classes=len(classes),
+            resolution=cfg.image_size,
+            dropout=cfg.dropout,
+            drop_path_rate=cfg.drop_path_rate,
+            bn_momentum=cfg.bn_momentum,
+            class_names=classes,
+            **arch,
+        )
+    if initial is not None:
+        source, own = initial.state_dict(), model.state_dict()
+        for key in ("classifier.weight", "classifier.bias"):
+            if key in source and key in own and source[key].shape != own[key].shape:
+                source[key] = own[key]  # new classes: keep the fresh classifier
+        load_weights(model, source, origin=f"--weights {cfg.weights}")
+    size, pre = model.config.resolution, model.preprocessing
+    # The eval transform at the training size (no resize margin: the images are the training
+    # images' size), kept in the weights so predict and eval preprocess exactly as validation did.
+    model.preprocessing = Preprocessing(resolution=size, resize=size, interpolation=pre.interpolation, mean=pre.mean,
+                                        std=pre.std)  # fmt: skip
+    return model
+
+
+class ClassificationTrainer(Trainer):
+    """``Trainer`` set up for image classification from a ``TrainConfig``."""
+
+    def __init__(self, cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, quiet: bool = False):
+        ranks = setup_distributed()
+        device = resolve_device(cfg.device, ranks.local_rank)
+        rundir = RunDir(run)
+        if ranks.main:
+            rundir.check(resume)
+            rundir.lock()
+        torch.manual_seed(cfg.seed)
+        self.data = load_data(
+            cfg.data,
+            data_dir=cfg.data_dir,
+            val_split=cfg.val_split,
+            seed=cfg.seed,
+            limit_train=cfg.limit_train,
+            bad_images=cfg.bad_images,
+            progress=not quiet and ranks.main,
+        )
+        plan = plan_steps(len(self.data.split("train")), ranks.world, cfg.batch_size, cfg.accum_steps)
+        cfg = cfg.resolved(plan.steps_per_epoch, plan.global_batch)
+        if resume:
+            saved = TrainConfig.from_dict(rundir.read_config()).to_dict()  # a run from before a setting: its default
+            if saved != cfg.to_dict():
+                diff = sorted(k for k in saved if saved[k] != cfg.to_dict()[k])
+                raise UsageError(f"--resume with settings that differ from {rundir.config_path}: {', '.join(diff)}")
+
+        model = build_classifier(cfg, self.data.classes).to(device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model.set_memory_efficient(cfg.memory_efficient)
+        pre = model.preprocessing
+        task = ClassificationTask(len(self.data.classes), cfg.label_smoothing)
+        plain_train = ImageDataset(self.data.split("train"), train_transform(pre, cfg.augment))
+        val_set = ImageDataset(self.data.split("val"), pre.transform())
+
+        criterion, on_start = None, [lambda rd: rd.report_skipped(self.data.skipped)]
+        if cfg.teacher:
+            teacher = load_teacher(cfg.teacher, self.data.classes, cfg.data, pre, device, cfg.channels_last)
+            logits = None
+            if cfg.cache_teacher:
+                logits = teacher_logits(teacher, plain_train, rundir, resume=resume, device=device,
+                                        channels_last=cfg.channels_last, workers=cfg.workers, quiet=quiet)  # fmt: skip
+                on_start.append(lambda rd: write_teacher_logits(rd, logits))
+            criterion = Distillation(task, teacher, cfg.kd_temperature, cfg.kd_alpha, logits)
+        super().__init__(
+            cfg,
+            rundir,
+            task=task,
+            model=model,
+            train_set=SeededAugment(plain_train, cfg.seed),
+            val_set=val_set,
+            plan=plan,
+            ranks=ranks,
+            device=device,
+            resume=resume,
+            quiet=quiet,
+            criterion=criterion,
+            on_start=on_start,
+        )
+
+
+def train(cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, quiet: bool = False) -> dict:
+    """Train per ``cfg`` into the directory ``run``; returns the last epoch's metrics row."""
+    trainer = None
+    try:
+        trainer = ClassificationTrainer(cfg, run, resume=resume, quiet=quiet)
+        return trainer.fit()
+    finally:
+        if trainer is not None:
+            trainer.rundir.unlock()
+        shutdown()

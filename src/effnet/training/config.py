@@ -1,0 +1,200 @@
+"""Training settings: everything needed to repeat a run, written to RUN/config.json.
+
+Free of heavy imports, so that the CLI builds its options from these fields before torch loads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+from effnet.core.errors import UsageError
+from effnet.datasets.choices import AUGMENTATIONS, BAD_IMAGE_POLICIES
+
+OPTIMIZERS = ("rmsproptf", "adamw", "sgd")
+SCHEDULES = ("step", "cosine")
+AMP = ("none", "bf16")
+RECIPES = ("auto", "paper", "short")
+
+# Learning rate per 256 images for each optimizer, when neither --lr nor a recipe sets it.
+BASE_LR = {"rmsproptf": 0.016, "adamw": 1e-3, "sgd": 0.1}
+
+# The paper's ImageNet recipe (TF reference): ~110k steps of batch 4096 over 350 epochs. Its
+# 0.9999 EMA averages over 10k steps, its BN momentum 0.01 over 100, its warm-up lasts 5 epochs
+# and RandAugment and stochastic depth regularise a model that sees each image 350 times. Runs a
+# hundred times shorter learn nothing with it: the EMA still holds the random init at the end.
+PAPER = dict(
+    opt="rmsproptf",
+    lr_per_256=0.016,
+    sched="step",
+    warmup_epochs=5.0,
+    weight_decay=1e-5,
+    augment="paper",
+    ema_decay=0.9999,
+    drop_path_rate=0.2,
+    bn_momentum=0.01,
+)
+
+# Runs of minutes to hours: AdamW + cosine and light augmentation converge in a few epochs; BN
+# momentum 0.1 settles within a few hundred steps; the EMA horizon is a tenth of the run. lr
+# 4e-3 at batch 64 is the best of the Fashion-MNIST probes (benchmarks/README.md).
+SHORT = dict(
+    opt="adamw",
+    lr_per_256=0.016,
+    sched="cosine",
+    warmup_epochs=1.0,
+    weight_decay=0.01,
+    augment="light",
+    ema_decay=None,  # derived from the run's length (ema_for_steps)
+    drop_path_rate=0.0,
+    bn_momentum=0.1,
+)
+RECIPE_PRESETS = {"paper": PAPER, "short": SHORT}
+# recipe=auto takes the paper's recipe from this many optimizer steps on (its own run is ~110k).
+PAPER_MIN_STEPS = 100_000
+
+# What the search, the scaling study, pruning's fine-tuning and the compression pipeline train
+# with: the short recipe without EMA (their runs are a few hundred steps).
+SHORT_RUN = dict(
+    recipe="short",
+    opt="adamw",
+    weight_decay=0.01,
+    sched="cosine",
+    augment="light",
+    ema_decay=0.0,
+    drop_path_rate=0.0,
+    bn_momentum=0.1,
+    channels_last=True,
+)
+
+
+def ema_for_steps(total_steps: int) -> float:
+    """An EMA whose horizon (1 / (1 - decay)) is a tenth of the run, at most the paper's 0.9999;
+    none for runs under 100 steps, where there is nothing worth averaging."""
+    if total_steps < 100:
+        return 0.0
+    return min(0.9999, 1.0 - 10.0 / total_steps)
+
+
+@dataclass
+class TrainConfig:
+    """Everything needed to repeat a run; written to RUN/config.json."""
+
+    model: str | None = "efficientnet_b0"  # None with --weights: the file's architecture (e.g. pruned)
+    phi: float | None = None  # compound-scaled B0 instead of a named model
+    # Explicit multipliers override the model's (the scaling search and study train such models).
+    width: float | None = None
+    depth: float | None = None
+    weights: str | None = None  # initialise from a weights file or pretrained tag (fine-tuning)
+    data: str = "digits"  # fashion-mnist, digits, or an image folder
+    data_dir: str | None = None
+    val_split: float = 0.1
+    limit_train: int | None = None
+    bad_images: str = "error"
+    image_size: int | None = None  # None: the model's resolution
+    # Settings left at None come from the recipe (see PAPER and SHORT above).
+    recipe: str = "auto"  # auto: paper for runs of >= PAPER_MIN_STEPS optimizer steps, else short
+    augment: str | None = None  # paper | light | none (see datasets.transforms)
+    epochs: int = 10
+    batch_size: int = 64  # per process
+    seed: int = 0
+    opt: str | None = None
+    lr: float | None = None  # None: the recipe's lr per 256 images x global batch / 256
+    sched: str | None = None
+    warmup_epochs: float | None = None  # capped at a fifth of the run, so short runs still decay
+    decay_rate: float = 0.97
+    decay_epochs: float = 2.4
+    weight_decay: float | None = None
+    label_smoothing: float = 0.1
+    ema_decay: float | None = None  # 0 disables the weight EMA
+    drop_path_rate: float | None = None
+    dropout: float | None = None  # None: the variant's
+    # TF's BN decay 0.99 (momentum 0.01) needs a few hundred steps to settle its running
+    # statistics; the short recipe's 0.1 settles in tens.
+    bn_momentum: float | None = None
+    amp: str = "none"
+    channels_last: bool = False
+    memory_efficient: bool = False  # activation checkpointing per block: ~40% less peak memory
+    # Knowledge distillation (Hinton et al., 2015): a trained teacher's softened outputs join
+    # the labels. loss = kd_alpha * T^2 * KL(teacher_T || student_T) + (1 - kd_alpha) * CE.
+    teacher: str | None = None
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.9
+    # Run the teacher once over the training images and reuse its logits every epoch
+    # (RUN/teacher_logits.safetensors). Exact only without augmentation: an augmented image is
+    # not the image the teacher's logits were computed on.
+    cache_teacher: bool = False
+    clip_grad: float | None = None
+    accum_steps: int = 1
+    checkpoint_every: int = 0  # steps; 0: only at the end of each epoch
+    workers: int = 0
+    device: str = "auto"  # auto: CUDA when available (one GPU per torchrun process), else CPU
+
+    def __post_init__(self):
+        if self.model is not None and self.phi is not None:
+            raise UsageError("give only one of --model and --phi")
+        if self.model is None and self.phi is None and not self.weights:
+            raise UsageError("give --model, --phi, or --weights FILE to take the architecture from")
+        checks = [
+            ("epochs", self.epochs >= 1),
+            ("seed", 0 <= self.seed < 2**32),
+            ("val_split", 0.0 < self.val_split < 1.0),
+            ("batch_size", self.batch_size >= 1),
+            ("accum_steps", self.accum_steps >= 1),
+            ("checkpoint_every", self.checkpoint_every >= 0),
+            ("workers", self.workers >= 0),
+            ("label_smoothing", 0.0 <= self.label_smoothing < 1.0),
+            ("ema_decay", self.ema_decay is None or 0.0 <= self.ema_decay < 1.0),
+            ("bn_momentum", self.bn_momentum is None or 0.0 < self.bn_momentum <= 1.0),
+            ("weight_decay", self.weight_decay is None or self.weight_decay >= 0.0),
+            ("warmup_epochs", self.warmup_epochs is None or self.warmup_epochs >= 0.0),
+            ("drop_path_rate", self.drop_path_rate is None or 0.0 <= self.drop_path_rate < 1.0),
+            ("dropout", self.dropout is None or 0.0 <= self.dropout < 1.0),
+            ("decay_rate", 0.0 < self.decay_rate <= 1.0),
+            ("decay_epochs", self.decay_epochs > 0.0),
+            ("image_size", self.image_size is None or 8 <= self.image_size <= 4096),
+            ("lr", self.lr is None or (math.isfinite(self.lr) and self.lr > 0)),
+            ("clip_grad", self.clip_grad is None or self.clip_grad > 0),
+            ("kd_temperature", math.isfinite(self.kd_temperature) and self.kd_temperature > 0),
+            ("kd_alpha", 0.0 <= self.kd_alpha <= 1.0),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise UsageError(f"--{name.replace('_', '-')}={getattr(self, name)!r} is out of range")
+        if self.cache_teacher and not self.teacher:
+            raise UsageError("--cache-teacher needs a teacher (effnet distill --teacher FILE)")
+        if self.cache_teacher and self.augment not in (None, "none"):
+            raise UsageError(
+                f"--cache-teacher needs --augment none: the cached logits are the teacher's on the un-augmented "
+                f"images, and --augment {self.augment} would train the student on other images"
+            )
+        choices = (("opt", OPTIMIZERS), ("sched", SCHEDULES), ("amp", AMP), ("augment", AUGMENTATIONS),
+                   ("bad_images", BAD_IMAGE_POLICIES), ("recipe", RECIPES))  # fmt: skip
+        for name, allowed in choices:
+            if getattr(self, name) is not None and getattr(self, name) not in allowed:
+                raise UsageError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def resolved(self, steps_per_epoch: int, global_batch: int) -> TrainConfig:
+        """Every setting left at None filled from the recipe, for a run of ``steps_per_epoch``
+        optimizer steps of ``global_batch`` images. Resolving a resolved config changes nothing,
+        so a resumed run compares equal to its RUN/config.json."""
+        total = self.epochs * steps_per_epoch
+        name = self.recipe if self.recipe != "auto" else ("paper" if total >= PAPER_MIN_STEPS else "short")
+        preset = RECIPE_PRESETS[name]
+        filled = {k: preset[k] for k in preset if k != "lr_per_256" and getattr(self, k) is None}
+        if "ema_decay" in filled and filled["ema_decay"] is None:
+            filled["ema_decay"] = ema_for_steps(total)
+        if self.lr is None:
+            per_256 = preset["lr_per_256"] if self.opt in (None, preset["opt"]) else BASE_LR[self.opt]
+            filled["lr"] = per_256 * global_batch / 256
+        if self.cache_teacher and self.augment is None:
+            filled["augment"] = "none"  # the only augmentation cached teacher logits allow
+        return replace(self, recipe=name, **filled)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
