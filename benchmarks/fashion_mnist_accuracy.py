@@ -65,7 +65,8 @@ def main() -> None:
         "val_top1_by_epoch": [float(r.split(",")[header.index("val_top1")]) for r in rows[1:]],
         "epoch_seconds": [float(r.split(",")[header.index("epoch_seconds")]) for r in rows[1:]],
     }
-    Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n")
+    # Paths relative to the repository: the results must not name this machine's folders.
+    Path(args.summary).write_text(json.dumps(summary, indent=2).replace(f"{ROOT}/", "") + "\n")
     # runs/ is not committed: keep the plots beside the summary so they outlive the run directory
     for name in ("curves.png", "confusion.png"):
         shutil.copyfile(Path(args.out) / name, Path(args.summary).parent / f"fashion_mnist_{name}")

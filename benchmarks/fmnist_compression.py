@@ -46,7 +46,8 @@ def cached(path: Path, make) -> dict:
         start = time.perf_counter()
         result = make()
         result["wall_seconds"] = round(time.perf_counter() - start, 1)
-        path.write_text(json.dumps(result, indent=2) + "\n")
+        # Paths relative to the repository: the results must not name this machine's folders.
+        path.write_text(json.dumps(result, indent=2).replace(f"{ROOT}/", "") + "\n")
     return json.loads(path.read_text())
 
 
