@@ -40,12 +40,16 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from effnet.deploy.engines import open_model
     from effnet.deploy.export import export
-    from effnet.deploy.predict import load_for_inference
     from effnet.models.registry import create_model
 
+    extra = None
     if args.weights:
-        model = load_for_inference(args.weights, args.model, engine="torch", **weights_kwargs(args))
+        trained = open_model(args.weights, args.model, engine="torch", **weights_kwargs(args))
+        model = trained.model
+        if trained.provenance.training:  # what it was trained on travels on, for eval and quantize
+            extra = {"training": json.dumps(trained.provenance.training)}
     elif args.model:
         model = create_model(args.model)  # the architecture alone, freshly initialised
     else:
@@ -58,6 +62,7 @@ def cmd_export(args) -> int:
         batch_size=args.batch_size,
         dynamic_batch=args.dynamic_batch,
         opset=args.opset,
+        extra_metadata=extra,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

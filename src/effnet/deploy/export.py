@@ -57,8 +57,11 @@ class ExportResult:
         return {"path": str(self.path), **d, "relative_diff": self.relative_diff, "tolerance": TOLERANCE}
 
 
-def export_metadata(model: nn.Module, image_size: int, batch_size: int | None) -> dict[str, str]:
-    """A safetensors file's metadata, plus the input the graph accepts."""
+def export_metadata(
+    model: nn.Module, image_size: int, batch_size: int | None, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """A safetensors file's metadata, plus the input the graph accepts (and ``extra``, e.g. the
+    ``training`` provenance of the file the model came from)."""
     preprocessing = model.preprocessing
     if image_size != preprocessing.resolution:
         # Keep the resize/crop ratio of the model's own preprocessing at the new size.
@@ -69,6 +72,7 @@ def export_metadata(model: nn.Module, image_size: int, batch_size: int | None) -
         "input": json.dumps(
             {"name": "image", "channels": model.config.in_chans, "image_size": image_size, "batch_size": batch_size}
         ),
+        **(extra or {}),
     }
 
 
@@ -86,8 +90,10 @@ def export(
     batch_size: int = 1,
     dynamic_batch: bool = False,
     opset: int = DEFAULT_OPSET,
+    extra_metadata: dict[str, str] | None = None,
 ) -> ExportResult:
-    """Export ``model`` to ``path`` and check it against eager on one input."""
+    """Export ``model`` to ``path`` and check it against eager on one input; ``extra_metadata``
+    joins the model's (``effnet export`` passes the weights file's ``training`` provenance)."""
     if format == "onnx":
         require("deploy")
     if format not in FORMATS:
@@ -112,7 +118,7 @@ def export(
         raise UsageError(f"--out {path} is a directory; give a file name")
     net = inference_form(model)
     example = torch.randn(batch_size, model.config.in_chans, image_size, image_size)
-    metadata = export_metadata(model, image_size, None if dynamic_batch else batch_size)
+    metadata = export_metadata(model, image_size, None if dynamic_batch else batch_size, extra_metadata)
 
     with tempfile.TemporaryDirectory(prefix="effnet-export-") as scratch:
         tmp = Path(scratch) / path.name

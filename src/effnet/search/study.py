@@ -104,9 +104,13 @@ def redact(url: str) -> str:
 def _schema_lock(url: str):
     """Serialise the creation of a new SQLite database's tables between workers on this machine:
     two workers that start together would otherwise both create Optuna's schema and one fails
-    (IntegrityError on alembic_version). Other databases need no file lock (see open_storage)."""
+    (IntegrityError on alembic_version). Other databases need no file lock (see open_storage),
+    nor does one opened read-only (``sqlite:///file:PATH?mode=ro&uri=true``): it creates nothing."""
     path = url.split("///", 1)[1] if url.startswith("sqlite:///") else ""
-    if not path or path == ":memory:":
+    path, _, query = path.partition("?")  # driver options (?timeout=, ?mode=ro&uri=true) are not the path
+    if path.startswith("file:"):  # an SQLite URI filename
+        path = path.removeprefix("file:")
+    if not path or path == ":memory:" or "mode=ro" in query.split("&"):
         yield
         return
     lock_path = Path(path).with_name(Path(path).name + ".init-lock")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from effnet.core.errors import UsageError
+from effnet.core.errors import UsageError, first_line
 from effnet.core.fileio import atomic_write
 
 STATE_FILE = "state.pt"
@@ -23,7 +23,7 @@ def load_state(run: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UsageError(f"{path}: unreadable resume state ({exc})") from None
+        raise UsageError(f"{path}: unreadable resume state ({first_line(exc)})") from None
 
 
 def rng_state() -> dict:
