@@ -142,8 +142,9 @@ def prune(
         "macs_after": count_macs(pruned.config),
     }
     report["macs_ratio"] = report["macs_after"] / report["macs_before"]
+    provenance = {"training": json.dumps(training)} if training else None  # what eval, quantize... read
     if finetune_epochs == 0:
-        save(pruned, out_path)
+        save(pruned, out_path, extra_metadata=provenance)
         return report
     options = trained.provenance.data_options(data, origin=weights)
     with tempfile.TemporaryDirectory(prefix="effnet-prune-") as scratch:
@@ -173,5 +174,5 @@ def prune(
         trainer.rundir.unlock()
         report["val_top1_finetuned"] = trainer.best_top1
         best = load(Path(scratch) / "run" / "best.safetensors")
-        save(best, out_path, extra_metadata={"training": json.dumps(training)} if training else None)
+        save(best, out_path, extra_metadata=provenance)
     return report
