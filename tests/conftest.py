@@ -1,5 +1,21 @@
+import os
+import socket
+
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # make test runs one worker per core: each worker (and the commands it starts) computes on
+    # one thread, or two workers' thread pools would fight over the two cores.
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for torchrun's rendezvous under parallel workers)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)

@@ -16,6 +16,7 @@ import effnet
 from effnet.training import ClassificationTrainer as Trainer
 from effnet.training import TrainConfig, TrainingError
 from effnet.training.trainer import _bn_buffers
+from tests.conftest import free_port
 
 # A small compound-scaled B0 on digits at 32 px: ~3 s an epoch on 2 cores.
 TINY = ["--phi", "-3", "--data", "digits", "--image-size", "32", "--batch-size", "32", "--limit-train", "640",
@@ -195,7 +196,7 @@ def test_bad_images_stop_training_or_are_skipped(tmp_path):
 
 def test_torchrun_two_processes(tmp_path):
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
            "-m", "effnet", "train", *TINY, "--epochs", "1", "--out", run, "--quiet", "--json"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

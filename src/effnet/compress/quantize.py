@@ -29,7 +29,7 @@ from effnet.core.fileio import atomic_write
 from effnet.datasets.loading import ImageDataset, load_data
 from effnet.deploy.evaluate import evaluate_weights
 from effnet.deploy.export import export
-from effnet.deploy.runtime import read_onnx
+from effnet.deploy.runtime import onnx_metadata, read_onnx
 from effnet.tasks.classification import check_classes
 from effnet.weights.trained import load_trained
 
@@ -74,7 +74,7 @@ def quantize_onnx(
     if method not in METHODS:
         raise UsageError(f"--calibration-method must be one of {', '.join(METHODS)}, got {method!r}")
     source = read_onnx(fp32)
-    meta = {p.key: p.value for p in source.metadata_props}
+    meta = onnx_metadata(source)
     want = json.loads(meta.get("input", "{}"))
     input_name = source.graph.input[0].name
     for batch in batches:
@@ -192,6 +192,5 @@ def add_onnx_metadata(path: Path, extra: dict[str, str]) -> None:
     import onnx
 
     proto = onnx.load(str(path))
-    props = {p.key: p.value for p in proto.metadata_props}
-    onnx.helper.set_model_props(proto, {**props, **extra})
+    onnx.helper.set_model_props(proto, {**onnx_metadata(proto), **extra})
     path.write_bytes(proto.SerializeToString())

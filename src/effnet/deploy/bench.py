@@ -22,7 +22,7 @@ from effnet.core.errors import UsageError
 from effnet.core.figures import pyplot, save_figure
 from effnet.deploy.choices import BENCH_ENGINES as ENGINES
 from effnet.deploy.export import export, onnx_program
-from effnet.deploy.runtime import OnnxModel, session_options
+from effnet.deploy.runtime import OnnxModel, open_session
 from effnet.models.fuse import fuse_batchnorm
 from effnet.models.registry import create_model, get_entry, resolve_config
 
@@ -75,12 +75,8 @@ def eager_runner(model: torch.nn.Module, channels_last: bool) -> Callable[[torch
 def _onnx_session(model: torch.nn.Module, image_size: int, threads: int):
     """Export with the same exporter and options as ``effnet export`` (but none of our graph
     rewrites) and open a session with the same options as ours."""
-    import onnxruntime as ort
-
     proto = onnx_program(model, torch.randn(1, 3, image_size, image_size), dynamic_batch=True)
-    session = ort.InferenceSession(
-        proto.SerializeToString(), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
-    )
+    session = open_session(proto, threads)
 
     def run(x: torch.Tensor):
         return session.run(None, {"image": x.numpy()})

@@ -50,31 +50,41 @@ def read_onnx(path: str | os.PathLike):
     return proto
 
 
+def onnx_metadata(proto) -> dict[str, str]:
+    """The file's metadata properties (effnet writes its model metadata there)."""
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def open_session(proto, threads: int | None = None):
+    """An ONNX Runtime CPU session on ``proto`` with effnet's session options."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(
+        proto.SerializeToString(), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+    )
+
+
 class OnnxModel:
     """An effnet ONNX export served by ONNX Runtime; call it on an NCHW float batch."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         require("deploy")
-        import onnxruntime as ort
-
         self.path = Path(path)
         proto = read_onnx(self.path)
-        meta = {p.key: p.value for p in proto.metadata_props}
+        meta = onnx_metadata(proto)
         if meta.get("format") != "effnet":
             raise WeightsError(
                 f"{self.path}: an ONNX file without effnet metadata (not made by `effnet export`); "
                 "its preprocessing and class names are unknown"
             )
         self.config, self.preprocessing, self.class_names = parse_metadata(meta, self.path)
-        self.training = json.loads(meta["training"]) if "training" in meta else {}  # what it was trained on
         try:
+            self.training = json.loads(meta.get("training", "{}"))  # what it was trained on
             self.input = json.loads(meta["input"])
         except (KeyError, ValueError) as exc:
             raise WeightsError(f"{self.path}: effnet metadata is damaged ({exc})") from None
         try:
-            self.session = ort.InferenceSession(
-                proto.SerializeToString(), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
-            )
+            self.session = open_session(proto, threads)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise WeightsError(f"{self.path}: ONNX Runtime cannot load it ({exc})") from None
         self.input_name = self.session.get_inputs()[0].name

@@ -80,6 +80,13 @@ class ClassificationTrainer(Trainer):
         if ranks.main:
             rundir.check(resume)
             rundir.lock()
+        try:
+            self._set_up(cfg, rundir, ranks, device, resume, quiet)
+        except BaseException:
+            rundir.abandon()
+            raise
+
+    def _set_up(self, cfg: TrainConfig, rundir: RunDir, ranks, device, resume: bool, quiet: bool) -> None:
         torch.manual_seed(cfg.seed)
         self.data = load_data(
             cfg.data,

@@ -27,6 +27,7 @@ class RunDir:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._lock = None
+        self._created = False  # this process made the folder: a failed start removes it again
 
     @property
     def config_path(self) -> Path:
@@ -56,6 +57,7 @@ class RunDir:
     def lock(self) -> None:
         """Take the run for this process, or say which process has it; then sweep up the
         temporary files that saves killed midway left behind."""
+        self._created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         handle = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115 (held open for the process's life)
         try:
@@ -77,6 +79,17 @@ class RunDir:
         if self._lock is not None:
             self._lock.close()  # closing releases the flock
             self._lock = None
+
+    def abandon(self) -> None:
+        """A start that failed before the run existed leaves nothing behind: the lock, and the
+        folder too when this process created it and nothing else was written."""
+        if self._lock is None or self.is_run():
+            self.unlock()
+            return
+        self.unlock()
+        (self.path / LOCK_FILE).unlink(missing_ok=True)
+        if self._created and not any(self.path.iterdir()):
+            self.path.rmdir()
 
     def write_json(self, name: str, payload) -> None:
         text = json.dumps(payload, indent=2).encode()
