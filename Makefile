@@ -32,9 +32,13 @@ demo: $(STAMP)
 		--model efficientnet_lite0 --weights lite0 --top-k 3
 	@echo
 	rm -rf runs/demo
-	$(VENV)/bin/effnet train --phi -3 --data digits --image-size 32 --epochs 6 --batch-size 32 \
-		--augment light --opt adamw --lr 0.002 --sched cosine --bn-momentum 0.1 --ema-decay 0.99 --out runs/demo
+	$(VENV)/bin/effnet train --model efficientnet_lite0 --weights lite0 --data digits --image-size 32 --epochs 2 \
+		--out runs/demo
 	$(VENV)/bin/effnet eval --weights runs/demo/best.safetensors --split test --plot runs/demo/confusion.png
+	$(VENV)/bin/effnet export --weights runs/demo/best.safetensors --out runs/demo/digits.onnx
+	$(PY) -c 'from PIL import Image; from effnet.datasets.builtin import digits; t = digits()[0]["test"]; \
+		[Image.fromarray(t.images[i]).save(f"runs/demo/test{i}_label{t.labels[i]}.png") for i in range(4)]'
+	$(VENV)/bin/effnet predict runs/demo/test*_label*.png --weights runs/demo/digits.onnx --top-k 1
 
 # ruff, and import-linter's contracts (pyproject.toml): the layers point down, no import cycles.
 lint: $(STAMP)
@@ -42,8 +46,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/lint-imports
 
+# One pytest worker per core (pytest-xdist); conftest.py gives each worker one torch thread.
 test: lint data
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q -n 2 --durations=15
 
 bench: $(STAMP)
 	$(PY) benchmarks/inference_speed.py --batch-sizes 1,32 --json benchmarks/inference_speed.json

@@ -1,3 +1,6 @@
+import contextlib
+import dataclasses
+import io
 import os
 import socket
 
@@ -47,3 +50,29 @@ def give_bn_real_statistics(model: torch.nn.Module, side: int, batch: int = 4, d
     with torch.no_grad():
         model(torch.randn(batch, 3, side, side))
     model.eval()
+
+
+@dataclasses.dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def check(self) -> "CliResult":
+        assert self.returncode == 0, self.stderr[-3000:]
+        return self
+
+
+def run_cli(*args) -> CliResult:
+    """``effnet ARGS`` run in this process: the same code path as the command (effnet.cli.main),
+    without the 3-4 s of a new interpreter importing torch. Tests that need a real process (kill
+    -9, signals, torchrun, two workers at once, import time) start one instead."""
+    from effnet.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code if isinstance(exc.code, int) else 2
+    return CliResult(code, out.getvalue(), err.getvalue())

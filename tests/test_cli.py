@@ -1,4 +1,5 @@
-"""The command line, run as a user runs it: a subprocess, its exit code and its output."""
+"""The command line: its exit codes and output (in-process through effnet.cli.main, the code a
+user's command runs), and the real command's start-up."""
 
 import json
 import os
@@ -11,13 +12,15 @@ import skimage
 import torch
 
 import effnet
+from effnet.core import extras
+from tests.conftest import run_cli
 
 PHOTOS = Path(skimage.data.__file__).parent
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat", "lynx"}
 
 
 def run(*args, check_rc=0):
-    proc = subprocess.run([sys.executable, "-m", "effnet", *map(str, args)], capture_output=True, text=True)
+    proc = run_cli(*args)
     assert proc.returncode == check_rc, proc.stderr
     assert "Traceback" not in proc.stderr
     return proc
@@ -118,3 +121,34 @@ def test_missing_weights_and_bad_arguments():
 def test_console_script_is_installed():
     script = Path(sys.executable).parent / "effnet"
     assert script.exists() and os.access(script, os.X_OK)
+
+
+def test_help_answers_without_importing_torch():
+    """effnet --help parses before anything heavy loads: torch alone takes seconds to import."""
+    code = (
+        "import sys, contextlib, io\n"
+        "from effnet.cli.main import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    try:\n"
+        "        main(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "assert 'train' in out.getvalue()\n"
+        "heavy = [m for m in ('torch', 'torchvision', 'numpy', 'onnx', 'optuna') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    real = subprocess.run([sys.executable, "-m", "effnet", "train", "--help"], capture_output=True, text=True)
+    assert real.returncode == 0 and "--recipe" in real.stdout
+
+
+def test_a_missing_extra_is_one_line_naming_the_pip_command(monkeypatch, tmp_path):
+    monkeypatch.setitem(extras.EXTRAS, "search", ("effnet_test_module_that_is_not_installed",))
+    proc = run("search", "--data", "digits", "--storage", f"sqlite:///{tmp_path / 's.db'}", check_rc=2)
+    assert proc.stderr.strip() == (
+        "effnet: error: this needs effnet_test_module_that_is_not_installed, which is not installed: "
+        "pip install 'effnet[search]'"
+    )
+    assert not (tmp_path / "s.db").exists()

@@ -2,7 +2,6 @@
 
 import copy
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import effnet
 from effnet.compress.prune import prune_expansion_channels, prune_in_place
 from effnet.models.blocks import MBConv
 from effnet.models.flops import count_params
-from tests.conftest import give_bn_real_statistics
+from tests.conftest import give_bn_real_statistics, run_cli
 
 
 def effnet_cmd(*args):
@@ -67,27 +66,52 @@ def test_recalibrated_batchnorm_statistics_are_the_data_s():
 def digits_weights(tmp_path_factory):
     """A small model trained for one epoch on digits: real weights for the compression commands."""
     run = tmp_path_factory.mktemp("digits") / "run"
-    subprocess.run(
-        effnet_cmd("train", "--phi", "-3", "--data", "digits", "--image-size", "32", "--epochs", "1",
-                   "--batch-size", "32", "--limit-train", "320", "--ema-decay", "0", "--bn-momentum", "0.1",
-                   "--out", run, "--quiet"),
-        check=True, timeout=300,
-    )  # fmt: skip
+    run_cli(
+        "train",
+        "--phi",
+        "-3",
+        "--data",
+        "digits",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--limit-train",
+        "320",
+        "--ema-decay",
+        "0",
+        "--bn-momentum",
+        "0.1",
+        "--out",
+        run,
+        "--quiet",
+    ).check()
     return run / "best.safetensors"
 
 
 def test_prune_cli_fine_tunes_and_evaluates(tmp_path, digits_weights):
     out = tmp_path / "pruned.safetensors"
-    proc = subprocess.run(
-        effnet_cmd("prune", "--weights", digits_weights, "--ratio", "0.5", "--finetune-epochs", "1",
-                   "--limit-train", "320", "--out", out, "--json"),
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = run_cli(
+        "prune",
+        "--weights",
+        digits_weights,
+        "--ratio",
+        "0.5",
+        "--finetune-epochs",
+        "1",
+        "--limit-train",
+        "320",
+        "--out",
+        out,
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["macs_after"] < 0.65 * report["macs_before"]
     assert 0.0 <= report["val_top1_finetuned"] <= 1.0 and 0.0 <= report["val_top1_recalibrated"] <= 1.0
-    evaluated = subprocess.run(effnet_cmd("eval", "--weights", out, "--json"), capture_output=True, text=True)
+    evaluated = run_cli("eval", "--weights", out, "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["n"] > 0
 
@@ -106,10 +130,7 @@ def test_prune_rejects_ratios_outside_0_1(tmp_path, capsys, ratio):
 
 def test_quantize_writes_int8_that_eval_and_predict_accept(tmp_path, digits_weights):
     out = tmp_path / "int8.onnx"
-    proc = subprocess.run(
-        effnet_cmd("quantize", "--weights", digits_weights, "--calibration-images", "64", "--out", out, "--json"),
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = run_cli("quantize", "--weights", digits_weights, "--calibration-images", "64", "--out", out, "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["calibration_images"] == 64
@@ -118,7 +139,7 @@ def test_quantize_writes_int8_that_eval_and_predict_accept(tmp_path, digits_weig
 
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
-    evaluated = subprocess.run(effnet_cmd("eval", "--weights", out, "--json"), capture_output=True, text=True)
+    evaluated = run_cli("eval", "--weights", out, "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["top1"] == pytest.approx(report["int8_top1"])
     from skimage import data as photos  # any real image: predict must run the int8 graph
@@ -127,7 +148,7 @@ def test_quantize_writes_int8_that_eval_and_predict_accept(tmp_path, digits_weig
     from PIL import Image
 
     Image.fromarray(photos.coffee()).save(photo)
-    predicted = subprocess.run(effnet_cmd("predict", photo, "--weights", out, "--json"), capture_output=True, text=True)
+    predicted = run_cli("predict", photo, "--weights", out, "--json")
     assert predicted.returncode == 0, predicted.stderr
     assert len(json.loads(predicted.stdout)[0]["top"]) == 5
 
@@ -163,11 +184,22 @@ def test_quantize_aware_finetuning_writes_int8_from_grid_weights(tmp_path, digit
         assert torch.allclose(w / scale, (w / scale).round(), atol=1e-3)
 
     out = tmp_path / "qat.onnx"
-    proc = subprocess.run(
-        effnet_cmd("quantize", "--weights", digits_weights, "--method", "qat", "--qat-epochs", "1",
-                   "--limit-train", "64", "--calibration-images", "32", "--out", out, "--json"),
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = run_cli(
+        "quantize",
+        "--weights",
+        digits_weights,
+        "--method",
+        "qat",
+        "--qat-epochs",
+        "1",
+        "--limit-train",
+        "64",
+        "--calibration-images",
+        "32",
+        "--out",
+        out,
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["scheme"] == "qat" and report["qat_epochs"] == 1 and 0.0 <= report["int8_top1"] <= 1.0
@@ -178,10 +210,7 @@ def test_quantize_rejects_calibration_data_of_other_classes(tmp_path, digits_wei
     if not Path("/usr/share/datasets/fashion-mnist").is_dir():
         pytest.skip("Fashion-MNIST is not installed")
     out = tmp_path / "int8.onnx"
-    proc = subprocess.run(
-        effnet_cmd("quantize", "--weights", digits_weights, "--data", "fashion-mnist", "--out", out),
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = run_cli("quantize", "--weights", digits_weights, "--data", "fashion-mnist", "--out", out)
     assert proc.returncode == 2 and "classes" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()
 
@@ -218,12 +247,33 @@ def test_distillation_loss_is_hintons():
 
 def test_distill_trains_a_student_with_the_teacher(tmp_path, digits_weights):
     run = tmp_path / "student"
-    proc = subprocess.run(
-        effnet_cmd("distill", "--teacher", digits_weights, "--phi", "-4", "--data", "digits", "--image-size", "24",
-                   "--epochs", "1", "--batch-size", "32", "--limit-train", "320", "--ema-decay", "0",
-                   "--temperature", "2", "--alpha", "0.5", "--out", run, "--quiet", "--json"),
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = run_cli(
+        "distill",
+        "--teacher",
+        digits_weights,
+        "--phi",
+        "-4",
+        "--data",
+        "digits",
+        "--image-size",
+        "24",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--limit-train",
+        "320",
+        "--ema-decay",
+        "0",
+        "--temperature",
+        "2",
+        "--alpha",
+        "0.5",
+        "--out",
+        run,
+        "--quiet",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     assert 0.0 <= json.loads(proc.stdout)["val_top1"] <= 1.0
     config = json.loads((run / "config.json").read_text())
@@ -241,8 +291,20 @@ def test_cached_teacher_logits_train_the_same_student(tmp_path):
     teacher = effnet.create_model(phi=-4, num_classes=10, resolution=24)
     give_bn_real_statistics(teacher, 24, batch=8, damp_residuals=True)
     teacher_file = effnet.save(teacher, tmp_path / "teacher.safetensors")
-    settings = dict(model=None, phi=-4.0, teacher=str(teacher_file), data="digits", image_size=16, epochs=1,
-                    batch_size=32, limit_train=128, ema_decay=0.0, augment="none", opt="adamw", lr=0.004)  # fmt: skip
+    settings = dict(
+        model=None,
+        phi=-4.0,
+        teacher=str(teacher_file),
+        data="digits",
+        image_size=16,
+        epochs=1,
+        batch_size=32,
+        limit_train=128,
+        ema_decay=0.0,
+        augment="none",
+        opt="adamw",
+        lr=0.004,
+    )
     live = train(TrainConfig(**settings), tmp_path / "live", quiet=True)
     cached = train(TrainConfig(**settings, cache_teacher=True), tmp_path / "cached", quiet=True)
     logits = load_file(str(tmp_path / "cached" / "teacher_logits.safetensors"))["logits"]
@@ -270,21 +332,31 @@ def test_distill_rejects_a_teacher_with_other_classes(tmp_path):
     teacher = effnet.save(
         effnet.create_model("efficientnet_b0", num_classes=3, resolution=32), tmp_path / "t.safetensors"
     )
-    proc = subprocess.run(
-        effnet_cmd("distill", "--teacher", teacher, "--phi", "-4", "--data", "digits", "--out", tmp_path / "run"),
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = run_cli("distill", "--teacher", teacher, "--phi", "-4", "--data", "digits", "--out", tmp_path / "run")
     assert proc.returncode == 2 and "--teacher" in proc.stderr and "classes" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
 
 
 def test_compress_pipeline_measures_every_stage_alike(tmp_path, digits_weights):
     out = tmp_path / "compressed"
-    proc = subprocess.run(
-        effnet_cmd("compress", "--weights", digits_weights, "--steps", "distill,prune,quantize", "--epochs", "1",
-                   "--limit-train", "320", "--calibration-images", "64", "--out", out, "--json"),
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    proc = run_cli(
+        "compress",
+        "--weights",
+        digits_weights,
+        "--steps",
+        "distill,prune,quantize",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "320",
+        "--calibration-images",
+        "64",
+        "--timing-seconds",
+        "0.3",
+        "--out",
+        out,
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     stages = {s["stage"]: s for s in json.loads(proc.stdout)["stages"]}
     assert list(stages) == ["original", "distill", "prune", "quantize"]
@@ -296,8 +368,7 @@ def test_compress_pipeline_measures_every_stage_alike(tmp_path, digits_weights):
     for name in ("distill.safetensors", "prune.safetensors", "quantize.onnx", "report.md", "accuracy_latency.png"):
         assert (out / name).stat().st_size > 0
     # The stage files are ordinary effnet files: eval reproduces the report's numbers.
-    evaluated = subprocess.run(effnet_cmd("eval", "--weights", out / "quantize.onnx", "--json"),
-                               capture_output=True, text=True)  # fmt: skip
+    evaluated = run_cli("eval", "--weights", out / "quantize.onnx", "--json")
     assert json.loads(evaluated.stdout)["top1"] == pytest.approx(stages["quantize"]["test_top1"])
 
 

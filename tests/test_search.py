@@ -15,9 +15,11 @@ import pytest
 from effnet.core.errors import UsageError
 from effnet.search.grid import compound_grid
 from effnet.search.latency import mnas_reward
+from tests.conftest import run_cli
 
-# A quarter-width, quarter-depth B0 at 16 px for one epoch of digits: a few seconds a point.
-PROXY = ["--data", "digits", "--base-width", "0.25", "--base-depth", "0.25", "--image-size", "16", "--epochs", "1"]
+# A quarter-width, quarter-depth B0 at 16 px for one epoch of 256 digits: about a second a point.
+PROXY = ["--data", "digits", "--base-width", "0.25", "--base-depth", "0.25", "--image-size", "16",
+         "--limit-train", "256", "--epochs", "1"]  # fmt: skip
 # alpha*beta^2*gamma^2 within 0.6 of 2 on a 0.5 grid: 5 points.
 GRID = ["--grid-step", "0.5", "--tolerance", "0.6"]
 
@@ -114,8 +116,9 @@ def test_search_resumes_after_kill_9(tmp_path):
 
 def test_two_workers_share_one_sqlite_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'search.db'}"
-    cmd = effnet_cmd("search", *PROXY, *GRID, "--storage", url, "--heartbeat", "2", "--json", "--plot",
-                     tmp_path / "grid.png")  # fmt: skip
+    cmd = effnet_cmd(
+        "search", *PROXY, *GRID, "--storage", url, "--heartbeat", "2", "--json", "--plot", tmp_path / "grid.png"
+    )
     workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [w.communicate(timeout=300) for w in workers]
     assert [w.returncode for w in workers] == [0, 0], [e for _, e in outputs]
@@ -127,9 +130,7 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
 
     # Joining the study with other settings is refused: its points would not be comparable.
-    other = subprocess.run(
-        effnet_cmd("search", *PROXY[:-1], "2", *GRID, "--storage", url), capture_output=True, text=True
-    )
+    other = run_cli("search", *PROXY[:-1], "2", *GRID, "--storage", url)
     assert other.returncode == 2 and "epochs" in other.stderr and "Traceback" not in other.stderr
 
 
@@ -153,11 +154,9 @@ def test_search_bad_input_is_one_line(tmp_path, capsys, args, message):
 
 def test_latency_budget_finds_the_largest_phi_that_fits(tmp_path):
     budget = 3.0
-    proc = subprocess.run(
-        effnet_cmd("search", *PROXY, "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15",
-                   "--latency-budget-ms", budget, "--json"),
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = run_cli(
+        "search", *PROXY, "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--latency-budget-ms", budget, "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     fit = json.loads(proc.stdout)["latency_budget"]
     assert fit["latency_ms"] <= budget
@@ -168,11 +167,9 @@ def test_latency_budget_finds_the_largest_phi_that_fits(tmp_path):
     assert min(m["phi"] for m in over if m["phi"] > fit["phi"]) - fit["phi"] <= 0.05 + 1e-9
     assert fit["phi"] != math.floor(fit["phi"]) or len(measured) > 2  # continuous, not only integers
 
-    impossible = subprocess.run(
-        effnet_cmd("search", *PROXY, "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15",
-                   "--latency-budget-ms", "0.0001"),
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    impossible = run_cli(
+        "search", *PROXY, "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--latency-budget-ms", "0.0001"
+    )
     assert impossible.returncode == 2 and "over --latency-budget-ms" in impossible.stderr
 
 

@@ -16,7 +16,7 @@ import effnet
 from effnet.training import ClassificationTrainer as Trainer
 from effnet.training import TrainConfig, TrainingError
 from effnet.training.trainer import _bn_buffers
-from tests.conftest import free_port
+from tests.conftest import free_port, run_cli
 
 # A small compound-scaled B0 on digits at 32 px: ~3 s an epoch on 2 cores.
 TINY = ["--phi", "-3", "--data", "digits", "--image-size", "32", "--batch-size", "32", "--limit-train", "640",
@@ -47,6 +47,7 @@ def read_state(run: Path):
 
 def test_resume_after_kill_is_bitwise_identical(tmp_path):
     args = [*TINY, "--epochs", "2", "--checkpoint-every", "2", "--quiet"]
+    # Real processes throughout: the resumed run must equal a fresh process's run to the bit.
     subprocess.run(effnet_cmd("train", *args, "--out", tmp_path / "a"), check=True, timeout=300)
 
     run_b = tmp_path / "b"
@@ -75,8 +76,7 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path):
 
 def test_run_directory_contents_and_eval(tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.run(effnet_cmd("train", *TINY, "--epochs", "1", "--out", run, "--quiet", "--json"),
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = run_cli("train", *TINY, "--epochs", "1", "--out", run, "--quiet", "--json")
     assert proc.returncode == 0, proc.stderr
     row = json.loads(proc.stdout)
     assert row["epoch"] == 1 and row["step"] == 20
@@ -90,8 +90,7 @@ def test_run_directory_contents_and_eval(tmp_path):
     assert model.class_names == [str(i) for i in range(10)] and model.preprocessing.resolution == 32
 
     plot = tmp_path / "confusion.png"
-    out = subprocess.run(effnet_cmd("eval", "--weights", run / "best.safetensors", "--split", "val", "--json",
-                                    "--plot", plot), capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = run_cli("eval", "--weights", run / "best.safetensors", "--split", "val", "--json", "--plot", plot)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert set(result) >= {"top1", "top5", "per_class", "n"}
@@ -104,22 +103,30 @@ def test_existing_run_is_not_overwritten_and_resume_checks_settings(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text("{}")
-    proc = subprocess.run(effnet_cmd("train", *TINY, "--out", run), capture_output=True, text=True)
+    proc = run_cli("train", *TINY, "--out", run)
     assert proc.returncode == 2 and "already holds a run" in proc.stderr
     assert (run / "config.json").read_text() == "{}"
-    proc = subprocess.run(effnet_cmd("train", *TINY, "--out", tmp_path / "none", "--resume"), capture_output=True,
-                          text=True)  # fmt: skip
+    proc = run_cli("train", *TINY, "--out", tmp_path / "none", "--resume")
     assert proc.returncode == 2 and "nothing to resume" in proc.stderr
 
 
 def small_trainer(tmp_path, **overrides) -> Trainer:
-    cfg = dict(model=None, phi=-3, data="digits", image_size=32, batch_size=16, limit_train=160, epochs=1,
-               ema_decay=0.99, bn_momentum=0.1)  # fmt: skip
+    cfg = dict(
+        model=None,
+        phi=-3,
+        data="digits",
+        image_size=32,
+        batch_size=16,
+        limit_train=160,
+        epochs=1,
+        ema_decay=0.99,
+        bn_momentum=0.1,
+    )
     return Trainer(TrainConfig(**{**cfg, **overrides}), tmp_path / "run", quiet=True)
 
 
 def test_non_finite_loss_skips_the_step_untouched(tmp_path):
-    trainer = small_trainer(tmp_path)
+    trainer = small_trainer(tmp_path, opt="rmsproptf")  # its square_avg state is checked below
     images = torch.randn(16, 3, 32, 32)
     labels = torch.randint(0, 10, (16,))
     assert trainer._train_step([(images, labels)]) is not None  # a real step first
@@ -183,11 +190,10 @@ def test_bad_images_stop_training_or_are_skipped(tmp_path):
     (data / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     args = ["--phi", "-4"]
     common = [*args, "--data", data, "--image-size", "32", "--batch-size", "8", "--epochs", "1", "--quiet"]
-    proc = subprocess.run(effnet_cmd("train", *common, "--out", tmp_path / "r1"), capture_output=True, text=True)
+    proc = run_cli("train", *common, "--out", tmp_path / "r1")
     assert proc.returncode == 2 and "broken.png" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "r1").exists(), "a run that failed to start leaves nothing behind"
-    proc = subprocess.run(effnet_cmd("train", *common, "--bad-images", "skip", "--out", tmp_path / "r2"),
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = run_cli("train", *common, "--bad-images", "skip", "--out", tmp_path / "r2")
     assert proc.returncode == 0, proc.stderr
     assert "skipping 1 unusable images" in proc.stderr
     skipped = json.loads((tmp_path / "r2" / "skipped_images.json").read_text())

@@ -132,6 +132,7 @@ def cmd_compress(args) -> int:
         calibration_images=args.calibration_images,
         limit_train=args.limit_train,
         seed=args.seed,
+        timing_seconds=args.timing_seconds,
         progress=say,
     )
     if args.json:
@@ -154,6 +155,7 @@ def _add_compress_parser(sub) -> None:
     p.add_argument("--calibration-images", type=int, default=256)
     p.add_argument("--limit-train", type=int, help="train (distill, fine-tune) on this many images only")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timing-seconds", type=float, default=2.0, help="latency: timed seconds per stage, at least")
     p.add_argument("--out", required=True, help="a new directory for the stages' files and the report")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compress, extras=("train", "deploy", "compress"))

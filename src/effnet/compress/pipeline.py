@@ -76,6 +76,7 @@ def compress(
     calibration_images: int = 256,
     limit_train: int | None = None,
     seed: int = 0,
+    timing_seconds: float = 2.0,
     progress=None,
 ) -> list[StageRow]:
     out = Path(out)
@@ -128,7 +129,7 @@ def compress(
                          evaluate_split=None)  # fmt: skip
                 current = target
             stages.append((step, current))
-        rows = _measure(stages, options, scratch, say)
+        rows = _measure(stages, options, scratch, say, timing_seconds)
         # The stage files and the report appear together, complete, or not at all.
         final = scratch / "result"
         final.mkdir()
@@ -144,7 +145,7 @@ def compress(
     return rows
 
 
-def _measure(stages, options: dict, scratch: Path, say) -> list[StageRow]:
+def _measure(stages, options: dict, scratch: Path, say, timing_seconds: float = 2.0) -> list[StageRow]:
     rows, sessions = [], {}
     config = None
     for stage, path in stages:
@@ -174,7 +175,7 @@ def _measure(stages, options: dict, scratch: Path, say) -> list[StageRow]:
     say("timing every stage on ONNX Runtime, interleaved...")
     side = next(iter(sessions.values())).input["image_size"]
     x = torch.randn(1, 3, side, side)
-    times = time_interleaved(sessions, x, warmup=5, min_runs=30, min_seconds=2.0)
+    times = time_interleaved(sessions, x, warmup=5, min_runs=30, min_seconds=timing_seconds)
     for row in rows:
         row.latency_ms = statistics.median(times[row.stage]) * 1e3
     return rows

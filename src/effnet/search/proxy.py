@@ -4,6 +4,10 @@ The paper ranks (alpha, beta, gamma) by training each scaled baseline; what make
 comparison fair is that nothing but the architecture changes between candidates. ``Proxy``
 holds everything else (data, baseline, recipe, epochs) and trains one candidate from its
 width, depth and resolution.
+
+The CLI builds ``effnet search``'s options from this dataclass before torch is loaded (so that
+``effnet --help`` is instant); the model, training and evaluation layers are therefore imported
+inside the methods that use them, the one place outside the CLI where effnet does that.
 """
 
 from __future__ import annotations
@@ -15,11 +19,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from effnet.core.errors import UsageError
-from effnet.deploy.evaluate import evaluate_weights
-from effnet.models.flops import count_macs, count_params
-from effnet.models.registry import resolve_config
-from effnet.training.classify import ClassificationTrainer
-from effnet.training.config import SHORT_RUN, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,8 @@ class Proxy:
     augment: str = "light"
 
     def __post_init__(self):
+        from effnet.models.registry import resolve_config
+
         base = resolve_config(self.base)  # unknown names fail here, before any training
         object.__setattr__(self, "base_width", base.width if self.base_width is None else self.base_width)
         object.__setattr__(self, "base_depth", base.depth if self.base_depth is None else self.base_depth)
@@ -79,6 +80,8 @@ class Proxy:
         return self.scaled(width=beta**phi, depth=alpha**phi, resolution=gamma**phi)
 
     def config(self, shape: Shape, num_classes: int = 1000):
+        from effnet.models.registry import resolve_config
+
         return resolve_config(
             self.base, width=shape.width, depth=shape.depth, resolution=shape.resolution, num_classes=num_classes
         )
@@ -86,6 +89,8 @@ class Proxy:
     @functools.lru_cache(maxsize=4096)  # noqa: B019 (Proxy is frozen; MAC counts are pure)
     def cost(self, shape: Shape) -> dict:
         """Params and MACs of a candidate (10 classes: the count barely moves either)."""
+        from effnet.models.flops import count_macs, count_params
+
         config = self.config(shape, num_classes=10)
         return {"params": count_params(config), "macs": count_macs(config)}
 
@@ -94,6 +99,10 @@ class Proxy:
 
         Returns the best validation top-1 (the figure a search may select on) and, with
         ``test``, the test top-1 of those weights (the figure a study reports)."""
+        from effnet.deploy.evaluate import evaluate_weights
+        from effnet.training.classify import ClassificationTrainer
+        from effnet.training.config import SHORT_RUN, TrainConfig
+
         cfg = TrainConfig(
             model=self.base,
             width=shape.width,
