@@ -174,7 +174,7 @@ def test_quantize_aware_finetuning_writes_int8_from_grid_weights(tmp_path, digit
 
     model = effnet.load(digits_weights)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    tuned = quantization_aware_finetune(model, "digits", epochs=1, batch_size=32, limit_train=64)
+    tuned = quantization_aware_finetune(model, {"data": "digits"}, epochs=1, batch_size=32, limit_train=64)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the input is untouched
     convs = [m for m in tuned.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and not any(isinstance(m, torch.nn.BatchNorm2d) for m in tuned.modules())  # the folded form

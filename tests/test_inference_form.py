@@ -17,8 +17,10 @@ def test_fused_model_matches_unfused(name, padding):
     x = torch.randn(2, 3, 67, 67)
     with torch.no_grad():
         expected, got = model(x), fused(x)
-    scale = expected.abs().mean().item()
-    assert scale > 0.1
+    assert expected.abs().mean().item() > 0.1
+    # 1e-4 of the output scale (its largest magnitude), the tolerance every export test uses:
+    # folding changes float32 rounding, more so on one thread (make test's workers) than on two.
+    scale = expected.abs().max().item()
     assert (got - expected).abs().max().item() <= 1e-4 * max(1.0, scale)
 
 

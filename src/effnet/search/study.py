@@ -113,9 +113,15 @@ def _schema_lock(url: str):
     if not path or path == ":memory:" or "mode=ro" in query.split("&"):
         yield
         return
-    lock_path = Path(path).with_name(Path(path).name + ".init-lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
+    # flock on the database file itself: SQLite's own locks are POSIX record locks, which do not
+    # interact with flock, and no extra file is left beside the database. A file that cannot be
+    # opened (no such directory, no permission) is left for SQLite to report.
+    try:
+        handle = open(path, "ab")  # noqa: SIM115 (closed below)
+    except OSError:
+        yield
+        return
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
