@@ -27,7 +27,6 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from effnet.core.errors import UsageError, first_line
 from effnet.core.figures import pyplot, save_figure
