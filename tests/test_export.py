@@ -2,8 +2,6 @@
 travels with the file, and clear errors for files and inputs that do not fit."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import onnx
@@ -13,7 +11,7 @@ import torch
 import effnet
 from effnet.deploy.export import ExportError, export
 from effnet.deploy.runtime import OnnxModel
-from tests.conftest import give_bn_real_statistics
+from tests.conftest import give_bn_real_statistics, run_cli
 
 SIDE = 64  # small images keep the big members affordable; the graph is the same at any size
 # Every member but the two whose weights exceed ONNX's 2 GB single-file limit.
@@ -130,7 +128,7 @@ def test_corrupt_and_foreign_onnx_files(tmp_path):
 
 
 def cli(*args, rc=0):
-    proc = subprocess.run([sys.executable, "-m", "effnet", *map(str, args)], capture_output=True, text=True)
+    proc = run_cli(*args)
     assert proc.returncode == rc, proc.stderr
     assert "Traceback" not in proc.stderr
     return proc
