@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
+import warnings
 
 from effnet import __version__
 from effnet.cli import compress, data, deploy, models, search, train
-from effnet.core.errors import EffnetError
+from effnet.core.errors import EffnetError, EffnetWarning
 from effnet.core.extras import require
 
 DOMAINS = (models, deploy, train, search, compress, data)
@@ -30,8 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    """effnet's own warnings as one line, like its errors; other libraries' as they print them."""
+    if issubclass(category, EffnetWarning):
+        print(f"effnet: warning: {message}", file=sys.stderr)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         require(*getattr(args, "extras", ()))
         return args.func(args)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from effnet.core.errors import UsageError
+from effnet.core.errors import EffnetWarning, UsageError
 from effnet.datasets.loading import ImageDataset, load_data
 from effnet.datasets.transforms import train_transform
 from effnet.models.fuse import fuse_batchnorm
@@ -82,7 +82,9 @@ def quantization_aware_finetune(
     train_set = ImageDataset(bundle.split("train"), train_transform(model.preprocessing, "light"))
     if len(train_set) < batch_size:
         warnings.warn(
-            f"{len(train_set)} training images are fewer than one batch; batch size {len(train_set)}", stacklevel=2
+            f"{len(train_set)} training images are fewer than one batch; batch size {len(train_set)}",
+            EffnetWarning,
+            stacklevel=2,
         )
         batch_size = len(train_set)
 

@@ -33,6 +33,10 @@ class MissingExtra(UsageError):
         self.extra, self.module = extra, module
 
 
+class EffnetWarning(UserWarning):
+    """Something the user should know that does not stop the work (the CLI prints it as one line)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (libraries' messages can run to pages)."""
     text = str(exc).strip()

@@ -21,7 +21,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from effnet.core.errors import RunError
+from effnet.core.errors import EffnetWarning, RunError
 from effnet.training.checkpoint import load_state, rng_state, save_state, set_rng_state
 from effnet.training.config import TrainConfig
 from effnet.training.distributed import Dist, barrier, finite_everywhere, sum_over_ranks
@@ -64,6 +64,7 @@ def plan_steps(n_train: int, world: int, batch_size: int, accum_steps: int) -> S
         warnings.warn(
             f"{n_train} training images are fewer than one step of {batch_size} x {accum_steps} x {world} "
             f"processes; training with batch size {smaller}",
+            EffnetWarning,
             stacklevel=3,
         )
         batch_size = smaller
