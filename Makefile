@@ -32,7 +32,7 @@ demo: $(STAMP)
 		--model efficientnet_lite0 --weights lite0 --top-k 3
 	@echo
 	rm -rf runs/demo
-	$(VENV)/bin/effnet train --model efficientnet_lite0 --weights lite0 --data digits --image-size 32 --epochs 2 \
+	$(VENV)/bin/effnet train --model efficientnet_lite0 --weights lite0 --data digits --image-size 48 --epochs 2 \
 		--out runs/demo
 	$(VENV)/bin/effnet eval --weights runs/demo/best.safetensors --split test --plot runs/demo/confusion.png
 	$(VENV)/bin/effnet export --weights runs/demo/best.safetensors --out runs/demo/digits.onnx
