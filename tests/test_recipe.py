@@ -6,7 +6,14 @@ from dataclasses import fields
 
 import pytest
 
-from effnet.training.config import PAPER, PAPER_MIN_STEPS, SHORT, TrainConfig, ema_for_steps
+from effnet.training.config import (
+    LIGHT_AUGMENT_MIN_EPOCHS,
+    PAPER,
+    PAPER_MIN_STEPS,
+    SHORT,
+    TrainConfig,
+    ema_for_steps,
+)
 
 RECIPE_FIELDS = [k for k in PAPER if k != "lr_per_256"]
 
@@ -48,9 +55,11 @@ def test_auto_picks_paper_from_paper_min_steps():
 
     short = cfg.resolved(steps - 1, 64)  # one step per epoch fewer: 10 steps short of the threshold
     assert short.recipe == "short"
-    expected = {k: SHORT[k] for k in RECIPE_FIELDS if k != "ema_decay"}
+    expected = {k: SHORT[k] for k in RECIPE_FIELDS if k not in ("ema_decay", "augment")}
     assert {k: getattr(short, k) for k in expected} == expected
     assert short.ema_decay == ema_for_steps(10 * (steps - 1))
+    assert short.augment == "light"  # 10 epochs: long enough to overfit without it
+    assert TrainConfig(epochs=LIGHT_AUGMENT_MIN_EPOCHS - 1).resolved(100, 64).augment == "none"
     assert short.lr == pytest.approx(4e-3)  # 0.016 per 256 images at batch 64
 
 

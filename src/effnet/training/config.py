@@ -41,8 +41,9 @@ PAPER = dict(
 # (benchmarks/short_recipe.md):
 # * no augmentation: a few epochs underfit, and the padded crop + flip of --augment light slows
 #   them down (B0, digits, 2 epochs: 30% test top-1 with it, 86% without; phi -3, Fashion-MNIST
-#   8k images, 2 epochs: 72% against 82% validation). Long runs (tens of epochs) that start to
-#   overfit should pass --augment light (93.2% on Fashion-MNIST over 16 epochs, benchmarks/README.md).
+#   8k images, 2 epochs: 72% against 82% validation). Runs of LIGHT_AUGMENT_MIN_EPOCHS epochs or
+#   more see each image often enough to overfit and get --augment light (the 16-epoch
+#   Fashion-MNIST benchmark, 93.2%, used it; benchmarks/README.md).
 # * BN momentum 0.3: in runs under 100 steps (no EMA) the running statistics of momentum 0.1 lag
 #   the weights, which still move fast, and B0's evaluation falls far behind its training accuracy
 #   (digits, 40 steps, 3 seeds: 64-75% test top-1 at 0.1, 86-88% at 0.3). Longer runs evaluate
@@ -53,12 +54,13 @@ SHORT = dict(
     sched="cosine",
     warmup_epochs=1.0,
     weight_decay=0.01,
-    augment="none",
+    augment=None,  # derived from the run's length: none, or light from LIGHT_AUGMENT_MIN_EPOCHS on
     ema_decay=None,  # derived from the run's length (ema_for_steps)
     drop_path_rate=0.0,
     bn_momentum=0.3,
 )
 RECIPE_PRESETS = {"paper": PAPER, "short": SHORT}
+LIGHT_AUGMENT_MIN_EPOCHS = 10
 # recipe=auto takes the paper's recipe from this many optimizer steps on (its own run is ~110k).
 PAPER_MIN_STEPS = 100_000
 
@@ -196,6 +198,8 @@ class TrainConfig:
         filled = {k: preset[k] for k in preset if k != "lr_per_256" and getattr(self, k) is None}
         if "ema_decay" in filled and filled["ema_decay"] is None:
             filled["ema_decay"] = ema_for_steps(total)
+        if "augment" in filled and filled["augment"] is None:
+            filled["augment"] = "light" if self.epochs >= LIGHT_AUGMENT_MIN_EPOCHS else "none"
         if self.lr is None:
             per_256 = preset["lr_per_256"] if self.opt in (None, preset["opt"]) else BASE_LR[self.opt]
             filled["lr"] = per_256 * global_batch / 256

@@ -1,9 +1,8 @@
-"""Training hyperparameters and the optimizer/schedule they imply.
+"""The optimizer, learning-rate schedule and weight EMA that a resolved TrainConfig implies.
 
-The defaults are the paper's ImageNet recipe (TF reference implementation): RMSprop with decay
-0.9, momentum 0.9, eps 1e-3 (eps inside the square root, as TF does it); lr 0.016 per 256 images
-with a linear warm-up and x0.97 every 2.4 epochs; weight decay 1e-5; label smoothing 0.1;
-RandAugment; weight EMA 0.9999; stochastic depth 0.2; dropout by variant.
+The settings themselves (the paper's recipe and the short one) are in training.config. The
+paper's optimizer is RMSprop in TF's form: decay 0.9, momentum 0.9, eps 1e-3 inside the square
+root (timm's RMSpropTF); its schedule a linear warm-up then x0.97 every 2.4 epochs.
 """
 
 from __future__ import annotations
