@@ -31,17 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
-    """effnet's own warnings as one line, like its errors; other libraries' as they print them."""
+def _format_warning(message, category, filename, lineno, line=None, _default=warnings.formatwarning) -> str:
+    """effnet's own warnings as one line, like its errors; other libraries' as they print them.
+    (Only the format changes: recorders such as pytest.warns still see every warning.)"""
     if issubclass(category, EffnetWarning):
-        print(f"effnet: warning: {message}", file=sys.stderr)
-    else:
-        _default(message, category, filename, lineno, file, line)
+        return f"effnet: warning: {message}\n"
+    return _default(message, category, filename, lineno, line)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    warnings.showwarning = _show_warning
+    warnings.formatwarning = _format_warning
     try:
         require(*getattr(args, "extras", ()))
         return args.func(args)
