@@ -8,6 +8,8 @@ the SE gate), which is also what the paper's "FLOPS" column counts.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -20,10 +22,14 @@ def _meta_model(config: ModelConfig):
         return EfficientNet(config).eval()
 
 
+# Configs are frozen and hashable, and a count depends on nothing else: each is computed once per
+# process (L2's MACs take seconds even on the meta device; the search asks for the same shapes again).
+@functools.lru_cache(maxsize=1024)
 def count_params(config: ModelConfig) -> int:
     return sum(p.numel() for p in _meta_model(config).parameters())
 
 
+@functools.lru_cache(maxsize=1024)
 def count_macs(config: ModelConfig, resolution: int | None = None) -> int:
     """Multiply-accumulates of one forward pass of one image at ``resolution`` (default: the model's)."""
     model = _meta_model(config)
