@@ -98,7 +98,7 @@ def test_search_resumes_after_kill_9(tmp_path):
     done_before = {t.number for t in before if t.state.name == "COMPLETE"}
     killed = next(t for t in before if t.state.name == "RUNNING")
 
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    out = run_cli(*cmd[3:])  # the same command, resumed in this process
     assert out.returncode == 0, out.stderr
     after = trials(url)
     points = compound_grid(2.0, 0.6, 0.5)
@@ -175,8 +175,8 @@ def test_latency_budget_finds_the_largest_phi_that_fits(tmp_path):
 
 def test_scaling_study_matches_macs_and_continues(tmp_path):
     out = tmp_path / "study"
-    cmd = effnet_cmd("scaling-study", *PROXY, "--phis", "0,1", "--seeds", "0", "--out", out, "--json")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    cmd = ["scaling-study", *PROXY, "--phis", "0,1", "--seeds", "0", "--out", out, "--json"]
+    proc = run_cli(*cmd)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     rows = {(r["method"], r["phi"]): r for r in result["rows"]}
@@ -196,6 +196,6 @@ def test_scaling_study_matches_macs_and_continues(tmp_path):
     # A second run continues the finished runs instead of training them again.
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/best.safetensors")}
     assert len(stamps) == 5
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    again = run_cli(*cmd)
     assert again.returncode == 0, again.stderr
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/best.safetensors")} == stamps
