@@ -48,7 +48,7 @@ lint: $(STAMP)
 
 # One pytest worker per core (pytest-xdist); conftest.py gives each worker one torch thread.
 test: lint data
-	$(PY) -m pytest -q -n 2 --durations=15
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=15
 
 bench: $(STAMP)
 	$(PY) benchmarks/inference_speed.py --batch-sizes 1,32 --json benchmarks/inference_speed.json

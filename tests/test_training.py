@@ -18,8 +18,8 @@ from effnet.training import TrainConfig, TrainingError
 from effnet.training.trainer import _bn_buffers
 from tests.conftest import free_port, run_cli
 
-# A small compound-scaled B0 on digits at 32 px: ~3 s an epoch on 2 cores.
-TINY = ["--phi", "-3", "--data", "digits", "--image-size", "32", "--batch-size", "32", "--limit-train", "640",
+# A small compound-scaled B0 on digits at 24 px (the digits are 8x8): ~2 s an epoch on one core.
+TINY = ["--phi", "-3", "--data", "digits", "--image-size", "24", "--batch-size", "32", "--limit-train", "640",
         "--augment", "paper", "--ema-decay", "0.99", "--bn-momentum", "0.1", "--seed", "7"]  # fmt: skip
 
 
@@ -87,7 +87,7 @@ def test_run_directory_contents_and_eval(tmp_path):
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
     model = effnet.load(run / "best.safetensors")
-    assert model.class_names == [str(i) for i in range(10)] and model.preprocessing.resolution == 32
+    assert model.class_names == [str(i) for i in range(10)] and model.preprocessing.resolution == 24
 
     plot = tmp_path / "confusion.png"
     out = run_cli("eval", "--weights", run / "best.safetensors", "--split", "val", "--json", "--plot", plot)

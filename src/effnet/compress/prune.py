@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from effnet.core.errors import UsageError
+from effnet.datasets.loading import ordered_loader
 from effnet.models.blocks import MBConv
 from effnet.models.flops import count_macs, count_params
 from effnet.models.registry import build_model
@@ -166,7 +167,7 @@ def prune(
             **SHORT_RUN,
         )
         trainer = ClassificationTrainer(cfg, Path(scratch) / "run", quiet=quiet)
-        loader = torch.utils.data.DataLoader(trainer.val_set, batch_size=128)
+        loader = ordered_loader(trainer.val_set, 128)
         report["val_top1_pruned"] = evaluate(trainer.model, loader, len(trainer.data.classes))["top1"]
         recalibrate_batchnorm(trainer.model, trainer.train_set, seed=seed)
         report["val_top1_recalibrated"] = evaluate(trainer.model, loader, len(trainer.data.classes))["top1"]

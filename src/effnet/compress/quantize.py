@@ -26,7 +26,7 @@ from effnet.compress.choices import SCHEMES
 from effnet.compress.qat import quantization_aware_finetune
 from effnet.core.errors import UsageError, first_line
 from effnet.core.fileio import atomic_write
-from effnet.datasets.loading import ImageDataset, load_data
+from effnet.datasets.loading import ImageDataset, load_data, ordered_loader
 from effnet.deploy.evaluate import evaluate_weights
 from effnet.deploy.export import export
 from effnet.deploy.runtime import onnx_metadata, read_onnx
@@ -54,7 +54,7 @@ def calibration_batches(model, data_options: dict, n: int, batch_size: int = 32,
     dataset = ImageDataset(bundle.split("train"), model.preprocessing.transform())
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
     subset = torch.utils.data.Subset(dataset, order.tolist())
-    return [images.numpy() for images, _ in torch.utils.data.DataLoader(subset, batch_size=batch_size)]
+    return [images.numpy() for images, _ in ordered_loader(subset, batch_size)]
 
 
 def quantize_onnx(

@@ -3,9 +3,7 @@ the preprocessing that travels with it and the data it was trained on unless tol
 
 from __future__ import annotations
 
-import torch
-
-from effnet.datasets.loading import ImageDataset, load_data
+from effnet.datasets.loading import ImageDataset, load_data, ordered_loader
 from effnet.deploy.engines import inference_form, open_model
 from effnet.tasks.classification import check_classes, evaluate
 
@@ -33,5 +31,5 @@ def evaluate_weights(
     model = trained.model
     check_classes(model, bundle.classes, f"{weights}", f"--data {options['data']}")
     dataset = ImageDataset(bundle.split(split), model.preprocessing.transform())
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    loader = ordered_loader(dataset, batch_size)
     return evaluate(inference_form(model), loader, model.config.num_classes), bundle.classes

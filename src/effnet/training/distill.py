@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from effnet.core.errors import UsageError
 from effnet.core.fileio import atomic_write
+from effnet.datasets.loading import ordered_loader
 from effnet.models.preprocessing import Preprocessing
 from effnet.tasks.classification import check_classes
 from effnet.training.rundir import RunDir
@@ -79,8 +80,7 @@ def teacher_logits(
     path = rundir.path / TEACHER_LOGITS
     if resume and path.is_file():
         return load_file(str(path))["logits"].to(device)
-    # its own generator: the global RNG stream must stay what an uncached run sees
-    loader = torch.utils.data.DataLoader(dataset, batch_size=256, num_workers=workers, generator=torch.Generator())
+    loader = ordered_loader(dataset, 256, workers)  # the global RNG stream stays what an uncached run sees
     fmt = torch.channels_last if channels_last else torch.preserve_format
     bar = tqdm(loader, desc="teacher logits", unit="batch", disable=quiet or not sys.stderr.isatty())
     return torch.cat([teacher(images.to(device, memory_format=fmt)).float() for images, _ in bar])

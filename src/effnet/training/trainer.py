@@ -22,6 +22,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from effnet.core.errors import EffnetWarning, RunError
+from effnet.datasets.loading import ordered_loader
 from effnet.training.checkpoint import load_state, rng_state, save_state, set_rng_state
 from effnet.training.config import TrainConfig
 from effnet.training.distributed import Dist, barrier, finite_everywhere, sum_over_ranks
@@ -290,10 +291,7 @@ class Trainer:
         module.eval()
         metrics = self.task.metrics()
         fmt = torch.channels_last if self.cfg.channels_last else torch.preserve_format
-        loader = torch.utils.data.DataLoader(
-            self.val_set, batch_size=max(64, self.plan.batch_size), num_workers=self.cfg.workers
-        )
-        for batch in loader:
+        for batch in ordered_loader(self.val_set, max(64, self.plan.batch_size), self.cfg.workers):
             inputs, targets, _ = self.task.split_batch(batch)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16"):
                 outputs = module(inputs.to(self.device, memory_format=fmt))
