@@ -67,46 +67,18 @@ def digits_weights(tmp_path_factory):
     """A small model trained for one epoch on digits: real weights for the compression commands."""
     run = tmp_path_factory.mktemp("digits") / "run"
     run_cli(
-        "train",
-        "--phi",
-        "-3",
-        "--data",
-        "digits",
-        "--image-size",
-        "32",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "32",
-        "--limit-train",
-        "320",
-        "--ema-decay",
-        "0",
-        "--bn-momentum",
-        "0.1",
-        "--out",
-        run,
-        "--quiet",
-    ).check()
+        "train", "--phi", "-3", "--data", "digits", "--image-size", "32", "--epochs", "1", "--batch-size",
+        "32", "--limit-train", "320", "--ema-decay", "0", "--bn-momentum", "0.1", "--out", run, "--quiet"
+    ).check()  # fmt: skip
     return run / "best.safetensors"
 
 
 def test_prune_cli_fine_tunes_and_evaluates(tmp_path, digits_weights):
     out = tmp_path / "pruned.safetensors"
     proc = run_cli(
-        "prune",
-        "--weights",
-        digits_weights,
-        "--ratio",
-        "0.5",
-        "--finetune-epochs",
-        "1",
-        "--limit-train",
-        "320",
-        "--out",
-        out,
-        "--json",
-    )
+        "prune", "--weights", digits_weights, "--ratio", "0.5", "--finetune-epochs", "1", "--limit-train",
+        "320", "--out", out, "--json"
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["macs_after"] < 0.65 * report["macs_before"]
@@ -185,21 +157,9 @@ def test_quantize_aware_finetuning_writes_int8_from_grid_weights(tmp_path, digit
 
     out = tmp_path / "qat.onnx"
     proc = run_cli(
-        "quantize",
-        "--weights",
-        digits_weights,
-        "--method",
-        "qat",
-        "--qat-epochs",
-        "1",
-        "--limit-train",
-        "64",
-        "--calibration-images",
-        "32",
-        "--out",
-        out,
-        "--json",
-    )
+        "quantize", "--weights", digits_weights, "--method", "qat", "--qat-epochs", "1", "--limit-train",
+        "64", "--calibration-images", "32", "--out", out, "--json"
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["scheme"] == "qat" and report["qat_epochs"] == 1 and 0.0 <= report["int8_top1"] <= 1.0
@@ -248,32 +208,10 @@ def test_distillation_loss_is_hintons():
 def test_distill_trains_a_student_with_the_teacher(tmp_path, digits_weights):
     run = tmp_path / "student"
     proc = run_cli(
-        "distill",
-        "--teacher",
-        digits_weights,
-        "--phi",
-        "-4",
-        "--data",
-        "digits",
-        "--image-size",
-        "24",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "32",
-        "--limit-train",
-        "320",
-        "--ema-decay",
-        "0",
-        "--temperature",
-        "2",
-        "--alpha",
-        "0.5",
-        "--out",
-        run,
-        "--quiet",
-        "--json",
-    )
+        "distill", "--teacher", digits_weights, "--phi", "-4", "--data", "digits", "--image-size", "24",
+        "--epochs", "1", "--batch-size", "32", "--limit-train", "320", "--ema-decay", "0", "--temperature",
+        "2", "--alpha", "0.5", "--out", run, "--quiet", "--json"
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert 0.0 <= json.loads(proc.stdout)["val_top1"] <= 1.0
     config = json.loads((run / "config.json").read_text())
@@ -340,23 +278,10 @@ def test_distill_rejects_a_teacher_with_other_classes(tmp_path):
 def test_compress_pipeline_measures_every_stage_alike(tmp_path, digits_weights):
     out = tmp_path / "compressed"
     proc = run_cli(
-        "compress",
-        "--weights",
-        digits_weights,
-        "--steps",
-        "distill,prune,quantize",
-        "--epochs",
-        "1",
-        "--limit-train",
-        "320",
-        "--calibration-images",
-        "64",
-        "--timing-seconds",
-        "0.3",
-        "--out",
-        out,
-        "--json",
-    )
+        "compress", "--weights", digits_weights, "--steps", "distill,prune,quantize", "--epochs", "1",
+        "--limit-train", "320", "--calibration-images", "64", "--timing-seconds", "0.3", "--out", out,
+        "--json"
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     stages = {s["stage"]: s for s in json.loads(proc.stdout)["stages"]}
     assert list(stages) == ["original", "distill", "prune", "quantize"]
