@@ -480,3 +480,27 @@ def test_training_set_smaller_than_one_batch_trains_with_a_warning(capsys, tmp_p
     assert (run / "best.safetensors").is_file()
     rows = (run / "metrics.csv").read_text().splitlines()
     assert len(rows) == 2  # the header and the one epoch
+
+
+def test_ctrl_c_during_a_save_lands_after_it(tmp_path):
+    """SIGINT in the middle of torch.save's zip writer used to surface as a RuntimeError from the
+    writer's clean-up (a traceback, rc 1); now the save completes and Ctrl-C takes effect after."""
+    import os
+    import signal
+
+    import torch
+
+    from effnet.core.fileio import atomic_write
+
+    target = tmp_path / "state.pt"
+
+    def write(f):
+        torch.save({"a": torch.zeros(1000)}, f)
+        os.kill(os.getpid(), signal.SIGINT)  # arrives while the file is still being written
+        torch.save({"b": torch.ones(1000)}, f)
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, write)
+    assert target.is_file()  # the write finished and was renamed into place before the interrupt
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
