@@ -170,6 +170,15 @@ def test_ten_non_finite_steps_in_a_row_stop_the_run(tmp_path):
     assert not (tmp_path / "run" / "last.safetensors").exists()
 
 
+def test_an_epoch_whose_every_step_was_non_finite_is_never_best(tmp_path):
+    trainer = small_trainer(tmp_path, limit_train=64, epochs=2)  # 4 steps an epoch: under the stop at 10
+    trainer.train_set.base = PoisonedImages(trainer.train_set.base)
+    trainer.fit()
+    assert trainer.skipped_steps == 8 and [r["skipped_steps"] for r in trainer.rows] == [4, 8]
+    assert not (tmp_path / "run" / "best.safetensors").exists()
+    assert (tmp_path / "run" / "last.safetensors").exists()
+
+
 def test_non_finite_weights_are_never_saved(tmp_path):
     trainer = small_trainer(tmp_path)
     with torch.no_grad():

@@ -330,7 +330,8 @@ class Trainer:
         self.epoch += 1
         self.step_in_epoch = 0
         if self.dist.main:
-            if metrics["score"] > self.best_score:
+            # An epoch whose every step was skipped (non-finite) did not train: never its "best".
+            if totals.get("n", 0) > 0 and metrics["score"] > self.best_score:
                 self.best_score = metrics["score"]
                 self._save_weights("best.safetensors", judged)
             self._save_weights("last.safetensors", self.model)
