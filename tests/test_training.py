@@ -230,3 +230,16 @@ def test_fine_tuning_starts_from_pretrained_weights(tmp_path):
     assert trainer.model.config.padding == "same"  # as the TF-trained weights need
     with pytest.raises(effnet.WeightsError, match="does not match efficientnet_b0; missing: .*se.reduce"):
         small_trainer(tmp_path / "other", model="efficientnet_b0", phi=None, weights="lite0")
+
+
+def test_a_run_saved_before_recipes_resumes(tmp_path):
+    """RUN/config.json from before --recipe existed (every setting explicit, no "recipe" key)."""
+    run = tmp_path / "run"
+    args = ["train", "--phi", "-3", "--data", "digits", "--image-size", "16", "--limit-train", "64",
+            "--batch-size", "16", "--epochs", "1", "--quiet", "--out", run]  # fmt: skip
+    run_cli(*args).check()
+    saved = json.loads((run / "config.json").read_text())
+    del saved["recipe"]
+    (run / "config.json").write_text(json.dumps(saved))
+    resumed = run_cli(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr

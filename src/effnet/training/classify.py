@@ -100,7 +100,10 @@ class ClassificationTrainer(Trainer):
         plan = plan_steps(len(self.data.split("train")), ranks.world, cfg.batch_size, cfg.accum_steps)
         cfg = cfg.resolved(plan.steps_per_epoch, plan.global_batch)
         if resume:
-            saved = TrainConfig.from_dict(rundir.read_config()).to_dict()  # a run from before a setting: its default
+            # Resolved like this run's: a run from before a setting gets its default, and one from
+            # before recipes (every setting explicit) resolves to the same values.
+            saved = TrainConfig.from_dict(rundir.read_config()).resolved(plan.steps_per_epoch, plan.global_batch)
+            saved = saved.to_dict()
             if saved != cfg.to_dict():
                 diff = sorted(k for k in saved if saved[k] != cfg.to_dict()[k])
                 raise UsageError(f"--resume with settings that differ from {rundir.config_path}: {', '.join(diff)}")
