@@ -19,7 +19,7 @@ import torch
 
 from effnet.compress.choices import STEPS
 from effnet.compress.prune import check_ratio, prune
-from effnet.compress.quantize import add_onnx_metadata, quantize
+from effnet.compress.quantize import quantize
 from effnet.core.errors import UsageError
 from effnet.core.figures import pyplot, save_figure
 from effnet.core.fileio import atomic_write
@@ -155,10 +155,8 @@ def _measure(stages, options: dict, scratch: Path, say, timing_seconds: float = 
             model = load(path)
             config = model.config
             onnx_path = scratch / f"measure-{stage}.onnx"
-            export(model, onnx_path, dynamic_batch=True)
             training = read_metadata(path).get("training")
-            if training:
-                add_onnx_metadata(onnx_path, {"training": training})
+            export(model, onnx_path, dynamic_batch=True, extra_metadata={"training": training} if training else None)
         say(f"evaluating {stage}...")
         metrics, _ = evaluate_weights(str(onnx_path), options["data"], data_dir=options["data_dir"], split="test")
         sessions[stage] = OnnxModel(onnx_path)

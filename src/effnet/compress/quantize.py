@@ -149,15 +149,14 @@ def quantize(
     trained = load_trained(weights)
     model = trained.model
     options = trained.provenance.data_options(data, origin=weights)
-    training = json.dumps(trained.provenance.training) if trained.provenance.training else None
+    # what it was trained on travels into the exports, so eval of them needs no --data
+    provenance = {"training": json.dumps(trained.provenance.training)} if trained.provenance.training else None
     batches = calibration_batches(model, options, calibration_images, seed=seed)
     with tempfile.TemporaryDirectory(prefix="effnet-quantize-") as scratch:
 
         def export_fp32(net, name: str) -> Path:
             path = Path(scratch) / name
-            export(net, path, dynamic_batch=True)
-            if training:
-                add_onnx_metadata(path, {"training": training})
+            export(net, path, dynamic_batch=True, extra_metadata=provenance)
             return path
 
         fp32 = source = export_fp32(model, "fp32.onnx")
@@ -186,11 +185,3 @@ def quantize(
             report["top1_drop"] = report["fp32_top1"] - report["int8_top1"]
         atomic_write(out_path, lambda f: f.write(int8.read_bytes()))
     return report
-
-
-def add_onnx_metadata(path: Path, extra: dict[str, str]) -> None:
-    import onnx
-
-    proto = onnx.load(str(path))
-    onnx.helper.set_model_props(proto, {**onnx_metadata(proto), **extra})
-    path.write_bytes(proto.SerializeToString())
