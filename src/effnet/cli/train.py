@@ -11,6 +11,9 @@ from effnet.core.errors import UsageError
 from effnet.training.config import TrainConfig
 
 TRAIN_HELP = {
+    "task": "classification, detection (COCO folder), segmentation (images/ + masks/) or embedding (ArcFace)",
+    "annotations": "detection: the COCO file's name inside --data (or its train/ val/ test/)",
+    "detector": "detection head on an FPN: faster_rcnn, fcos or retinanet",
     "model": "model name (or use --phi)",
     "phi": "compound-scaled B0 with this phi instead of a named model",
     "width": "override the model's width multiplier",
@@ -46,7 +49,7 @@ def read_saved_config(run: Path) -> dict:
 
 
 def cmd_train(args) -> int:
-    from effnet.training.classify import train
+    from effnet.training.launch import train
 
     given = dataclass_values(args, TrainConfig)
     if "phi" in given and "model" not in given:

@@ -56,11 +56,13 @@ class ImageDataset(torch.utils.data.Dataset):
         return (self.transform(image) if self.transform else image), label
 
 
-def ordered_loader(dataset, batch_size: int, workers: int = 0) -> torch.utils.data.DataLoader:
+def ordered_loader(dataset, batch_size: int, workers: int = 0, collate_fn=None) -> torch.utils.data.DataLoader:
     """The dataset in index order, for evaluation, calibration and caches. With its own generator:
     a DataLoader without one draws a seed from the global RNG, which would shift the random stream
     (dropout, stochastic depth) of a training run that validates between epochs."""
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, generator=torch.Generator())
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, generator=torch.Generator(), collate_fn=collate_fn
+    )
 
 
 def _holdout(split: ArraySplit, fraction: float, seed: int) -> tuple[ArraySplit, ArraySplit]:

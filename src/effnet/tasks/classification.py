@@ -77,6 +77,7 @@ class ClassificationTask:
 
     name = "classification"
     val_keys = ("top1", "top5")  # reported per epoch as val_top1, val_top5 (beside val_loss)
+    val_batch = 64
 
     def __init__(self, num_classes: int, label_smoothing: float = 0.0):
         self.num_classes, self.label_smoothing = num_classes, label_smoothing
@@ -87,6 +88,9 @@ class ClassificationTask:
 
     def to_device(self, labels: torch.Tensor, device: torch.device) -> torch.Tensor:
         return labels.to(device)
+
+    def forward(self, net, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return net(images)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)

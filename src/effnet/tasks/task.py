@@ -24,12 +24,17 @@ class Metrics(Protocol):
 class Task(Protocol):
     name: str
     val_keys: tuple[str, ...]  # the metrics' summary keys that each epoch reports as val_<key>
+    val_batch: int  # validation batch size (at least the training batch)
 
     def split_batch(self, batch) -> tuple[torch.Tensor, Any, dict]:
         """(inputs, targets, extras) from what the DataLoader yields; extras go to the loss."""
         ...
 
     def to_device(self, targets: Any, device: torch.device) -> Any: ...
+
+    def forward(self, net, inputs: Any, targets: Any) -> Any:
+        """The training forward pass (detectors and ArcFace need the targets in it)."""
+        ...
 
     def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
         """The mean loss of a batch, in float32."""
@@ -44,3 +49,5 @@ class Task(Protocol):
         ...
 
     def metrics(self) -> Metrics: ...
+
+    # Optional: ``collate``, the DataLoader's collate_fn (detection: variable-size targets).

@@ -8,7 +8,7 @@ _EXPORTS = {
     "Trainer": "effnet.training.trainer",
     "TrainingError": "effnet.training.trainer",
     "ClassificationTrainer": "effnet.training.classify",
-    "train": "effnet.training.classify",
+    "train": "effnet.training.launch",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

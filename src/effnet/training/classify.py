@@ -8,7 +8,6 @@ from dataclasses import replace
 
 import torch
 
-from effnet.core.errors import UsageError
 from effnet.datasets.loading import ImageDataset, load_data
 from effnet.datasets.transforms import train_transform
 from effnet.models.preprocessing import Preprocessing
@@ -16,7 +15,7 @@ from effnet.models.registry import build_model, create_model
 from effnet.tasks.classification import ClassificationTask
 from effnet.training.config import TrainConfig
 from effnet.training.distill import Distillation, load_teacher, teacher_logits, write_teacher_logits
-from effnet.training.distributed import resolve_device, setup_distributed, shutdown
+from effnet.training.run import RunTrainer, resolve_for_run
 from effnet.training.rundir import RunDir
 from effnet.training.sampling import SeededAugment
 from effnet.training.trainer import Trainer, plan_steps
@@ -70,21 +69,8 @@ def build_classifier(cfg: TrainConfig, classes: list[str]) -> torch.nn.Module:
     return model
 
 
-class ClassificationTrainer(Trainer):
+class ClassificationTrainer(RunTrainer):
     """``Trainer`` set up for image classification from a ``TrainConfig``."""
-
-    def __init__(self, cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, quiet: bool = False):
-        ranks = setup_distributed()
-        device = resolve_device(cfg.device, ranks.local_rank)
-        rundir = RunDir(run)
-        if ranks.main:
-            rundir.check(resume)
-            rundir.lock()
-        try:
-            self._set_up(cfg, rundir, ranks, device, resume, quiet)
-        except BaseException:
-            rundir.abandon()
-            raise
 
     def _set_up(self, cfg: TrainConfig, rundir: RunDir, ranks, device, resume: bool, quiet: bool) -> None:
         torch.manual_seed(cfg.seed)
@@ -98,15 +84,7 @@ class ClassificationTrainer(Trainer):
             progress=not quiet and ranks.main,
         )
         plan = plan_steps(len(self.data.split("train")), ranks.world, cfg.batch_size, cfg.accum_steps)
-        cfg = cfg.resolved(plan.steps_per_epoch, plan.global_batch)
-        if resume:
-            # Resolved like this run's: a run from before a setting gets its default, and one from
-            # before recipes (every setting explicit) resolves to the same values.
-            saved = TrainConfig.from_dict(rundir.read_config()).resolved(plan.steps_per_epoch, plan.global_batch)
-            saved = saved.to_dict()
-            if saved != cfg.to_dict():
-                diff = sorted(k for k in saved if saved[k] != cfg.to_dict()[k])
-                raise UsageError(f"--resume with settings that differ from {rundir.config_path}: {', '.join(diff)}")
+        cfg = resolve_for_run(cfg, rundir, plan, resume)
 
         model = build_classifier(cfg, self.data.classes).to(device)
         if cfg.channels_last:
@@ -126,7 +104,8 @@ class ClassificationTrainer(Trainer):
                                         channels_last=cfg.channels_last, workers=cfg.workers, quiet=quiet)  # fmt: skip
                 on_start.append(lambda rd: write_teacher_logits(rd, logits))
             criterion = Distillation(task, teacher, cfg.kd_temperature, cfg.kd_alpha, logits)
-        super().__init__(
+        Trainer.__init__(
+            self,
             cfg,
             rundir,
             task=task,
@@ -144,12 +123,5 @@ class ClassificationTrainer(Trainer):
 
 
 def train(cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, quiet: bool = False) -> dict:
-    """Train per ``cfg`` into the directory ``run``; returns the last epoch's metrics row."""
-    trainer = None
-    try:
-        trainer = ClassificationTrainer(cfg, run, resume=resume, quiet=quiet)
-        return trainer.fit()
-    finally:
-        if trainer is not None:
-            trainer.rundir.unlock()
-        shutdown()
+    """Train a classifier per ``cfg`` into the directory ``run``; returns the last epoch's row."""
+    return ClassificationTrainer.run(cfg, run, resume=resume, quiet=quiet)

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from effnet.core.errors import UsageError
 from effnet.datasets.choices import AUGMENTATIONS, BAD_IMAGE_POLICIES
+from effnet.tasks.choices import DETECTOR_HEADS, TASKS
 
 OPTIMIZERS = ("rmsproptf", "adamw", "sgd")
 SCHEDULES = ("step", "cosine")
@@ -91,6 +92,7 @@ def ema_for_steps(total_steps: int) -> float:
 class TrainConfig:
     """Everything needed to repeat a run; written to RUN/config.json."""
 
+    task: str = "classification"  # or detection, segmentation, embedding (effnet.tasks)
     model: str | None = "efficientnet_b0"  # None with --weights: the file's architecture (e.g. pruned)
     phi: float | None = None  # compound-scaled B0 instead of a named model
     # Explicit multipliers override the model's (the scaling search and study train such models).
@@ -99,6 +101,8 @@ class TrainConfig:
     weights: str | None = None  # initialise from a weights file or pretrained tag (fine-tuning)
     data: str = "digits"  # fashion-mnist, digits, or an image folder
     data_dir: str | None = None
+    annotations: str = "annotations.json"  # detection: the COCO file's name in the data folder(s)
+    detector: str = "faster_rcnn"  # detection: faster_rcnn, fcos or retinanet on an FPN
     val_split: float = 0.1
     limit_train: int | None = None
     bad_images: str = "error"
@@ -172,6 +176,10 @@ class TrainConfig:
         for name, ok in checks:
             if not ok:
                 raise UsageError(f"--{name.replace('_', '-')}={getattr(self, name)!r} is out of range")
+        if self.task != "classification" and self.teacher:
+            raise UsageError(f"distillation is for classification; --task {self.task} cannot take a teacher")
+        if self.task != "classification" and self.data in ("digits", "fashion-mnist"):
+            raise UsageError(f"--task {self.task} needs --data FOLDER (see effnet data make)")
         if self.cache_teacher and not self.teacher:
             raise UsageError("--cache-teacher needs a teacher (effnet distill --teacher FILE)")
         if self.cache_teacher and self.augment not in (None, "none"):
@@ -180,7 +188,8 @@ class TrainConfig:
                 f"images, and --augment {self.augment} would train the student on other images"
             )
         choices = (("opt", OPTIMIZERS), ("sched", SCHEDULES), ("amp", AMP), ("augment", AUGMENTATIONS),
-                   ("bad_images", BAD_IMAGE_POLICIES), ("recipe", RECIPES))  # fmt: skip
+                   ("bad_images", BAD_IMAGE_POLICIES), ("recipe", RECIPES), ("task", TASKS),
+                   ("detector", DETECTOR_HEADS))  # fmt: skip
         for name, allowed in choices:
             if getattr(self, name) is not None and getattr(self, name) not in allowed:
                 raise UsageError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

@@ -10,33 +10,33 @@ from pathlib import Path
 from effnet.core.figures import pyplot, save_figure
 from effnet.core.fileio import atomic_write
 
-COLUMNS = [
-    "epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
-    "skipped_steps", "epoch_seconds", "images_per_second",
-]  # fmt: skip
-
 
 def write_metrics_csv(run: Path, rows: list[dict]) -> None:
-    """One row an epoch: the classification columns first, then whatever else a task reports."""
-    extra = [k for k in rows[0] if k not in COLUMNS] if rows else []
+    """One row an epoch, the columns in the order the trainer reports them (classification:
+    epoch, step, lr, train_loss, train_top1, val_loss, val_top1, val_top5, ...)."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS + extra, extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(run / "metrics.csv", lambda f: f.write(buffer.getvalue().encode()))
 
 
-def plot_curves(run: Path, rows: list[dict]) -> None:
+def plot_curves(run: Path, rows: list[dict], score: str = "top1") -> None:
+    """Loss (train, and validation where the task has one) and the task's score per epoch;
+    classification's training top-1 beside the validation's."""
     plt = pyplot()
 
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
-    ax_loss.plot(epochs, [r["val_loss"] for r in rows], "o-", label="validation")
+    if all(r.get("val_loss") is not None for r in rows):
+        ax_loss.plot(epochs, [r["val_loss"] for r in rows], "o-", label="validation")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
-    ax_acc.plot(epochs, [100 * r["train_top1"] for r in rows], "o-", label="train")
-    ax_acc.plot(epochs, [100 * r["val_top1"] for r in rows], "o-", label="validation")
-    ax_acc.set(xlabel="epoch", ylabel="top-1 (%)", title="Accuracy")
+    if f"train_{score}" in rows[0]:
+        ax_acc.plot(epochs, [100 * r[f"train_{score}"] for r in rows], "o-", label="train")
+    ax_acc.plot(epochs, [100 * r[f"val_{score}"] for r in rows], "o-", label="validation")
+    ax_acc.set(xlabel="epoch", ylabel=f"{score} (%)", title=score)
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -68,30 +68,26 @@ class EpochReporter:
     """Everything a run reports at the end of an epoch (main process only): metrics.csv, the
     curves, TensorBoard scalars and one line on stderr."""
 
-    SCALARS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr")
-
-    def __init__(self, run: Path, total_epochs: int, quiet: bool):
+    def __init__(self, run: Path, total_epochs: int, quiet: bool, val_keys: tuple[str, ...] = ("top1", "top5")):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run, self.total_epochs, self.quiet = run, total_epochs, quiet
+        self.run, self.total_epochs, self.quiet, self.val_keys = run, total_epochs, quiet, val_keys
         self.writer = SummaryWriter(str(run / "tensorboard"))
 
     def epoch(self, rows: list[dict]) -> None:
         row = rows[-1]
         write_metrics_csv(self.run, rows)
-        plot_curves(self.run, rows)
-        for key in self.SCALARS:
-            if row.get(key) is not None:
-                self.writer.add_scalar(key, row[key], row["step"])
+        plot_curves(self.run, rows, self.val_keys[0])
+        for key, value in row.items():
+            if key == "lr" or (key.startswith(("train_", "val_")) and isinstance(value, int | float)):
+                self.writer.add_scalar(key, value, row["step"])
         self.writer.flush()
         if not self.quiet:
-            print(
-                f"epoch {row['epoch']}/{self.total_epochs}: train loss {row['train_loss']:.4f} "
-                f"top-1 {row['train_top1']:.2%}, val top-1 {row['val_top1']:.2%} top-5 {row['val_top5']:.2%}, "
-                f"{row['images_per_second']} img/s",
-                file=sys.stderr,
-                flush=True,
-            )
+            train = ", ".join(f"{k[6:]} {v:.4g}" for k, v in row.items() if k.startswith("train_") and v is not None)
+            val = ", ".join(f"{k} {row[f'val_{k}']:.4g}" for k in ("loss", *self.val_keys)
+                            if row.get(f"val_{k}") is not None)  # fmt: skip
+            print(f"epoch {row['epoch']}/{self.total_epochs}: train {train}; val {val}; {row['images_per_second']} "
+                  "img/s", file=sys.stderr, flush=True)  # fmt: skip
 
     def close(self) -> None:
         self.writer.close()

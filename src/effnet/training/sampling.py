@@ -52,6 +52,7 @@ def epoch_loader(
     start_batch: int = 0,
     workers: int = 0,
     with_index: bool = False,
+    collate_fn=None,
 ) -> torch.utils.data.DataLoader:
     """This rank's ``batches`` batches of ``epoch``, from batch ``start_batch`` on (resume)."""
     order = epoch_order(len(dataset), seed, epoch)
@@ -63,6 +64,7 @@ def epoch_loader(
         sampler=mine[start_batch * batch_size :].tolist(),
         num_workers=workers,
         drop_last=True,
+        collate_fn=collate_fn,
         # Its own generator: otherwise creating the iterator draws a worker seed from the global
         # RNG, and a resumed run (iterator created mid-epoch) would shift dropout's random stream.
         generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch),

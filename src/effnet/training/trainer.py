@@ -77,6 +77,13 @@ def _bn_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
     return [b for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for b in m.buffers()]
 
 
+def _to_device(inputs, device: torch.device, fmt):
+    """A batch tensor, or a list of differently sized images (detection), on ``device``."""
+    if isinstance(inputs, list | tuple):
+        return [x.to(device) for x in inputs]
+    return inputs.to(device, memory_format=fmt)
+
+
 def _all_finite(model: torch.nn.Module) -> bool:
     return all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point())
 
@@ -191,10 +198,10 @@ class Trainer:
         ok = True
         for batch in micro_batches:
             inputs, targets, extras = self.task.split_batch(batch)
-            inputs = inputs.to(self.device, memory_format=fmt)
+            inputs = _to_device(inputs, self.device, fmt)
             targets = self.task.to_device(targets, self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16"):
-                outputs = self.net(inputs)
+                outputs = self.task.forward(self.net, inputs, targets)
             loss = self.criterion(outputs, targets, inputs, extras)
             if not finite_everywhere(loss.detach(), self.dist, self.device):
                 ok = False
@@ -220,7 +227,7 @@ class Trainer:
         return loss_sum, counts
 
     def fit(self) -> dict:
-        reporter = EpochReporter(self.run, self.cfg.epochs, self.quiet) if self.dist.main else None
+        reporter = EpochReporter(self.run, self.cfg.epochs, self.quiet, self.task.val_keys) if self.dist.main else None
         try:
             while self.epoch < self.cfg.epochs:
                 self._run_epoch(reporter)
@@ -244,6 +251,7 @@ class Trainer:
             start_batch=self.step_in_epoch * cfg.accum_steps,
             workers=cfg.workers,
             with_index=getattr(self.criterion, "needs_index", False),
+            collate_fn=getattr(self.task, "collate", None),
         )
         batches = iter(loader)
         bar = tqdm(
@@ -291,10 +299,12 @@ class Trainer:
         module.eval()
         metrics = self.task.metrics()
         fmt = torch.channels_last if self.cfg.channels_last else torch.preserve_format
-        for batch in ordered_loader(self.val_set, max(64, self.plan.batch_size), self.cfg.workers):
+        batch_size = max(self.task.val_batch, self.plan.batch_size)
+        collate = getattr(self.task, "collate", None)
+        for batch in ordered_loader(self.val_set, batch_size, self.cfg.workers, collate_fn=collate):
             inputs, targets, _ = self.task.split_batch(batch)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16"):
-                outputs = module(inputs.to(self.device, memory_format=fmt))
+                outputs = module(_to_device(inputs, self.device, fmt))
             metrics.update(outputs, targets)
         return metrics.summary()
 
@@ -318,12 +328,14 @@ class Trainer:
             "images_per_second": round(seen_here * self.dist.world / max(seconds, 1e-9), 1),
         }
         if self.dist.main:
-            if not math.isfinite(metrics["loss"]):
+            # Detectors and embedders report no validation loss; their score must be finite then.
+            judge = metrics["loss"] if metrics.get("loss") is not None else metrics["score"]
+            if not math.isfinite(judge):
                 # The weights are finite (or saving them would have failed) but the outputs are
                 # not: the model diverged. Keep the last good state and weights as they are.
                 kept = f"best.safetensors is from epoch {self._best_epoch()}" if self.rows else "no weights were saved"
                 raise TrainingError(
-                    f"epoch {self.epoch + 1}: the validation loss is {metrics['loss']}: the model diverged "
+                    f"epoch {self.epoch + 1}: the validation loss is {judge}: the model diverged "
                     f"(lower --lr or add --clip-grad); {kept}"
                 )
         self.rows.append(row)
@@ -340,4 +352,4 @@ class Trainer:
         barrier(self.dist)
 
     def _best_epoch(self) -> int:
-        return max(self.rows, key=lambda r: r.get("val_score", r.get("val_top1", -1)) or -1)["epoch"]
+        return max(self.rows, key=lambda r: r.get(f"val_{self.task.val_keys[0]}") or -1)["epoch"]

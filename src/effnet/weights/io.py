@@ -23,6 +23,7 @@ from effnet.models.config import ModelConfig
 from effnet.models.flops import count_params
 from effnet.models.preprocessing import Preprocessing
 from effnet.models.registry import build_model, create_model, get_entry
+from effnet.models.task_models import build_task_model, count_task_params, task_config
 from effnet.weights.convert import convert_state_dict, detect_source, unwrap_state_dict
 
 FORMAT_VERSION = "1"
@@ -33,9 +34,11 @@ def model_metadata(model: nn.Module, preprocessing: Preprocessing | None = None)
     """What rebuilds ``model`` with no other input, as strings: safetensors and ONNX files both
     carry it (``preprocessing`` overrides the model's, for an export at another size)."""
     config: ModelConfig = model.config
+    task = getattr(model, "task", None)
     return {
         "format": "effnet",
         "format_version": FORMAT_VERSION,
+        **({"task": task} if task else {}),
         "model_name": config.name,
         "config": json.dumps(config.to_dict()),
         "preprocessing": json.dumps((preprocessing or model.preprocessing).to_dict()),
@@ -44,16 +47,19 @@ def model_metadata(model: nn.Module, preprocessing: Preprocessing | None = None)
 
 
 def parse_metadata(metadata: dict[str, str], path) -> tuple[ModelConfig, Preprocessing, list[str] | None]:
-    """The inverse of :func:`model_metadata`, with a clear error for damaged metadata."""
+    """The inverse of :func:`model_metadata`, with a clear error for damaged metadata. The config
+    is a ``ModelConfig`` for classifiers, the task model's config for the other tasks."""
     try:
-        config = ModelConfig.from_dict(json.loads(metadata["config"]))
+        task = metadata.get("task")
+        raw = json.loads(metadata["config"])
+        config = task_config(task, raw) if task else ModelConfig.from_dict(raw)
         preprocessing = Preprocessing.from_dict(json.loads(metadata["preprocessing"]))
         names = json.loads(metadata.get("class_names", "null"))
         if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
             raise ValueError(f"class_names must be a list of strings, got {type(names).__name__}")
         if names is not None and len(names) != config.num_classes:
             raise ValueError(f"{len(names)} class_names for {config.num_classes} classes")
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, UsageError) as exc:
         raise WeightsError(f"{path}: effnet metadata is damaged ({first_line(exc)})") from None
     return config, preprocessing, names
 
@@ -92,7 +98,8 @@ def check_size(config: ModelConfig, path: str | os.PathLike) -> None:
     """The metadata's architecture must be what the file's tensors can fill: parameters are
     counted on the meta device (no memory), so a 7 MB file that claims a 19-billion-parameter
     model is refused before 76 GB are allocated for it."""
-    wanted, held = count_params(config), tensor_elements(path)
+    wanted = count_params(config) if isinstance(config, ModelConfig) else count_task_params(config)
+    held = tensor_elements(path)
     if wanted > held:
         raise WeightsError(
             f"{path}: its metadata describes a model of {wanted:,} parameters but the file holds only "
@@ -174,7 +181,11 @@ def load(
     if metadata.get("format") == "effnet":
         config, preprocessing, names = parse_metadata(metadata, path)
         check_size(config, path)  # before building: crafted metadata could ask for a huge model
-        net = build_model(config, class_names=names, preprocessing=preprocessing)
+        if isinstance(config, ModelConfig):
+            net = build_model(config, class_names=names, preprocessing=preprocessing)
+        else:
+            net = build_task_model(config, names)
+            net.preprocessing = preprocessing
         return load_weights(net, state_dict, origin=str(path)).eval()
     if model is None:
         raise UsageError(f"{path} carries no effnet metadata; say which model it holds (model=/--model)")

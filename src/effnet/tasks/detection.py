@@ -1,0 +1,122 @@
+"""Object detection as a task: torchvision's detector losses summed, and COCO's metrics (mAP over
+IoU 0.50:0.95, AP50, AP75, per-class AP) computed by pycocotools, the reference implementation."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import torch
+
+from effnet.datasets.coco import collate_detection
+
+
+def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
+    out = np.asarray(boxes, np.float64).reshape(-1, 4).copy()
+    out[:, 2:] -= out[:, :2]
+    return out
+
+
+def coco_metrics(ground_truth: list[dict], detections: list[dict], classes: list[str]) -> dict:
+    """COCO box metrics of ``detections`` against ``ground_truth``: per image dicts of numpy
+    ``boxes`` (xyxy), ``labels`` (1..K) and, for detections, ``scores``."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    images, annotations, results = [], [], []
+    for image_id, (gt, dt) in enumerate(zip(ground_truth, detections, strict=True), start=1):
+        images.append({"id": image_id})
+        for box, label in zip(xyxy_to_xywh(gt["boxes"]), gt["labels"], strict=True):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label),
+                                "bbox": box.tolist(), "area": float(box[2] * box[3]), "iscrowd": 0})  # fmt: skip
+        for box, label, score in zip(xyxy_to_xywh(dt["boxes"]), dt["labels"], dt["scores"], strict=True):
+            results.append({"image_id": image_id, "category_id": int(label), "bbox": box.tolist(),
+                            "score": float(score)})  # fmt: skip
+    categories = [{"id": k + 1, "name": name} for k, name in enumerate(classes)]
+    empty = {"map": 0.0, "ap50": 0.0, "ap75": 0.0, "per_class_ap": dict.fromkeys(classes, 0.0)}
+    if not results or not annotations:
+        return {**empty, "images": len(images), "objects": len(annotations), "detections": len(results)}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and table
+        gt = COCO()
+        gt.dataset = {"images": images, "annotations": annotations, "categories": categories}
+        gt.createIndex()
+        evaluator = COCOeval(gt, gt.loadRes(results), iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    # precision[iou, recall, class, area range, max detections]: area "all", 100 detections
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]
+    per_class = {}
+    for k, name in enumerate(classes):
+        values = precision[:, :, k]
+        values = values[values > -1]  # -1: no ground truth of this class
+        per_class[name] = float(values.mean()) if values.size else float("nan")
+    stats = evaluator.stats
+    return {
+        "map": float(stats[0]),
+        "ap50": float(stats[1]),
+        "ap75": float(stats[2]),
+        "per_class_ap": per_class,
+        "images": len(images),
+        "objects": len(annotations),
+        "detections": len(results),
+    }
+
+
+def to_numpy(prediction: dict) -> dict:
+    return {k: v.detach().float().cpu().numpy() if k != "labels" else v.cpu().numpy() for k, v in prediction.items()}
+
+
+class DetectionMetrics:
+    """Collects detections and ground truth over batches; COCO metrics at the end."""
+
+    def __init__(self, classes: list[str]):
+        self.classes = classes
+        self.ground_truth: list[dict] = []
+        self.detections: list[dict] = []
+
+    def update(self, outputs: list[dict], targets: list[dict], loss_sum: float | None = None) -> None:
+        for prediction, target in zip(outputs, targets, strict=True):
+            self.detections.append(to_numpy({k: prediction[k] for k in ("boxes", "labels", "scores")}))
+            self.ground_truth.append(to_numpy(target))
+
+    def summary(self) -> dict:
+        result = coco_metrics(self.ground_truth, self.detections, self.classes)
+        return {**result, "n": len(self.ground_truth), "score": result["map"]}
+
+
+class DetectionTask:
+    """(images, targets) batches; the detector computes its own losses in training mode."""
+
+    name = "detection"
+    val_keys = ("map", "ap50", "ap75")
+    val_batch = 16
+    collate = staticmethod(collate_detection)
+
+    def __init__(self, classes: list[str]):
+        self.classes = classes
+
+    def split_batch(self, batch):
+        images, targets = batch
+        return images, targets, {}
+
+    def to_device(self, targets: list[dict], device: torch.device) -> list[dict]:
+        return [{k: v.to(device) for k, v in t.items()} for t in targets]
+
+    def forward(self, net, images, targets):
+        return net(images, targets)
+
+    def loss(self, losses: dict, targets) -> torch.Tensor:
+        return sum(v.float() for v in losses.values())
+
+    def train_counts(self, losses: dict, targets: list[dict]) -> dict[str, float]:
+        return {"n": len(targets), **{f"loss_{k.removeprefix('loss_')}": v.item() * len(targets)
+                                      for k, v in losses.items()}}  # fmt: skip
+
+    def train_summary(self, totals: dict) -> dict:
+        n = max(1, totals.get("n", 0))
+        return {f"train_{k}": v / n for k, v in sorted(totals.items()) if k.startswith("loss_")}
+
+    def metrics(self) -> DetectionMetrics:
+        return DetectionMetrics(self.classes)

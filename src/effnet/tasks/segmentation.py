@@ -1,0 +1,108 @@
+"""Semantic segmentation as a task: cross-entropy plus soft Dice (Dice keeps small foreground
+classes, such as nuclei on a large background, from being drowned by background pixels), and
+per-class IoU, mIoU, Dice and foreground IoU from one confusion matrix over all pixels."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from effnet.datasets.masks import IGNORE
+
+
+def soft_dice_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """1 - mean soft Dice over the classes present in the batch (ignored pixels left out)."""
+    num_classes = logits.shape[1]
+    valid = (masks != IGNORE).unsqueeze(1)
+    probs = logits.float().softmax(1) * valid
+    one_hot = F.one_hot(masks.clamp(max=num_classes - 1), num_classes).permute(0, 3, 1, 2) * valid
+    dims = (0, 2, 3)
+    intersection = (probs * one_hot).sum(dims)
+    cardinality = probs.sum(dims) + one_hot.sum(dims)
+    present = one_hot.sum(dims) > 0
+    dice = (2 * intersection + 1.0) / (cardinality + 1.0)
+    return 1.0 - dice[present].mean() if present.any() else logits.sum() * 0.0
+
+
+def scores_from_confusion(confusion: torch.Tensor, classes: list[str]) -> dict:
+    """IoU and Dice per class, their means over the classes that occur (in truth or prediction),
+    and the foreground IoU (every non-background class against the background)."""
+    confusion = confusion.double()
+    tp = confusion.diag()
+    truth, predicted = confusion.sum(1), confusion.sum(0)
+    union = truth + predicted - tp
+    seen = union > 0
+    iou = torch.where(seen, tp / union.clamp(min=1), torch.nan)
+    dice = torch.where(seen, 2 * tp / (truth + predicted).clamp(min=1), torch.nan)
+    background_right = confusion[0, 0]
+    foreground_right = confusion[1:, 1:].sum()
+    total = confusion.sum()
+    fg_union = total - background_right
+    return {
+        "miou": iou[seen].mean().item() if seen.any() else 0.0,
+        "mean_dice": dice[seen].mean().item() if seen.any() else 0.0,
+        "foreground_iou": (foreground_right / fg_union).item() if fg_union > 0 else 0.0,
+        "foreground_dice": (2 * foreground_right / (total - background_right + foreground_right)).item()
+        if fg_union > 0
+        else 0.0,
+        "pixel_accuracy": (tp.sum() / total.clamp(min=1)).item(),
+        "per_class_iou": dict(zip(classes, iou.tolist(), strict=True)),
+        "per_class_dice": dict(zip(classes, dice.tolist(), strict=True)),
+    }
+
+
+class SegmentationMetrics:
+    def __init__(self, classes: list[str]):
+        self.classes = classes
+        k = len(classes)
+        self.confusion = torch.zeros(k, k, dtype=torch.int64)
+        self.loss_sum, self.n = 0.0, 0
+
+    def update(self, logits: torch.Tensor, masks: torch.Tensor, loss_sum: float | None = None) -> None:
+        logits, masks = logits.float().cpu(), masks.cpu()
+        if loss_sum is None:
+            loss_sum = F.cross_entropy(logits, masks, ignore_index=IGNORE).item() * len(masks)
+        self.loss_sum += loss_sum
+        valid = masks != IGNORE
+        k = len(self.classes)
+        cells = torch.bincount(masks[valid] * k + logits.argmax(1)[valid], minlength=k * k)
+        self.confusion += cells.view(k, k)
+        self.n += len(masks)
+
+    def summary(self) -> dict:
+        result = scores_from_confusion(self.confusion, self.classes)
+        return {**result, "loss": self.loss_sum / max(1, self.n), "n": self.n, "score": result["miou"]}
+
+
+class SegmentationTask:
+    name = "segmentation"
+    val_keys = ("miou", "foreground_iou", "mean_dice")
+    val_batch = 32
+
+    def __init__(self, classes: list[str], dice_weight: float = 1.0):
+        self.classes, self.dice_weight = classes, dice_weight
+
+    def split_batch(self, batch):
+        images, masks = batch
+        return images, masks, {}
+
+    def to_device(self, masks: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return masks.to(device)
+
+    def forward(self, net, images, masks):
+        return net(images)
+
+    def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE)
+        return ce + self.dice_weight * soft_dice_loss(logits, masks)
+
+    def train_counts(self, logits: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
+        valid = masks != IGNORE
+        right = (logits.argmax(1) == masks) & valid
+        return {"n": len(masks), "pixels_right": right.sum().item(), "pixels": valid.sum().item()}
+
+    def train_summary(self, totals: dict) -> dict:
+        return {"train_pixel_accuracy": totals.get("pixels_right", 0) / max(1, totals.get("pixels", 0))}
+
+    def metrics(self) -> SegmentationMetrics:
+        return SegmentationMetrics(self.classes)
