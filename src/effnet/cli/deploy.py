@@ -9,6 +9,7 @@ from effnet.cli.common import add_weights_options, parse_list, positive_int, pri
 from effnet.core.errors import UsageError
 from effnet.datasets.choices import BAD_IMAGE_POLICIES, SPLITS
 from effnet.deploy.choices import BENCH_ENGINES, DEFAULT_OPSET, ENGINES, FORMATS
+from effnet.tasks.choices import EVAL_TASKS
 
 BENCH_COLUMNS = [
     ("model", "{}"),
@@ -22,9 +23,34 @@ BENCH_COLUMNS = [
 ]
 
 
+def cmd_predict_dense(args, trained) -> int:
+    from effnet.deploy.dense import predict_dense
+
+    results, errors = predict_dense(trained, args.images, out_dir=args.out, score_threshold=args.score_threshold)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        for r in results:
+            shown = {k: v for k, v in r.result.items() if k != "embedding"}
+            size = f" ({len(r.result['embedding'])}-d embedding)" if "embedding" in r.result else ""
+            print(f"{r.image}{size}" + (f" -> {r.output}" if r.output else ""))
+            for key, value in shown.items():
+                for item in value if isinstance(value, list) else [value]:
+                    print(f"  {key}: {item}")
+    for exc in errors:
+        print(f"effnet: error: {exc}", file=sys.stderr)
+    return 2 if errors else 0
+
+
 def cmd_predict(args) -> int:
+    from effnet.deploy.dense import open_task_model
     from effnet.deploy.predict import load_for_inference, predict
 
+    trained = open_task_model(args.weights)
+    if trained is not None:
+        return cmd_predict_dense(args, trained)
+    if args.out:
+        raise UsageError("--out draws detections and masks; a classifier's predictions are printed")
     model = load_for_inference(args.weights, args.model, engine=args.engine, **weights_kwargs(args))
     results, errors = predict(model, args.images, top_k=args.top_k)
     if args.json:
@@ -100,11 +126,44 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def print_task_metrics(result: dict, weights: str) -> None:
+    head = f"{weights} on {result.get('split', 'pairs')}"
+    print(f"{head}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)))
+    for key in ("per_class_ap", "per_class_iou", "per_class_dice"):
+        for name, value in result.get(key, {}).items():
+            print(f"  {key[10:]:>4} {value:7.4f}  {name}")
+
+
+def cmd_eval_task(args, trained) -> int:
+    from effnet.deploy.dense import evaluate_task, verify_pairs
+
+    if args.task == "verification" or args.pairs:
+        if not args.pairs:
+            raise UsageError("--task verification needs --pairs pairs.txt")
+        result = verify_pairs(trained, args.pairs, args.people)
+    else:
+        result = evaluate_task(trained, args.data, split=args.split, val_split=args.val_split, seed=args.seed,
+                               batch_size=min(args.batch_size, 32), annotations=args.annotations)  # fmt: skip
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_task_metrics(result, args.weights)
+    return 0
+
+
 def cmd_eval(args) -> int:
     from effnet.core.figures import check_writable
+    from effnet.deploy.dense import open_task_model
     from effnet.deploy.evaluate import evaluate_weights
     from effnet.training.report import plot_confusion
 
+    trained = open_task_model(args.weights)
+    if trained is not None:
+        if args.task not in (None, "verification", trained.model.task):
+            raise UsageError(f"--task {args.task}: {args.weights} holds a {trained.model.task} model")
+        return cmd_eval_task(args, trained)
+    if args.task not in (None, "classification"):
+        raise UsageError(f"--task {args.task}: {args.weights} holds a classifier")
     if args.plot:
         check_writable(args.plot, "--plot")  # before the evaluation, not after it
     result, classes = evaluate_weights(
@@ -140,6 +199,8 @@ def register(sub) -> None:
     add_weights_options(p)
     p.add_argument("--engine", choices=ENGINES, help="torch or onnxruntime (default: onnxruntime for .onnx files)")
     p.add_argument("--top-k", type=positive_int, default=5)
+    p.add_argument("--out", help="detection/segmentation: draw boxes or masks onto copies of the images here")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="detection: boxes below it are not shown")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict, extras=())
 
@@ -167,7 +228,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench, extras=("deploy",))
 
-    p = sub.add_parser("eval", help="top-1, top-5, per-class accuracy and loss of a weights file")
+    p = sub.add_parser("eval", help="metrics of a weights file: accuracy, COCO mAP, IoU/Dice or verification")
     p.add_argument("--weights", required=True, help="an effnet .safetensors file or .onnx export")
     p.add_argument("--data", help="dataset (default: the one the weights were trained on)")
     p.add_argument("--data-dir", help="where the dataset's files are (default: the training run's)")
@@ -177,5 +238,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--bad-images", default="error", choices=BAD_IMAGE_POLICIES)
     p.add_argument("--plot", help="write the confusion matrix to this PNG")
-    p.add_argument("--json", action="store_true", help="print {top1, top5, per_class, n, loss}")
+    p.add_argument("--task", choices=EVAL_TASKS, help="default: the file's; verification needs --pairs")
+    p.add_argument("--annotations", help="detection: the COCO file's name (default: the training run's)")
+    p.add_argument("--pairs", help="verification: an LFW-format pairs.txt")
+    p.add_argument("--people", help="verification: the people/ folder (default: beside --pairs)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_eval, extras=("train",))

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from effnet.core.errors import UsageError
+from effnet.datasets.builtin import fashion_mnist
 
 CANVAS = 128
 ITEM_SIZES = (20, 56)  # inclusive side range of a pasted item, pixels
@@ -120,8 +121,6 @@ class CanvasMaker:
 def item_pools(data_dir=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Items per split: train and val from Fashion-MNIST's training set (a fixed held-out part for
     val), test from its official test set only."""
-    from effnet.datasets.builtin import fashion_mnist
-
     splits, _ = fashion_mnist(data_dir)
     train = splits["train"]
     order = np.random.default_rng(TEST_SEED).permutation(len(train))

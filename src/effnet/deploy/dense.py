@@ -1,0 +1,182 @@
+"""Evaluating and running the detection, segmentation and embedding models that ``effnet train``
+writes: the data, split, seed and (for detection) annotation file come from the file's training
+provenance unless given, exactly as for classifiers."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+from effnet.core.errors import UsageError
+from effnet.core.fileio import atomic_write
+from effnet.datasets.coco import DetectionDataset, collate_detection, load_detection
+from effnet.datasets.images import load_rgb
+from effnet.datasets.loading import ImageDataset, load_data, ordered_loader
+from effnet.datasets.masks import MaskDataset, load_masks
+from effnet.datasets.pairs import read_pairs
+from effnet.tasks.detection import DetectionMetrics
+from effnet.tasks.embedding import VerificationMetrics, verification_metrics
+from effnet.tasks.segmentation import SegmentationMetrics
+from effnet.weights.io import read_metadata
+from effnet.weights.trained import Trained, load_trained
+
+TASK_MODELS = ("detection", "segmentation", "embedding")
+
+
+def task_of(model) -> str:
+    return getattr(model, "task", "classification")
+
+
+def _check_classes(model, classes: list[str], weights: str, data: str) -> None:
+    if model.class_names is not None and list(model.class_names) != list(classes):
+        raise UsageError(f"{weights} was trained on classes {model.class_names[:4]}... but --data {data} has "
+                         f"{classes[:4]}...")  # fmt: skip
+
+
+@torch.inference_mode()
+def evaluate_task(trained: Trained, data: str | None = None, *, split: str = "test", val_split=None, seed=None,
+                  batch_size: int = 32, annotations: str | None = None) -> dict:  # fmt: skip
+    """Metrics of a detection, segmentation or embedding model on ``split`` of its data."""
+    model, weights = trained.model.eval(), str(trained.path)
+    options = trained.provenance.data_options(data, val_split=val_split, seed=seed, origin=weights)
+    options.pop("data_dir")
+    task = task_of(model)
+    if task == "detection":
+        annotations = annotations or trained.provenance.training.get("annotations", "annotations.json")
+        bundle = load_detection(**options, annotations=annotations)
+        _check_classes(model, bundle.classes, weights, options["data"])
+        loader = ordered_loader(DetectionDataset(bundle.split(split)), batch_size, collate_fn=collate_detection)
+        metrics = DetectionMetrics(bundle.classes)
+    elif task == "segmentation":
+        bundle = load_masks(**options)
+        _check_classes(model, bundle.classes, weights, options["data"])
+        pre = model.preprocessing
+        size = trained.provenance.training.get("image_size")
+        loader = ordered_loader(MaskDataset(bundle.split(split), pre.mean, pre.std, size=size), batch_size)
+        metrics = SegmentationMetrics(bundle.classes)
+    elif task == "embedding":
+        bundle = load_data(**options)
+        loader = ordered_loader(ImageDataset(bundle.split(split), model.preprocessing.transform()), batch_size)
+        metrics = VerificationMetrics()
+    else:
+        raise UsageError(f"{weights} is a {task} model; this evaluates detection, segmentation and embedding models")
+    for inputs, targets in loader:
+        metrics.update(model(inputs), targets)
+    return {"task": task, "split": split, **metrics.summary()}
+
+
+@torch.inference_mode()
+def embed_files(model, paths: list[Path], batch_size: int = 64) -> torch.Tensor:
+    transform = model.preprocessing.transform()
+    out = []
+    for start in range(0, len(paths), batch_size):
+        batch = torch.stack([transform(load_rgb(p)) for p in paths[start : start + batch_size]])
+        out.append(model(batch))
+    return torch.cat(out)
+
+
+def verify_pairs(trained: Trained, pairs_file: str | os.PathLike, people: str | os.PathLike | None = None) -> dict:
+    """LFW's protocol on ``pairs_file``: 10-fold accuracy, ROC-AUC and TAR at FAR 1e-2 of the
+    cosine similarity between the two embeddings of each pair."""
+    model = trained.model.eval()
+    if task_of(model) != "embedding":
+        raise UsageError(f"{trained.path}: --task verification needs an embedding model, not {task_of(model)}")
+    pairs = read_pairs(pairs_file, people)
+    unique = sorted(set(pairs.first) | set(pairs.second))
+    index = {p: i for i, p in enumerate(unique)}
+    embeddings = embed_files(model, unique)
+    a = embeddings[[index[p] for p in pairs.first]]
+    b = embeddings[[index[p] for p in pairs.second]]
+    scores = (a * b).sum(1).numpy()
+    result = verification_metrics(scores, np.array(pairs.same), np.array(pairs.fold))
+    return {"task": "verification", "images": len(unique), **result}
+
+
+@dataclass
+class DensePrediction:
+    image: str
+    output: str | None  # the PNG written, if any
+    result: dict
+
+    def to_dict(self) -> dict:
+        return {"image": self.image, "output": self.output, **self.result}
+
+
+PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c",
+           "#fabebe", "#008080", "#e6beff", "#9a6324", "#800000", "#aaffc3", "#808000"]  # fmt: skip
+
+
+def _save_png(tensor: torch.Tensor, path: Path) -> None:
+    image = Image.fromarray(tensor.permute(1, 2, 0).numpy())
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
+
+
+@torch.inference_mode()
+def predict_dense(trained: Trained, paths: list[str], out_dir: str | None = None, score_threshold: float = 0.5):
+    """Boxes (detection), class masks (segmentation) or embeddings per image; with ``out_dir`` the
+    boxes or the mask are drawn onto a copy of each image there (``<stem>.png``)."""
+    model = trained.model.eval()
+    task = task_of(model)
+    out = Path(out_dir) if out_dir else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    to_uint8 = v2.Compose([v2.ToImage()])
+    results, errors = [], []
+    for path in paths:
+        try:
+            image = load_rgb(path)
+        except UsageError as exc:
+            errors.append(exc)
+            continue
+        pixels = to_uint8(image).as_subclass(torch.Tensor)
+        target = out / f"{Path(path).stem}.png" if out else None
+        if task == "detection":
+            found = model([pixels.float() / 255])[0]
+            keep = found["scores"] >= score_threshold
+            names = model.class_names or [str(k) for k in range(1, model.config.num_classes + 1)]
+            detections = [{"label": names[int(lab) - 1], "score": round(float(s), 4),
+                           "box": [round(float(v), 1) for v in box]}
+                          for box, lab, s in zip(found["boxes"][keep], found["labels"][keep], found["scores"][keep],
+                                                 strict=True)]  # fmt: skip
+            if target:
+                labels = [f"{d['label']} {d['score']:.2f}" for d in detections]
+                colors = [PALETTE[(int(lab) - 1) % len(PALETTE)] for lab in found["labels"][keep]]
+                drawn = draw_bounding_boxes(pixels, found["boxes"][keep], labels, colors=colors) if labels else pixels
+                _save_png(drawn, target)
+            result = {"detections": detections}
+        elif task == "segmentation":
+            pre = model.preprocessing
+            x = v2.Normalize(pre.mean, pre.std)(pixels.float() / 255)
+            classes = model(x[None])[0].argmax(0)
+            names = model.class_names or [str(k) for k in range(model.config.num_classes)]
+            counts = torch.bincount(classes.flatten(), minlength=len(names))
+            result = {"pixels": {names[k]: int(c) for k, c in enumerate(counts) if c}}
+            if target:
+                masks = torch.stack([classes == k for k in range(1, len(names))])
+                colors = [PALETTE[k % len(PALETTE)] for k in range(len(names) - 1)]
+                _save_png(draw_segmentation_masks(pixels, masks, alpha=0.5, colors=colors), target)
+        elif task == "embedding":
+            embedding = model(model.preprocessing.transform()(image)[None])[0]
+            result = {"embedding": [round(float(v), 6) for v in embedding]}
+            target = None
+        else:
+            raise UsageError(f"{trained.path} is a {task} model; use effnet predict without --out")
+        results.append(DensePrediction(str(path), str(target) if target else None, result))
+    return results, errors
+
+
+def open_task_model(weights: str) -> Trained | None:
+    """The model of a detection, segmentation or embedding file; None for anything else (a
+    classifier, an ONNX export, a pretrained tag), which the classification path opens."""
+    if not str(weights).endswith(".safetensors") or not Path(weights).is_file():
+        return None
+    if read_metadata(weights).get("task") not in TASK_MODELS:
+        return None
+    return load_trained(weights)

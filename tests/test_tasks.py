@@ -1,0 +1,284 @@
+"""Detection, segmentation and embeddings on effnet trunks: the generated data, the models (channels
+from feature_info for any member), the metrics against hand-made answers, training end to end
+through the CLI (tiny canvases, tiny phi), resume, and bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from PIL import Image
+
+from effnet.datasets.builtin import FASHION_MNIST_DIR
+from effnet.datasets.canvases import MAX_IOU, _iou
+from effnet.datasets.make import make_fmnist
+from effnet.models.detection import HEADS, create_detector
+from effnet.models.embedding import create_embedder
+from effnet.models.segmentation import create_segmenter
+from effnet.tasks.choices import DETECTOR_HEADS
+from effnet.tasks.detection import coco_metrics
+from effnet.tasks.embedding import verification_metrics
+from effnet.tasks.segmentation import scores_from_confusion
+from effnet.training.trainer import Trainer
+from effnet.weights.io import load, save
+
+needs_fmnist = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="make test installs dataset-fashion-mnist")
+TINY = {"train": 6, "val": 3, "test": 3}
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file()}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def det_data(tmp_path_factory) -> Path:
+    if not FASHION_MNIST_DIR.is_dir():
+        pytest.skip("make test installs dataset-fashion-mnist")
+    return make_fmnist("fmnist-det", tmp_path_factory.mktemp("d") / "det", counts=TINY)
+
+
+@pytest.fixture(scope="module")
+def seg_data(tmp_path_factory) -> Path:
+    if not FASHION_MNIST_DIR.is_dir():
+        pytest.skip("make test installs dataset-fashion-mnist")
+    return make_fmnist("fmnist-seg", tmp_path_factory.mktemp("s") / "seg", counts=TINY, background="texture")
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+@needs_fmnist
+def test_same_seed_same_bytes_and_a_fixed_test_set(tmp_path, det_data):
+    again = make_fmnist("fmnist-det", tmp_path / "again", counts=TINY)
+    other = make_fmnist("fmnist-det", tmp_path / "other", counts=TINY, seed=1)
+    assert digest(again) == digest(det_data)
+    a, b = digest(det_data), digest(other)
+    assert all(a[k] == b[k] for k in a if k.startswith("test/"))  # the test canvases ignore --seed
+    assert any(a[k] != b[k] for k in a if k.startswith("train/images"))
+
+
+@needs_fmnist
+def test_canvas_boxes_are_the_visible_pixels_of_each_item(seg_data, tmp_path):
+    det = make_fmnist("fmnist-det", tmp_path / "det", counts=TINY, background="texture")
+    coco = json.loads((det / "train" / "annotations.json").read_text())
+    for image in coco["images"]:
+        mask = np.asarray(Image.open(seg_data / "train" / "masks" / image["file_name"]))
+        anns = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+        assert 1 <= len(anns) <= 5
+        for a in anns:
+            x, y, w, h = a["bbox"]
+            assert 0 <= x and 0 <= y and x + w <= 128 and y + h <= 128 and w > 0 and h > 0
+            inside = mask[y : y + h, x : x + w] == a["category_id"]
+            # the box is tight: its first and last rows and columns hold visible pixels of its class
+            assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
+        boxes = [(a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]) for a in anns]
+        assert all(_iou(p, q) <= MAX_IOU + 1e-9 for i, p in enumerate(boxes) for q in boxes[i + 1 :])
+
+
+def test_data_make_refuses_a_used_folder_and_leaves_nothing(tmp_path):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "keep.txt").write_text("mine")
+    proc = run_cli("data", "make", "lfw-faces", "--out", tmp_path / "used")
+    assert proc.returncode == 2 and "not an empty folder" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep.txt", "used"]
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+def test_detector_heads_listed_without_torch_match_the_models():
+    assert DETECTOR_HEADS == HEADS
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_b7", "efficientnet_lite2"])
+def test_necks_take_channels_from_feature_info(name):
+    with torch.device("meta"):
+        det = create_detector(name, head="retinanet")
+        seg = create_segmenter(name)
+    trunk = det.trunk
+    fpn_in = [block[0].in_channels for block in det.net.backbone.fpn.inner_blocks]
+    assert fpn_in == trunk.feature_channels
+    assert seg.decoder[0].conv1[0].in_channels == seg.trunk.feature_channels[-1] + seg.trunk.feature_channels[-2]
+
+
+def test_any_input_size_gives_a_mask_of_that_size():
+    model = create_segmenter(phi=-3, num_classes=3).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 100, 75)).shape == (1, 3, 100, 75)
+
+
+@pytest.mark.parametrize("make", ["detector", "segmenter", "embedder"])
+def test_task_models_round_trip_through_a_file(tmp_path, make):
+    model = {
+        "detector": lambda: create_detector(phi=-3, head="fcos", num_classes=2, class_names=["a", "b"]),
+        "segmenter": lambda: create_segmenter(phi=-3, num_classes=2, class_names=["bg", "fg"]),
+        "embedder": lambda: create_embedder(phi=-3, num_classes=2, resolution=32),
+    }[make]().eval()
+    save(model, tmp_path / "m.safetensors")
+    again = load(tmp_path / "m.safetensors")
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = model(x), again(x)
+    if make == "detector":
+        a, b = a[0]["scores"], b[0]["scores"]
+    assert type(again) is type(model) and again.class_names == model.class_names and torch.equal(a, b)
+
+
+# --- metrics against hand-made answers ------------------------------------------------------------
+
+
+def test_coco_metrics_perfect_and_loose_boxes():
+    truth = [{"boxes": np.array([[10, 10, 50, 50], [60, 60, 100, 90]], float), "labels": np.array([1, 2])}]
+    perfect = [{**truth[0], "scores": np.array([0.9, 0.8])}]
+    assert coco_metrics(truth, perfect, ["a", "b"])["map"] == pytest.approx(1.0)
+    # IoU 40/55 = 0.73 with the truth: a hit at 0.50, a miss at 0.75
+    loose = [{"boxes": np.array([[10, 10, 65, 50]], float), "labels": np.array([1]), "scores": np.array([0.9])}]
+    one = [{"boxes": truth[0]["boxes"][:1], "labels": np.array([1])}]
+    result = coco_metrics(one, loose, ["a"])
+    assert result["ap50"] == pytest.approx(1.0) and result["ap75"] == pytest.approx(0.0)
+
+
+def test_iou_and_dice_from_a_confusion_matrix():
+    confusion = torch.tensor([[8, 2], [1, 3]])  # rows: truth, columns: prediction
+    r = scores_from_confusion(confusion, ["bg", "fg"])
+    assert r["per_class_iou"]["fg"] == pytest.approx(3 / 6) and r["per_class_dice"]["fg"] == pytest.approx(6 / 9)
+    assert r["miou"] == pytest.approx((8 / 11 + 3 / 6) / 2) and r["foreground_iou"] == pytest.approx(3 / 6)
+
+
+def test_verification_of_separable_and_random_scores():
+    same = np.arange(600) % 2 == 0
+    perfect = verification_metrics(same.astype(float), same)
+    assert perfect["accuracy"] == 1.0 and perfect["roc_auc"] == 1.0 and perfect["tar_at_far_1e-2"] == 1.0
+    noise = verification_metrics(np.random.default_rng(0).random(600), same)
+    assert 0.35 < noise["roc_auc"] < 0.65
+
+
+# --- end to end through the CLI ----------------------------------------------------------------
+
+FAST = ("--epochs", "1", "--batch-size", "3", "--phi", "-3", "--quiet")
+
+
+@needs_fmnist
+def test_detection_trains_evaluates_predicts_and_resumes_bitwise(tmp_path, det_data, monkeypatch):
+    run_cli("train", "--task", "detection", "--detector", "fcos", "--data", det_data, *FAST, "--out",
+            tmp_path / "a").check()  # fmt: skip
+    result = json.loads(run_cli("eval", "--weights", tmp_path / "a" / "best.safetensors", "--json").check().stdout)
+    assert result["task"] == "detection" and set(result["per_class_ap"]) >= {"Trouser", "Bag"}
+    assert 0.0 <= result["map"] <= result["ap50"] <= 1.0
+    image, weights = det_data / "test" / "images" / "000000.png", tmp_path / "a" / "best.safetensors"
+    proc = run_cli("predict", image, "--weights", weights, "--out", tmp_path / "drawn", "--score-threshold", "0",
+                   "--json")  # fmt: skip
+    drawn = json.loads(proc.check().stdout)[0]
+    assert Path(drawn["output"]).is_file() and drawn["detections"]
+    # A run stopped right after a mid-epoch checkpoint and resumed equals a run in one go (the
+    # RPN/RoI sampling draws from the global RNG, which the resume state carries).
+    common = ("--task", "detection", "--data", det_data, "--batch-size", "3", "--phi", "-3", "--quiet", "--epochs",
+              "2", "--checkpoint-every", "1")  # fmt: skip
+    run_cli("train", *common, "--out", tmp_path / "straight").check()
+    saves = []
+    original = Trainer._save_state
+
+    def save_then_stop(self):
+        original(self)
+        saves.append(self.global_step)
+        if len(saves) == 4:  # initial, epoch 1 step 1, end of epoch 1, epoch 2 step 1
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save_state", save_then_stop)
+    assert run_cli("train", *common, "--out", tmp_path / "split").returncode == 130
+    monkeypatch.undo()
+    run_cli("train", *common, "--resume", "--out", tmp_path / "split").check()
+    a = load(tmp_path / "straight" / "last.safetensors").state_dict()
+    b = load(tmp_path / "split" / "last.safetensors").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@needs_fmnist
+def test_segmentation_trains_and_reports_iou(tmp_path, seg_data):
+    row = json.loads(run_cli("train", "--task", "segmentation", "--data", seg_data, *FAST, "--augment", "light",
+                             "--json", "--out", tmp_path / "r").check().stdout)  # fmt: skip
+    assert {"val_miou", "val_foreground_iou", "val_mean_dice", "train_pixel_accuracy"} <= set(row)
+    assert (tmp_path / "r" / "curves.png").is_file() and (tmp_path / "r" / "metrics.csv").is_file()
+    result = json.loads(run_cli("eval", "--weights", tmp_path / "r" / "best.safetensors", "--json").check().stdout)
+    assert len(result["per_class_iou"]) == 11 and 0 <= result["miou"] <= 1
+    proc = run_cli("predict", seg_data / "test" / "images" / "000001.png", "--weights",
+                   tmp_path / "r" / "best.safetensors", "--out", tmp_path / "drawn")  # fmt: skip
+    assert proc.check() and (tmp_path / "drawn" / "000001.png").is_file()
+
+
+def test_embedding_trains_and_verifies_pairs_in_lfw_format(tmp_path):
+    rng = np.random.default_rng(0)
+    people = tmp_path / "people"
+    for k, name in enumerate(["ann", "bob", "cyd"]):
+        (people / name).mkdir(parents=True)
+        for n in range(1, 7):
+            pixels = np.clip(rng.normal(60 + 70 * k, 20, (24, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(people / name / f"{name}_{n:04d}.png")
+    (tmp_path / "pairs.txt").write_text("1\t2\nann\t1\t2\nbob\t3\t4\nann\t1\tbob\t2\ncyd\t5\tann\t6\n")
+    run_cli("train", "--task", "embedding", "--data", people, "--image-size", "32", *FAST, "--out",
+            tmp_path / "r").check()  # fmt: skip
+    weights = tmp_path / "r" / "best.safetensors"
+    result = json.loads(run_cli("eval", "--weights", weights, "--pairs", tmp_path / "pairs.txt", "--json")
+                        .check().stdout)  # fmt: skip
+    assert result["pairs"] == 4 and result["same_pairs"] == 2 and 0 <= result["roc_auc"] <= 1
+    embedding = json.loads(run_cli("predict", people / "ann" / "ann_0001.png", "--weights", weights, "--json")
+                           .check().stdout)[0]["embedding"]  # fmt: skip
+    assert len(embedding) == 512 and np.linalg.norm(embedding) == pytest.approx(1.0, abs=1e-4)
+    (tmp_path / "bad.txt").write_text("ann\t1\tdan\t2\n")
+    proc = run_cli("eval", "--weights", weights, "--pairs", tmp_path / "bad.txt")
+    assert proc.returncode == 2 and "no person 'dan'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+def coco_folder(root: Path, boxes: list, category: int = 1, missing: bool = False) -> Path:
+    (root / "images").mkdir(parents=True)
+    images = []
+    for i in range(3):
+        if not (missing and i == 2):
+            Image.new("RGB", (64, 48)).save(root / "images" / f"{i}.png")
+        images.append({"id": i + 1, "file_name": f"{i}.png", "width": 64, "height": 48})
+    anns = [{"id": j + 1, "image_id": 1, "category_id": category, "bbox": b} for j, b in enumerate(boxes)]
+    coco = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}
+    (root / "annotations.json").write_text(json.dumps(coco))
+    return root
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("outside", "lies outside the 64x48 image"),
+        ("zero", "zero-area box"),
+        ("category", "unknown category id 7"),
+        ("missing", "2.png does not exist"),
+    ],
+)
+def test_bad_coco_files_are_refused_before_training(tmp_path, kind, message):
+    boxes = {"outside": [[50, 10, 20, 10]], "zero": [[5, 5, 0, 8]]}.get(kind, [[5, 5, 10, 10]])
+    data = coco_folder(tmp_path / "data", boxes, category=7 if kind == "category" else 1, missing=kind == "missing")
+    proc = run_cli("train", "--task", "detection", "--data", data, *FAST, "--out", tmp_path / "run")
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kind, message", [("size", "is 20x20 but"), ("label", "values [9] are outside the 3 classes")])
+def test_bad_masks_are_refused_before_training(tmp_path, kind, message):
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.json").write_text('["bg", "a", "b"]')
+    for i in range(3):
+        Image.new("RGB", (32, 32)).save(root / "images" / f"{i}.png")
+        mask = np.zeros((20, 20) if kind == "size" and i == 1 else (32, 32), np.uint8)
+        mask[0, 0] = 9 if kind == "label" and i == 1 else 1
+        Image.fromarray(mask).save(root / "masks" / f"{i}.png")
+    proc = run_cli("train", "--task", "segmentation", "--data", root, *FAST, "--out", tmp_path / "run")
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
