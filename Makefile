@@ -12,8 +12,11 @@ $(PY):
 
 # Reinstall only when the dependency list changes. torch/torchvision are pinned to the
 # versions whose wheels this machine keeps locally.
+# stardist only carries the nuclei image and mask (effnet data make nuclei); --no-deps keeps its
+# TensorFlow stack out, and effnet never imports it.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps "stardist==0.9.2"
 	touch $(STAMP)
 
 # Fashion-MNIST comes from Debian's package; where apt-get is missing the tests that need it skip.

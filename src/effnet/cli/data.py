@@ -6,6 +6,7 @@ import json
 import sys
 
 from effnet.cli.common import positive_int
+from effnet.core.extras import require
 
 
 def cmd_data_check(args) -> int:
@@ -32,6 +33,8 @@ def cmd_data_make(args) -> int:
     from effnet.datasets import make
 
     progress = not args.json and sys.stderr.isatty()
+    if args.dataset in ("nuclei", "lfw-faces") or getattr(args, "background", "plain") == "texture":
+        require("tasks")
     if args.dataset in make.FMNIST_KINDS:
         counts = {k: getattr(args, k) for k in ("train", "val", "test") if getattr(args, k) is not None}
         out = make.make_fmnist(args.dataset, args.out, background=args.background, seed=args.seed, counts=counts,

@@ -7,6 +7,7 @@ import sys
 
 from effnet.cli.common import add_weights_options, parse_list, positive_int, print_table, weights_kwargs
 from effnet.core.errors import UsageError
+from effnet.core.extras import require
 from effnet.datasets.choices import BAD_IMAGE_POLICIES, SPLITS
 from effnet.deploy.choices import BENCH_ENGINES, DEFAULT_OPSET, ENGINES, FORMATS
 from effnet.tasks.choices import EVAL_TASKS
@@ -137,6 +138,7 @@ def print_task_metrics(result: dict, weights: str) -> None:
 def cmd_eval_task(args, trained) -> int:
     from effnet.deploy.dense import evaluate_task, verify_pairs
 
+    require("tasks")
     if args.task == "verification" or args.pairs:
         if not args.pairs:
             raise UsageError("--task verification needs --pairs pairs.txt")

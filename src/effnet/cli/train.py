@@ -8,6 +8,7 @@ from pathlib import Path
 
 from effnet.cli.common import add_dataclass_options, dataclass_values
 from effnet.core.errors import UsageError
+from effnet.core.extras import require
 from effnet.training.config import TrainConfig
 
 TRAIN_HELP = {
@@ -52,6 +53,8 @@ def cmd_train(args) -> int:
     from effnet.training.launch import train
 
     given = dataclass_values(args, TrainConfig)
+    if given.get("task", "classification") != "classification":
+        require("tasks")
     if "phi" in given and "model" not in given:
         given["model"] = None
     if args.resume and (Path(args.out) / "config.json").is_file():

@@ -13,6 +13,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "deploy": ("onnx", "onnxscript", "onnxruntime"),
     "search": ("optuna",),
     "compress": ("torch_pruning",),
+    "tasks": ("pycocotools", "skimage", "tifffile"),
 }
 
 
