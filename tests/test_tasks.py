@@ -130,6 +130,21 @@ def test_task_models_round_trip_through_a_file(tmp_path, make):
     assert type(again) is type(model) and again.class_names == model.class_names and torch.equal(a, b)
 
 
+@pytest.mark.parametrize("make", ["faster_rcnn", "segmenter", "embedder"])
+def test_task_models_export_to_onnx_checked_against_eager(tmp_path, make):
+    from effnet.deploy.export import export
+    from effnet.deploy.runtime import OnnxModel
+
+    torch.manual_seed(0)
+    model = {
+        "faster_rcnn": lambda: create_detector(phi=-3, image_size=96),
+        "segmenter": lambda: create_segmenter(phi=-3, num_classes=3, image_size=64),
+        "embedder": lambda: create_embedder(phi=-3, resolution=48),
+    }[make]()
+    result = export(model, tmp_path / "m.onnx")
+    assert result.relative_diff <= 1e-4 and OnnxModel(tmp_path / "m.onnx").config == model.config
+
+
 # --- metrics against hand-made answers ------------------------------------------------------------
 
 
@@ -176,6 +191,11 @@ def test_detection_trains_evaluates_predicts_and_resumes_bitwise(tmp_path, det_d
                    "--json")  # fmt: skip
     drawn = json.loads(proc.check().stdout)[0]
     assert Path(drawn["output"]).is_file() and drawn["detections"]
+    exported = json.loads(run_cli("export", "--weights", weights, "--out", tmp_path / "det.onnx", "--json").check()
+                          .stdout)  # fmt: skip
+    assert exported["relative_diff"] <= exported["tolerance"]
+    proc = run_cli("eval", "--weights", tmp_path / "det.onnx")
+    assert proc.returncode == 2 and "the .safetensors file it was exported from" in proc.stderr
     # A run stopped right after a mid-epoch checkpoint and resumed equals a run in one go (the
     # RPN/RoI sampling draws from the global RNG, which the resume state carries).
     common = ("--task", "detection", "--data", det_data, "--batch-size", "3", "--phi", "-3", "--quiet", "--epochs",

@@ -21,6 +21,7 @@ from effnet.datasets.images import load_rgb
 from effnet.datasets.loading import ImageDataset, load_data, ordered_loader
 from effnet.datasets.masks import MaskDataset, load_masks
 from effnet.datasets.pairs import read_pairs
+from effnet.deploy.runtime import onnx_metadata, read_onnx
 from effnet.tasks.detection import DetectionMetrics
 from effnet.tasks.embedding import VerificationMetrics, verification_metrics
 from effnet.tasks.segmentation import SegmentationMetrics
@@ -175,6 +176,13 @@ def predict_dense(trained: Trained, paths: list[str], out_dir: str | None = None
 def open_task_model(weights: str) -> Trained | None:
     """The model of a detection, segmentation or embedding file; None for anything else (a
     classifier, an ONNX export, a pretrained tag), which the classification path opens."""
+    if str(weights).endswith(".onnx") and Path(weights).is_file():
+        if onnx_metadata(read_onnx(Path(weights))).get("task") in TASK_MODELS:
+            raise UsageError(
+                f"{weights}: an exported detection, segmentation or embedding model; eval and predict take the "
+                ".safetensors file it was exported from (the export itself is checked against it)"
+            )
+        return None
     if not str(weights).endswith(".safetensors") or not Path(weights).is_file():
         return None
     if read_metadata(weights).get("task") not in TASK_MODELS:

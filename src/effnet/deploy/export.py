@@ -57,6 +57,21 @@ class ExportResult:
         return {"path": str(self.path), **d, "relative_diff": self.relative_diff, "tolerance": TOLERANCE}
 
 
+def input_spec(model: nn.Module) -> tuple[int, int]:
+    """(channels, default side) of the images a classifier or a task model takes."""
+    task = getattr(model, "task", None)
+    if task is None:
+        return model.config.in_chans, model.config.resolution
+    config = model.config
+    if task == "detection":
+        side = config.min_size
+    elif task == "segmentation":
+        side = config.image_size
+    else:
+        side = config.backbone.resolution
+    return config.backbone.in_chans, side
+
+
 def export_metadata(
     model: nn.Module, image_size: int, batch_size: int | None, extra: dict[str, str] | None = None
 ) -> dict[str, str]:
@@ -70,7 +85,7 @@ def export_metadata(
     return {
         **model_metadata(model, preprocessing),
         "input": json.dumps(
-            {"name": "image", "channels": model.config.in_chans, "image_size": image_size, "batch_size": batch_size}
+            {"name": "image", "channels": input_spec(model)[0], "image_size": image_size, "batch_size": batch_size}
         ),
         **(extra or {}),
     }
@@ -108,7 +123,8 @@ def export(
         newest = onnx.defs.onnx_opset_version()
         if not 7 <= opset <= newest:
             raise UsageError(f"--opset {opset} is out of range: this onnx writes opsets 7..{newest}")
-    image_size = model.config.resolution if image_size is None else image_size
+    channels, default_size = input_spec(model)
+    image_size = default_size if image_size is None else image_size
     if not 16 <= image_size <= 4096:
         raise UsageError(f"--image-size {image_size} is out of range (16..4096)")
     if batch_size < 1:
@@ -116,8 +132,12 @@ def export(
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"--out {path} is a directory; give a file name")
+    if getattr(model, "task", None) == "detection":
+        if format != "onnx" or dynamic_batch or batch_size != 1:
+            raise UsageError("a detector exports to ONNX with one image per run (no --dynamic-batch or --batch-size)")
+        return export_detector(model, path, image_size, opset, export_metadata(model, image_size, 1, extra_metadata))
     net = inference_form(model)
-    example = torch.randn(batch_size, model.config.in_chans, image_size, image_size)
+    example = torch.randn(batch_size, channels, image_size, image_size)
     metadata = export_metadata(model, image_size, None if dynamic_batch else batch_size, extra_metadata)
 
     with tempfile.TemporaryDirectory(prefix="effnet-export-") as scratch:
@@ -141,6 +161,94 @@ def export(
             )
         atomic_write(path, lambda f: f.write(tmp.read_bytes()))
     return ExportResult(path, format, image_size, None if dynamic_batch else batch_size, diff, scale)
+
+
+DETECTION_OUTPUTS = ("boxes", "labels", "scores")
+
+
+def _score_threshold(net: nn.Module, value: float | None = None) -> float:
+    """Get (and with ``value``, set) the score threshold of a torchvision detector."""
+    owner = net.roi_heads if hasattr(net, "roi_heads") else net
+    old = owner.score_thresh
+    if value is not None:
+        owner.score_thresh = value
+    return old
+
+
+def _write_detector(net: nn.Module, image: torch.Tensor, path: Path, opset: int, metadata: dict) -> None:
+    import onnx
+
+    with torch.no_grad():
+        names = list(net([image])[0])  # the heads differ in the order of their output dict
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, ([image],), str(path), dynamo=False, opset_version=max(opset, 11),
+                          input_names=["image"], output_names=names)  # fmt: skip
+    proto = onnx.load(str(path))
+    onnx.helper.set_model_props(proto, metadata)
+    onnx.save(proto, str(path))
+
+
+def export_detector(model: nn.Module, path: Path, image_size: int, opset: int, metadata: dict) -> ExportResult:
+    """The whole torchvision detector (resize, normalisation, heads, box decoding, NMS) as one
+    graph taking one [0, 1] image (3, H, W) and giving boxes, labels and scores. torch.export
+    cannot trace the data-dependent NMS; the TorchScript-based exporter, for which torchvision
+    keeps ONNX symbolics of NMS and RoIAlign, can.
+
+    The check must not depend on the model finding something in a made-up image, so a second
+    graph with the score threshold at 0 (the same graph but for that constant) is compared with
+    eager at the same threshold (``_detection_diff``)."""
+    net = inference_form(model).net
+    image = _blocks_image(image_size)
+    with tempfile.TemporaryDirectory(prefix="effnet-export-") as scratch:
+        tmp, probe = Path(scratch) / path.name, Path(scratch) / "probe.onnx"
+        _write_detector(net, image, tmp, opset, metadata)
+        kept = _score_threshold(net, 0.0)
+        try:
+            _write_detector(net, image, probe, opset, metadata)
+            with torch.no_grad():
+                expected = net([image])[0]
+        finally:
+            _score_threshold(net, kept)
+        got = OnnxModel(probe).detect(image.numpy())
+        diff = _detection_diff(expected, got, image_size)
+        scale = float(image_size)
+        if not diff <= TOLERANCE * scale:
+            raise ExportError(f"{path}: the exported detector's boxes or scores differ from eager by {diff:.3g} "
+                              f"pixels; nothing was written")  # fmt: skip
+        atomic_write(path, lambda f: f.write(tmp.read_bytes()))
+    return ExportResult(path, "onnx", image_size, 1, diff, scale)
+
+
+def _detection_diff(expected: dict, got: dict, side: int, top: int = 20) -> float:
+    """How far apart two detectors' outputs are, in pixels: the ``top`` best scores (sorted, so
+    ties may be ordered either way; scaled by ``side``) and the box of each of those detections
+    whose score no other one shares, found among the export's with the same label."""
+    if len(got["scores"]) < min(top, len(expected["scores"])):
+        return float("inf")
+    k = min(top, len(expected["scores"]))
+    diff = ((got["scores"][:k].sort().values - expected["scores"][:k].sort().values).abs().max().item() * side
+            if k else 0.0)  # fmt: skip
+    scores = expected["scores"]
+    for i in range(k):
+        if ((scores - scores[i]).abs() < 1e-5).sum() > 1:
+            continue  # a tie: either detection may come first
+        same = got["labels"] == expected["labels"][i]
+        if not same.any():
+            return float("inf")
+        diff = max(diff, (got["boxes"][same] - expected["boxes"][i]).abs().max(1).values.min().item())
+    return diff
+
+
+def _blocks_image(side: int) -> torch.Tensor:
+    """A seeded image of bright rectangles on a dark ground, the detector's check input."""
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, side, side, generator=g) * 0.1
+    for _ in range(4):
+        w, h = (int(v) for v in torch.randint(side // 8, side // 3, (2,), generator=g))
+        x, y = (int(v) for v in torch.randint(0, side - max(w, h), (2,), generator=g))
+        image[:, y : y + h, x : x + w] = torch.rand(3, 1, 1, generator=g) * 0.5 + 0.5
+    return image
 
 
 def onnx_program(net: nn.Module, example: torch.Tensor, *, dynamic_batch: bool, opset: int | None = None):

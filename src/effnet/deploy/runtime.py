@@ -124,6 +124,15 @@ class OnnxModel:
             chunks.append(self._run(chunk)[: fixed - pad])
         return torch.from_numpy(np.concatenate(chunks))
 
+    def run_all(self, array: np.ndarray) -> list[np.ndarray]:
+        """Every output of the graph for one input as it is (a detector: boxes, labels, scores)."""
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(array, dtype=np.float32)})
+
+    def detect(self, image: np.ndarray) -> dict[str, torch.Tensor]:
+        """An exported detector on one (3, H, W) [0, 1] image: {"boxes", "labels", "scores"}."""
+        names = [o.name for o in self.session.get_outputs()]
+        return {k: torch.from_numpy(v) for k, v in zip(names, self.run_all(image), strict=True)}
+
     def _run(self, array: np.ndarray) -> np.ndarray:
         (logits,) = self.session.run(None, {self.input_name: array})
         return logits
