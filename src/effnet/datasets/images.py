@@ -42,6 +42,16 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         raise ImageDecodeError(path, reason) from None
 
 
+def decode_each(paths, errors: list):
+    """(path, RGB image) for every decodable file; the others' errors are appended to ``errors``,
+    so that one bad file does not cost the rest their results."""
+    for path in paths:
+        try:
+            yield path, load_rgb(path)
+        except UsageError as exc:
+            errors.append(exc)
+
+
 def _is_empty(path) -> bool:
     try:
         return os.path.getsize(path) == 0

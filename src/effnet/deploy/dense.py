@@ -17,7 +17,7 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from effnet.core.errors import UsageError
 from effnet.core.fileio import atomic_write
 from effnet.datasets.coco import DetectionDataset, collate_detection, load_detection
-from effnet.datasets.images import load_rgb
+from effnet.datasets.images import decode_each, load_rgb
 from effnet.datasets.loading import ImageDataset, load_data, ordered_loader
 from effnet.datasets.masks import MaskDataset, load_masks
 from effnet.datasets.pairs import read_pairs
@@ -115,6 +115,7 @@ PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#4
 
 
 def _save_png(tensor: torch.Tensor, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(tensor.permute(1, 2, 0).numpy())
     atomic_write(path, lambda f: image.save(f, format="PNG"))
 
@@ -126,16 +127,9 @@ def predict_dense(trained: Trained, paths: list[str], out_dir: str | None = None
     model = trained.model.eval()
     task = task_of(model)
     out = Path(out_dir) if out_dir else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
     to_uint8 = v2.Compose([v2.ToImage()])
     results, errors = [], []
-    for path in paths:
-        try:
-            image = load_rgb(path)
-        except UsageError as exc:
-            errors.append(exc)
-            continue
+    for path, image in decode_each(paths, errors):
         pixels = to_uint8(image).as_subclass(torch.Tensor)
         target = out / f"{Path(path).stem}.png" if out else None
         if task == "detection":

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from effnet.core.errors import UsageError
-from effnet.datasets.images import load_rgb
+from effnet.datasets.images import decode_each
 from effnet.deploy.engines import inference_form, open_model
 
 
@@ -36,12 +36,7 @@ def predict(model: nn.Module, paths: list[str], top_k: int = 5) -> tuple[list[Pr
     names = model.class_names
     model = inference_form(model)
     results, errors = [], []
-    for path in paths:
-        try:
-            image = load_rgb(path)
-        except UsageError as exc:
-            errors.append(exc)
-            continue
+    for path, image in decode_each(paths, errors):
         batch = transform(image).unsqueeze(0).contiguous(memory_format=torch.channels_last)
         probs = model(batch).softmax(-1)[0]
         values, indices = probs.topk(min(top_k, probs.numel()))
