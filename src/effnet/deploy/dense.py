@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from effnet.core.errors import UsageError
+from effnet.core.errors import EffnetError, UsageError
 from effnet.core.fileio import atomic_write
 from effnet.datasets.coco import DetectionDataset, collate_detection, load_detection
 from effnet.datasets.images import decode_each, load_rgb
@@ -171,7 +171,11 @@ def open_task_model(weights: str) -> Trained | None:
     """The model of a detection, segmentation or embedding file; None for anything else (a
     classifier, an ONNX export, a pretrained tag), which the classification path opens."""
     if str(weights).endswith(".onnx") and Path(weights).is_file():
-        if onnx_metadata(read_onnx(Path(weights))).get("task") in TASK_MODELS:
+        try:
+            task = onnx_metadata(read_onnx(Path(weights))).get("task")
+        except EffnetError:
+            return None  # a damaged file: the classification path reports it as it always has
+        if task in TASK_MODELS:
             raise UsageError(
                 f"{weights}: an exported detection, segmentation or embedding model; eval and predict take the "
                 ".safetensors file it was exported from (the export itself is checked against it)"
