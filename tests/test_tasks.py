@@ -302,3 +302,35 @@ def test_bad_masks_are_refused_before_training(tmp_path, kind, message):
     proc = run_cli("train", "--task", "segmentation", "--data", root, *FAST, "--out", tmp_path / "run")
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+# --- the other generated datasets ------------------------------------------------------------------
+
+
+def test_nuclei_split_by_columns_with_binary_masks(tmp_path):
+    from effnet.datasets.masks import load_masks
+
+    pytest.importorskip("tifffile")
+    out = run_cli("data", "make", "nuclei", "--out", tmp_path / "nuclei", "--json").check()
+    assert json.loads(out.stdout)["files"] > 0
+    info = json.loads((tmp_path / "nuclei" / "dataset.json").read_text())
+    assert info["nuclei"] == 125 and info["test_columns"] == [384, 511]
+    data = load_masks(tmp_path / "nuclei")
+    assert data.classes == ["background", "nucleus"] and len(data.split("test")) == 4
+    assert len(data.split("train")) + len(data.split("val")) == 35
+    # test tiles come only from columns 384-511, training tiles only from 0-383
+    assert all(int(p.stem.split("_x")[1]) >= 384 for p in data.split("test").images)
+    assert all(int(p.stem.split("_x")[1]) + 128 <= 384 for p in data.split("train").images)
+
+
+@needs_fmnist
+def test_fmnist_pairs_in_lfw_format_over_unseen_classes(tmp_path):
+    from effnet.datasets.pairs import read_pairs
+
+    root = tmp_path / "p"
+    run_cli("data", "make", "fmnist-pairs", "--out", root, "--per-class", "12").check()
+    assert sorted(p.name for p in (root / "train" / "people").iterdir()) == ["Coat", "Dress", "Pullover",
+                                                                             "T-shirt-top", "Trouser"]  # fmt: skip
+    pairs = read_pairs(root / "test" / "pairs.txt")
+    assert len(pairs) == 6000 and sum(pairs.same) == 3000 and sorted(set(pairs.fold)) == list(range(10))
+    assert {p.parent.name for p in pairs.first} <= {"Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"}
