@@ -15,6 +15,8 @@ TRAIN_HELP = {
     "task": "classification, detection (COCO folder), segmentation (images/ + masks/) or embedding (ArcFace)",
     "annotations": "detection: the COCO file's name inside --data (or its train/ val/ test/)",
     "detector": "detection head on an FPN: faster_rcnn, fcos or retinanet",
+    "arcface_margin": "embedding: ArcFace's additive angular margin m, radians",
+    "arcface_scale": "embedding: ArcFace's logit scale s",
     "model": "model name (or use --phi)",
     "phi": "compound-scaled B0 with this phi instead of a named model",
     "width": "override the model's width multiplier",

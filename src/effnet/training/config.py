@@ -103,6 +103,8 @@ class TrainConfig:
     data_dir: str | None = None
     annotations: str = "annotations.json"  # detection: the COCO file's name in the data folder(s)
     detector: str = "faster_rcnn"  # detection: faster_rcnn, fcos or retinanet on an FPN
+    arcface_margin: float = 0.5  # embedding: ArcFace's additive angular margin m (radians)
+    arcface_scale: float = 30.0  # embedding: ArcFace's logit scale s
     val_split: float = 0.1
     limit_train: int | None = None
     bad_images: str = "error"
@@ -172,6 +174,8 @@ class TrainConfig:
             ("clip_grad", self.clip_grad is None or self.clip_grad > 0),
             ("kd_temperature", math.isfinite(self.kd_temperature) and self.kd_temperature > 0),
             ("kd_alpha", 0.0 <= self.kd_alpha <= 1.0),
+            ("arcface_margin", 0.0 <= self.arcface_margin < math.pi / 2),
+            ("arcface_scale", math.isfinite(self.arcface_scale) and self.arcface_scale > 0),
         ]
         for name, ok in checks:
             if not ok:

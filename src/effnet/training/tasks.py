@@ -160,7 +160,8 @@ class EmbeddingTrainer(TaskRunTrainer):
         trunk: ModelConfig = source.config
         size = cfg.image_size or trunk.resolution
         model = create_embedder(replace(trunk, resolution=size, num_classes=0, features_only=False),
-                                num_classes=len(self.data.classes), class_names=self.data.classes)  # fmt: skip
+                                num_classes=len(self.data.classes), margin=cfg.arcface_margin,
+                                scale=cfg.arcface_scale, class_names=self.data.classes)  # fmt: skip
         pre = model.preprocessing
         model.preprocessing = Preprocessing(size, size, pre.interpolation, pre.mean, pre.std)
         train_set = ImageDataset(self.data.split("train"), train_transform(model.preprocessing, cfg.augment))
