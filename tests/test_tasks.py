@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import free_port, run_cli
 from PIL import Image
 
 from effnet.datasets.builtin import FASHION_MNIST_DIR
@@ -334,3 +336,29 @@ def test_fmnist_pairs_in_lfw_format_over_unseen_classes(tmp_path):
     pairs = read_pairs(root / "test" / "pairs.txt")
     assert len(pairs) == 6000 and sum(pairs.same) == 3000 and sorted(set(pairs.fold)) == list(range(10))
     assert {p.parent.name for p in pairs.first} <= {"Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"}
+
+
+@needs_fmnist
+def test_segmentation_under_torchrun_two_processes(tmp_path, seg_data):
+    run = tmp_path / "ddp"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port())]
+    cmd = [
+        *launch,
+        "-m",
+        "effnet",
+        "train",
+        "--task",
+        "segmentation",
+        "--data",
+        seg_data,
+        *FAST,
+        "--out",
+        run,
+        "--json",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads(proc.stdout)
+    assert row["step"] == 1  # 6 canvases / 2 processes / batch 3
+    assert len(list((run / "tensorboard").iterdir())) == 1  # only rank 0 writes
+    assert load(run / "last.safetensors").task == "segmentation"
