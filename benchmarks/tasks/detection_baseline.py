@@ -66,7 +66,8 @@ def main() -> None:
             found.append({"boxes": np.zeros((0, 4)), "labels": np.zeros(0, int), "scores": np.zeros(0)})
         truth.append({"boxes": boxes, "labels": labels})
     result = coco_metrics(truth, found, data.classes)
-    args.out.write_text(json.dumps({"method": "otsu+components+effnet classifier", "classifier": str(weights),
+    shown = f"WORK/{weights.relative_to(args.work)}" if weights.is_relative_to(args.work) else weights.name
+    args.out.write_text(json.dumps({"method": "otsu+components+effnet classifier", "classifier": shown,
                                     "test": result}, indent=2) + "\n")  # fmt: skip
     print(json.dumps({k: result[k] for k in ("map", "ap50", "ap75")}))
 

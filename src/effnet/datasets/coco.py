@@ -59,11 +59,7 @@ def _field(entry, key, kind, where):
     if not isinstance(entry, dict) or key not in entry:
         raise UsageError(f"{where}: missing {key!r}")
     value = entry[key]
-    if kind is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
-    else:
-        ok = isinstance(value, kind) and not isinstance(value, bool)
-    if not ok:
+    if not isinstance(value, kind) or isinstance(value, bool):
         raise UsageError(f"{where}: {key!r} must be {kind.__name__}, got {value!r}")
     return value
 

@@ -127,10 +127,9 @@ def predict_dense(trained: Trained, paths: list[str], out_dir: str | None = None
     model = trained.model.eval()
     task = task_of(model)
     out = Path(out_dir) if out_dir else None
-    to_uint8 = v2.Compose([v2.ToImage()])
     results, errors = [], []
     for path, image in decode_each(paths, errors):
-        pixels = to_uint8(image).as_subclass(torch.Tensor)
+        pixels = v2.functional.pil_to_tensor(image)  # uint8 CHW, what the drawing functions take
         target = out / f"{Path(path).stem}.png" if out else None
         if task == "detection":
             found = model([pixels.float() / 255])[0]

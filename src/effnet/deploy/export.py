@@ -163,9 +163,6 @@ def export(
     return ExportResult(path, format, image_size, None if dynamic_batch else batch_size, diff, scale)
 
 
-DETECTION_OUTPUTS = ("boxes", "labels", "scores")
-
-
 def _score_threshold(net: nn.Module, value: float | None = None) -> float:
     """Get (and with ``value``, set) the score threshold of a torchvision detector."""
     owner = net.roi_heads if hasattr(net, "roi_heads") else net

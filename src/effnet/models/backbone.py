@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from effnet.core.errors import UsageError
 from effnet.models.config import ModelConfig
 from effnet.models.registry import resolve_config
 
@@ -28,3 +29,11 @@ def backbone_config(
 
 def config_from(value: dict | ModelConfig) -> ModelConfig:
     return value if isinstance(value, ModelConfig) else ModelConfig.from_dict(value)
+
+
+def name_classes(model, class_names: list[str] | None, count: int, what: str):
+    """``model`` with ``class_names`` (one per class of the ``count`` it predicts) attached."""
+    if class_names is not None and len(class_names) != count:
+        raise UsageError(f"{len(class_names)} class names for {what} of {count} classes")
+    model.class_names = list(class_names) if class_names is not None else None
+    return model

@@ -22,7 +22,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
 from effnet.core.errors import UsageError
-from effnet.models.backbone import backbone_config, config_from
+from effnet.models.backbone import backbone_config, config_from, name_classes
 from effnet.models.config import ModelConfig
 from effnet.models.efficientnet import EfficientNet
 from effnet.models.preprocessing import Preprocessing
@@ -203,8 +203,4 @@ def create_detector(
 
 
 def build_detector(config: DetectorConfig, class_names: list[str] | None = None) -> Detector:
-    if class_names is not None and len(class_names) != config.num_classes:
-        raise UsageError(f"{len(class_names)} class names for a detector of {config.num_classes} classes")
-    model = Detector(config)
-    model.class_names = list(class_names) if class_names is not None else None
-    return model
+    return name_classes(Detector(config), class_names, config.num_classes, "a detector")

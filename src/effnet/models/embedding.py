@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effnet.core.errors import UsageError
+from effnet.models.backbone import name_classes
 from effnet.models.config import ModelConfig
 from effnet.models.efficientnet import EfficientNet
 from effnet.models.preprocessing import Preprocessing
@@ -132,8 +133,4 @@ def create_embedder(
 
 
 def build_embedder(config: EmbedderConfig, class_names: list[str] | None = None) -> Embedder:
-    if class_names is not None and len(class_names) != config.num_classes:
-        raise UsageError(f"{len(class_names)} class names for an embedder of {config.num_classes} identities")
-    model = Embedder(config)
-    model.class_names = list(class_names) if class_names is not None else None
-    return model
+    return name_classes(Embedder(config), class_names, config.num_classes, "an embedder")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effnet.core.errors import UsageError
-from effnet.models.backbone import backbone_config, config_from
+from effnet.models.backbone import backbone_config, config_from, name_classes
 from effnet.models.config import ModelConfig
 from effnet.models.efficientnet import EfficientNet
 from effnet.models.preprocessing import Preprocessing
@@ -128,8 +128,4 @@ def create_segmenter(
 
 
 def build_segmenter(config: SegmenterConfig, class_names: list[str] | None = None) -> Segmenter:
-    if class_names is not None and len(class_names) != config.num_classes:
-        raise UsageError(f"{len(class_names)} class names for a segmenter of {config.num_classes} classes")
-    model = Segmenter(config)
-    model.class_names = list(class_names) if class_names is not None else None
-    return model
+    return name_classes(Segmenter(config), class_names, config.num_classes, "a segmenter")
