@@ -121,7 +121,9 @@ def test_eval_and_predict_feed_the_model_the_same_tensors_and_agree(monkeypatch,
         assert fed.shape == (1, 3, 32, 32)
         assert torch.equal(fed[0], eval_inputs[i]), path
         assert torch.equal(dataset[i][0], eval_inputs[i]), path
-        torch.testing.assert_close(predict_logits[i][0], eval_logits[i], rtol=1e-5, atol=1e-5)
+        # Same inputs, bitwise; batch 1 vs 3 splits the float sums differently over 2 threads (run
+        # alone, not under xdist's 1 thread each): 1.5e-5 relative on logits near 50 was measured.
+        torch.testing.assert_close(predict_logits[i][0], eval_logits[i], rtol=1e-4, atol=1e-5)
         probs = torch.softmax(eval_logits[i].double(), 0)
         top = results[i].top
         assert [t["label"] for t in top] == [["cat", "dog"][t["index"]] for t in top]

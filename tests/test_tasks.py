@@ -196,8 +196,16 @@ def test_detection_trains_evaluates_predicts_and_resumes_bitwise(tmp_path, det_d
     exported = json.loads(run_cli("export", "--weights", weights, "--out", tmp_path / "det.onnx", "--json").check()
                           .stdout)  # fmt: skip
     assert exported["relative_diff"] <= exported["tolerance"]
-    proc = run_cli("eval", "--weights", tmp_path / "det.onnx")
-    assert proc.returncode == 2 and "the .safetensors file it was exported from" in proc.stderr
+    # the export (NMS inside) and its int8 form evaluate and draw on ONNX Runtime like the torch model
+    on_onnx = json.loads(run_cli("eval", "--weights", tmp_path / "det.onnx", "--json").check().stdout)
+    assert on_onnx["per_class_ap"].keys() == result["per_class_ap"].keys()
+    assert on_onnx["map"] == pytest.approx(result["map"], abs=0.02)
+    report = json.loads(run_cli("quantize", "--weights", weights, "--calibration-images", "2", "--no-eval", "--out",
+                                tmp_path / "int8.onnx", "--json").check().stdout)  # fmt: skip
+    assert report["calibration_images"] == 2 and report["size_ratio"] < 0.5
+    proc = run_cli("predict", image, "--weights", tmp_path / "int8.onnx", "--out", tmp_path / "drawn8",
+                   "--score-threshold", "0", "--json")  # fmt: skip
+    assert Path(json.loads(proc.check().stdout)[0]["output"]).is_file()
     # A run stopped right after a mid-epoch checkpoint and resumed equals a run in one go (the
     # RPN/RoI sampling draws from the global RNG, which the resume state carries).
     common = ("--task", "detection", "--data", det_data, "--batch-size", "3", "--phi", "-3", "--quiet", "--epochs",
@@ -232,6 +240,31 @@ def test_segmentation_trains_and_reports_iou(tmp_path, seg_data):
     proc = run_cli("predict", seg_data / "test" / "images" / "000001.png", "--weights",
                    tmp_path / "r" / "best.safetensors", "--out", tmp_path / "drawn")  # fmt: skip
     assert proc.check() and (tmp_path / "drawn" / "000001.png").is_file()
+
+
+@needs_fmnist
+def test_segmenter_is_pruned_in_its_trunk_quantized_and_its_exports_evaluate_alike(tmp_path, seg_data):
+    run_cli("train", "--task", "segmentation", "--data", seg_data, *FAST, "--out", tmp_path / "r").check()
+    weights = tmp_path / "r" / "best.safetensors"
+    report = json.loads(run_cli("prune", "--weights", weights, "--ratio", "0.5", "--finetune-epochs", "1",
+                                "--batch-size", "3", "--out", tmp_path / "p.safetensors", "--json")
+                        .check().stdout)  # fmt: skip
+    assert report["task"] == "segmentation" and report["score"] == "mIoU" and 0 <= report["val_score_finetuned"] <= 1
+    assert report["params_after"] < 0.8 * report["params_before"] and report["trunk_macs_ratio"] < 0.7
+    pruned = load(tmp_path / "p.safetensors")  # rebuilt from its config alone, without Torch-Pruning
+    assert pruned.num_params() == report["params_after"] and pruned.trunk.config.hidden_channels
+    x = torch.randn(1, 3, 64, 64)
+    assert pruned.eval()(x).shape == (1, 11, 64, 64)
+    torch_eval = json.loads(run_cli("eval", "--weights", weights, "--json").check().stdout)
+    report = json.loads(run_cli("quantize", "--weights", weights, "--calibration-images", "3", "--out",
+                                tmp_path / "int8.onnx", "--json").check().stdout)  # fmt: skip
+    # the quantizer's fp32 export is scored by the same code as the torch model: the same mIoU
+    assert report["score"] == "mIoU" and report["fp32_score"] == pytest.approx(torch_eval["miou"], abs=1e-3)
+    assert 0 <= report["int8_score"] <= 1 and report["int8_bytes"] < 0.5 * report["fp32_bytes"]
+    on_int8 = json.loads(run_cli("eval", "--weights", tmp_path / "int8.onnx", "--json").check().stdout)
+    assert on_int8["miou"] == pytest.approx(report["int8_score"])
+    proc = run_cli("compress", "--weights", weights, "--out", tmp_path / "c")
+    assert proc.returncode == 2 and "effnet prune and effnet quantize" in proc.stderr and not (tmp_path / "c").exists()
 
 
 def test_embedding_trains_and_verifies_pairs_in_lfw_format(tmp_path):

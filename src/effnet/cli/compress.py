@@ -27,6 +27,17 @@ def cmd_prune(args) -> int:
     )
     if args.json:
         print(json.dumps(report, indent=2))
+    elif "task" in report:
+        print(
+            f"pruned {args.ratio:.0%} of the trunk's expansion channels of a {report['task']} model: params "
+            f"{report['params_before']:,} -> {report['params_after']:,}, trunk MACs {report['trunk_macs_ratio']:.2f}x"
+        )
+        if "val_score_finetuned" in report:
+            print(
+                f"validation {report['score']}: {report['val_score_pruned']:.4f} right after pruning, "
+                f"{report['val_score_finetuned']:.4f} after {args.finetune_epochs} epoch(s) of fine-tuning"
+            )
+        print(f"wrote {args.out}")
     else:
         print(
             f"pruned {args.ratio:.0%} of the expansion channels: params {report['params_before']:,} -> "
@@ -84,6 +95,11 @@ def cmd_quantize(args) -> int:
             f"int8 file {report['int8_bytes']:,} bytes = {report['size_ratio']:.2f}x the fp32 export "
             f"({report['scheme']}, {report['calibration_images']} calibration images, {report['method']})"
         )
+        if "int8_score" in report:
+            print(
+                f"{args.split} {report['score']}: fp32 {report['fp32_score']:.4f}, int8 {report['int8_score']:.4f} "
+                f"({report['score_drop']:.4f} lower)"
+            )
         if "int8_top1" in report:
             print(
                 f"{args.split} top-1: fp32 {report['fp32_top1']:.2%}, int8 {report['int8_top1']:.2%} "

@@ -50,9 +50,9 @@ def cmd_predict(args) -> int:
     trained = open_task_model(args.weights)
     if trained is not None:
         return cmd_predict_dense(args, trained)
+    model = load_for_inference(args.weights, args.model, engine=args.engine, **weights_kwargs(args))
     if args.out:
         raise UsageError("--out draws detections and masks; a classifier's predictions are printed")
-    model = load_for_inference(args.weights, args.model, engine=args.engine, **weights_kwargs(args))
     results, errors = predict(model, args.images, top_k=args.top_k)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))

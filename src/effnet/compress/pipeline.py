@@ -88,6 +88,12 @@ def compress(
         check_ratio(prune_ratio)
     trained = load_trained(weights)
     original = trained.model
+    task = getattr(original, "task", "classification")
+    if task != "classification":
+        raise UsageError(
+            f"--weights {weights}: a {task} model; the pipeline (distillation needs class logits) is for "
+            "classifiers, while effnet prune and effnet quantize take it one step at a time"
+        )
     options = trained.provenance.data_options(data, origin=weights)
     data = options["data"]
     say = progress or (lambda text: None)

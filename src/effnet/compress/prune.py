@@ -9,6 +9,8 @@ stream) are left alone: pruning them couples every block of a stage through the 
 
 The result is an ordinary dense EfficientNet whose config lists each block's remaining
 expansion width (``hidden_channels``), so ``effnet.load`` rebuilds it without Torch-Pruning.
+A detector, segmenter or embedder is pruned in its trunk the same way: the channels each level
+hands to the FPN, decoder or embedding head are block outputs, so the heads are untouched.
 """
 
 from __future__ import annotations
@@ -24,12 +26,16 @@ import torch
 
 from effnet.core.errors import UsageError
 from effnet.datasets.loading import ordered_loader
+from effnet.deploy.export import input_spec
 from effnet.models.blocks import MBConv
 from effnet.models.flops import count_macs, count_params
 from effnet.models.registry import build_model
+from effnet.models.task_models import build_task_model
+from effnet.tasks.choices import TASK_SCORES
 from effnet.tasks.classification import evaluate
 from effnet.training.classify import ClassificationTrainer
 from effnet.training.config import SHORT_RUN, TrainConfig
+from effnet.training.tasks import TASK_TRAINERS
 from effnet.weights.io import load, save
 from effnet.weights.trained import load_trained
 
@@ -47,8 +53,6 @@ def prune_in_place(model, ratio: float, round_to: int = 8) -> None:
     import torch_pruning as tp
 
     ratio = check_ratio(ratio)
-    if model.config.features_only:
-        raise UsageError("pruning needs a classifier model, not a features_only backbone")
     side = model.config.resolution
     graph = tp.DependencyGraph().build_dependency(
         model, example_inputs=torch.randn(1, model.config.in_chans, side, side)
@@ -108,6 +112,21 @@ def prune_expansion_channels(model, ratio: float, round_to: int = 8):
     return pruned.train(training)
 
 
+def prune_trunk(model, ratio: float, round_to: int = 8):
+    """A copy of a detection, segmentation or embedding ``model`` with its trunk pruned, rebuilt
+    from its config (the trunk's ``hidden_channels``) as ``effnet.load`` will."""
+    training = model.training
+    model = copy.deepcopy(model).cpu().eval()
+    prune_in_place(model.trunk, ratio, round_to)
+    hidden = tuple(b.dw_conv.out_channels for b in model.trunk.modules() if isinstance(b, MBConv))
+    config = dataclasses.replace(model.config, backbone=dataclasses.replace(model.config.backbone,
+                                                                            hidden_channels=hidden))  # fmt: skip
+    pruned = build_task_model(config, model.class_names)
+    pruned.preprocessing = model.preprocessing  # an embedder's input size is set after it is built
+    pruned.load_state_dict(model.state_dict())
+    return pruned.train(training)
+
+
 def prune(
     weights: str,
     ratio: float,
@@ -134,6 +153,10 @@ def prune(
         raise UsageError(f"--weights {weights}: give an effnet .safetensors file")
     trained = load_trained(weights)
     model, training = trained.model, trained.provenance.training
+    task = getattr(model, "task", "classification")
+    if task != "classification":
+        return _prune_task_model(trained, ratio, out_path, data=data, finetune_epochs=finetune_epochs, lr=lr,
+                                 batch_size=batch_size, limit_train=limit_train, seed=seed, quiet=quiet)  # fmt: skip
     pruned = prune_expansion_channels(model, ratio)
     report = {
         "ratio": ratio,
@@ -176,4 +199,57 @@ def prune(
         report["val_top1_finetuned"] = trainer.best_top1
         best = load(Path(scratch) / "run" / "best.safetensors")
         save(best, out_path, extra_metadata=provenance)
+    return report
+
+
+def _prune_task_model(trained, ratio: float, out: Path, *, data, finetune_epochs: int, lr: float, batch_size: int,
+                      limit_train, seed: int, quiet: bool) -> dict:  # fmt: skip
+    """``prune`` for a detector, segmenter or embedder: the trunk pruned, the whole model fine-tuned
+    by its task's trainer; the scores are the task's own validation score (mAP, mIoU, ROC-AUC)."""
+    model, training = trained.model, trained.provenance.training
+    pruned = prune_trunk(model, ratio)
+    side = input_spec(model)[1]
+    report = {
+        "task": model.task,
+        "ratio": ratio,
+        "params_before": model.num_params(),
+        "params_after": pruned.num_params(),
+        "trunk_macs_before": count_macs(model.config.backbone, side),
+        "trunk_macs_after": count_macs(pruned.config.backbone, side),
+    }
+    report["trunk_macs_ratio"] = report["trunk_macs_after"] / report["trunk_macs_before"]
+    provenance = {"training": json.dumps(training)} if training else None
+    if finetune_epochs == 0:
+        save(pruned, out, extra_metadata=provenance)
+        return report
+    options = trained.provenance.data_options(data, origin=str(trained.path))
+    with tempfile.TemporaryDirectory(prefix="effnet-prune-") as scratch:
+        start = Path(scratch) / "pruned.safetensors"
+        save(pruned, start)
+        cfg = TrainConfig(
+            task=model.task,
+            model=None,
+            weights=str(start),
+            data=options["data"],
+            annotations=training.get("annotations", "annotations.json"),
+            val_split=options["val_split"],
+            image_size=training.get("image_size"),
+            limit_train=limit_train,
+            epochs=finetune_epochs,
+            batch_size=batch_size,
+            seed=seed,
+            lr=lr,
+            warmup_epochs=0.0,
+            **SHORT_RUN,
+        )
+        trainer = TASK_TRAINERS[model.task](cfg, Path(scratch) / "run", quiet=quiet)
+        try:
+            report["val_score_pruned"] = trainer.validate(trainer.model)["score"]
+            trainer.fit()
+        finally:
+            trainer.rundir.unlock()
+        report["val_score_finetuned"] = trainer.best_score
+        report["score"] = TASK_SCORES[model.task]
+        best = load(Path(scratch) / "run" / "best.safetensors")
+        save(best, out, extra_metadata=provenance)
     return report

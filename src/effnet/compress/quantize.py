@@ -15,6 +15,7 @@ Both are kept quantized by default; ``keep_fp32`` names op types to leave in flo
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -27,11 +28,13 @@ from effnet.compress.qat import quantization_aware_finetune
 from effnet.core.errors import UsageError, first_line
 from effnet.core.fileio import atomic_write
 from effnet.datasets.loading import ImageDataset, load_data, ordered_loader
+from effnet.deploy.dense import OnnxTaskModel, evaluate_task, task_data
 from effnet.deploy.evaluate import evaluate_weights
 from effnet.deploy.export import export
 from effnet.deploy.runtime import onnx_metadata, read_onnx
+from effnet.tasks.choices import TASK_SCORES
 from effnet.tasks.classification import check_classes
-from effnet.weights.trained import load_trained
+from effnet.weights.trained import Trained, load_trained
 
 
 class _Calibration:
@@ -57,6 +60,17 @@ def calibration_batches(model, data_options: dict, n: int, batch_size: int = 32,
     return [images.numpy() for images, _ in ordered_loader(subset, batch_size)]
 
 
+def task_calibration(trained: Trained, data: str | None, n: int, seed: int = 0) -> list[np.ndarray]:
+    """``n`` training inputs of a detection, segmentation or embedding model as its export takes
+    them: single [0, 1] images for a detector, normalised batches for the others."""
+    dataset, _, _ = task_data(trained, data, split="train")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    if getattr(trained.model, "task", None) == "detection":
+        return [dataset[i][0].numpy() for i in order]
+    subset = torch.utils.data.Subset(dataset, order)
+    return [inputs.numpy() for inputs, _ in ordered_loader(subset, 32)]
+
+
 def quantize_onnx(
     fp32: str | Path,
     out: str | Path,
@@ -77,12 +91,14 @@ def quantize_onnx(
     meta = onnx_metadata(source)
     want = json.loads(meta.get("input", "{}"))
     input_name = source.graph.input[0].name
+    # an exported detector takes one (C, H, W) image; everything else an (N, C, H, W) batch
+    per_image = len(source.graph.input[0].type.tensor_type.shape.dim) == 3
+    expected = (want.get("channels"), want.get("image_size"), want.get("image_size"))
     for batch in batches:
-        expected = (want.get("channels"), want.get("image_size"), want.get("image_size"))
-        if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
-            raise UsageError(
-                f"calibration data of shape {tuple(batch.shape)} does not fit the model's input (N, {expected})"
-            )
+        shape = tuple(batch.shape) if per_image else tuple(batch.shape[1:])
+        if batch.ndim != (3 if per_image else 4) or shape != expected:
+            wanted = expected if per_image else ("N", *expected)
+            raise UsageError(f"calibration data of shape {tuple(batch.shape)} does not fit the model's input {wanted}")
     if not batches:
         raise UsageError("no calibration images")
     calibrate = {
@@ -95,6 +111,11 @@ def quantize_onnx(
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         excluded = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in keep_fp32]
         tmp = Path(scratch) / "int8.onnx"
+        # ONNX Runtime's quantizer logs a root-logger warning per bias it leaves per-tensor (every
+        # detector head conv): hundreds of lines that say nothing a user can act on.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
         try:
             quantize_static(
                 str(pre),
@@ -109,6 +130,8 @@ def quantize_onnx(
             )
         except Exception as exc:  # the quantizer raises plain exceptions from deep inside
             raise UsageError(f"{fp32}: ONNX Runtime could not quantize it ({first_line(exc)})") from None
+        finally:
+            root.setLevel(level)
         proto = onnx.load(str(tmp))
         onnx.helper.set_model_props(
             proto, {**meta, "quantization": json.dumps({"method": method, "keep_fp32": list(keep_fp32)})}
@@ -148,15 +171,23 @@ def quantize(
         raise UsageError(f"--method must be one of {', '.join(SCHEMES)}, got {scheme!r}")
     trained = load_trained(weights)
     model = trained.model
+    task = getattr(model, "task", "classification")
+    if task != "classification" and scheme != "ptq":
+        raise UsageError(f"--method {scheme}: quantization-aware fine-tuning is for classifiers; {weights} holds a "
+                         f"{task} model (use --method ptq)")  # fmt: skip
     options = trained.provenance.data_options(data, origin=weights)
     # what it was trained on travels into the exports, so eval of them needs no --data
     provenance = {"training": json.dumps(trained.provenance.training)} if trained.provenance.training else None
-    batches = calibration_batches(model, options, calibration_images, seed=seed)
+    if task == "classification":
+        batches = calibration_batches(model, options, calibration_images, seed=seed)
+    else:
+        batches = task_calibration(trained, data, calibration_images, seed=seed)
     with tempfile.TemporaryDirectory(prefix="effnet-quantize-") as scratch:
 
         def export_fp32(net, name: str) -> Path:
             path = Path(scratch) / name
-            export(net, path, dynamic_batch=True, extra_metadata=provenance)
+            # a detector's graph runs one image at a time; the others take any batch
+            export(net, path, dynamic_batch=task != "detection", extra_metadata=provenance)
             return path
 
         fp32 = source = export_fp32(model, "fp32.onnx")
@@ -171,12 +202,20 @@ def quantize(
             "scheme": scheme,
             **({"qat_epochs": qat_epochs, "qat_lr": qat_lr} if scheme == "qat" else {}),
             "method": method,
-            "calibration_images": sum(len(b) for b in batches),
+            "calibration_images": len(batches) if task == "detection" else sum(len(b) for b in batches),
             "fp32_bytes": fp32.stat().st_size,
             "int8_bytes": int8.stat().st_size,
         }
         report["size_ratio"] = report["int8_bytes"] / report["fp32_bytes"]
-        if evaluate_split:
+        if evaluate_split and task != "classification":
+            for name, path in (("fp32", fp32), ("int8", int8)):
+                onnx_model = OnnxTaskModel(path, task)
+                result = evaluate_task(Trained(onnx_model, trained.provenance, str(weights)), data,
+                                       split=evaluate_split)  # fmt: skip
+                report[f"{name}_score"] = result["score"]
+            report["score"] = TASK_SCORES[task]
+            report["score_drop"] = report["fp32_score"] - report["int8_score"]
+        elif evaluate_split:
             for name, path in (("fp32", fp32), ("int8", int8)):
                 metrics, _ = evaluate_weights(
                     str(path), options["data"], data_dir=options["data_dir"], split=evaluate_split

@@ -21,12 +21,12 @@ from effnet.datasets.images import decode_each, load_rgb
 from effnet.datasets.loading import ImageDataset, load_data, ordered_loader
 from effnet.datasets.masks import MaskDataset, load_masks
 from effnet.datasets.pairs import read_pairs
-from effnet.deploy.runtime import onnx_metadata, read_onnx
+from effnet.deploy.runtime import OnnxModel, onnx_metadata, read_onnx
 from effnet.tasks.detection import DetectionMetrics
 from effnet.tasks.embedding import VerificationMetrics, verification_metrics
 from effnet.tasks.segmentation import SegmentationMetrics
 from effnet.weights.io import read_metadata
-from effnet.weights.trained import Trained, load_trained
+from effnet.weights.trained import Provenance, Trained, load_trained
 
 TASK_MODELS = ("detection", "segmentation", "embedding")
 
@@ -41,11 +41,11 @@ def _check_classes(model, classes: list[str], weights: str, data: str) -> None:
                          f"{classes[:4]}...")  # fmt: skip
 
 
-@torch.inference_mode()
-def evaluate_task(trained: Trained, data: str | None = None, *, split: str = "test", val_split=None, seed=None,
-                  batch_size: int = 32, annotations: str | None = None) -> dict:  # fmt: skip
-    """Metrics of a detection, segmentation or embedding model on ``split`` of its data."""
-    model, weights = trained.model.eval(), str(trained.path)
+def task_data(trained: Trained, data: str | None = None, *, split: str = "test", val_split=None, seed=None,
+              annotations: str | None = None):  # fmt: skip
+    """(dataset, collate function, metrics) of ``split`` of a task model's data, with the inputs its
+    model takes: [0, 1] images for a detector, normalised ones at its size for the others."""
+    model, weights = trained.model, str(trained.path)
     options = trained.provenance.data_options(data, val_split=val_split, seed=seed, origin=weights)
     options.pop("data_dir")
     task = task_of(model)
@@ -53,24 +53,30 @@ def evaluate_task(trained: Trained, data: str | None = None, *, split: str = "te
         annotations = annotations or trained.provenance.training.get("annotations", "annotations.json")
         bundle = load_detection(**options, annotations=annotations)
         _check_classes(model, bundle.classes, weights, options["data"])
-        loader = ordered_loader(DetectionDataset(bundle.split(split)), batch_size, collate_fn=collate_detection)
-        metrics = DetectionMetrics(bundle.classes)
-    elif task == "segmentation":
+        return DetectionDataset(bundle.split(split)), collate_detection, DetectionMetrics(bundle.classes)
+    if task == "segmentation":
         bundle = load_masks(**options)
         _check_classes(model, bundle.classes, weights, options["data"])
         pre = model.preprocessing
         size = trained.provenance.training.get("image_size")
-        loader = ordered_loader(MaskDataset(bundle.split(split), pre.mean, pre.std, size=size), batch_size)
-        metrics = SegmentationMetrics(bundle.classes)
-    elif task == "embedding":
+        return MaskDataset(bundle.split(split), pre.mean, pre.std, size=size), None, SegmentationMetrics(bundle.classes)
+    if task == "embedding":
         bundle = load_data(**options)
-        loader = ordered_loader(ImageDataset(bundle.split(split), model.preprocessing.transform()), batch_size)
-        metrics = VerificationMetrics()
-    else:
-        raise UsageError(f"{weights} is a {task} model; this evaluates detection, segmentation and embedding models")
-    for inputs, targets in loader:
+        return ImageDataset(bundle.split(split), model.preprocessing.transform()), None, VerificationMetrics()
+    raise UsageError(f"{weights} is a {task} model; this evaluates detection, segmentation and embedding models")
+
+
+@torch.inference_mode()
+def evaluate_task(trained: Trained, data: str | None = None, *, split: str = "test", val_split=None, seed=None,
+                  batch_size: int = 32, annotations: str | None = None) -> dict:  # fmt: skip
+    """Metrics of a detection, segmentation or embedding model (torch, or its ONNX export) on
+    ``split`` of its data."""
+    model = trained.model.eval()
+    dataset, collate, metrics = task_data(trained, data, split=split, val_split=val_split, seed=seed,
+                                          annotations=annotations)  # fmt: skip
+    for inputs, targets in ordered_loader(dataset, batch_size, collate_fn=collate):
         metrics.update(model(inputs), targets)
-    return {"task": task, "split": split, **metrics.summary()}
+    return {"task": task_of(model), "split": split, **metrics.summary()}
 
 
 @torch.inference_mode()
@@ -166,20 +172,38 @@ def predict_dense(trained: Trained, paths: list[str], out_dir: str | None = None
     return results, errors
 
 
+class OnnxTaskModel:
+    """An exported detection, segmentation or embedding model on ONNX Runtime, called as the torch
+    model is: a list of [0, 1] images for a detector (its graph holds the resize, normalisation
+    and NMS, one image per run), a normalised batch for the others."""
+
+    def __init__(self, path: str | os.PathLike, task: str):
+        self.onnx, self.task = OnnxModel(path), task
+        self.config, self.class_names = self.onnx.config, self.onnx.class_names
+        self.preprocessing, self.training = self.onnx.preprocessing, self.onnx.training
+
+    def eval(self) -> OnnxTaskModel:
+        return self
+
+    def __call__(self, inputs):
+        if self.task == "detection":
+            return [self.onnx.detect(image.numpy()) for image in inputs]
+        return self.onnx(inputs)
+
+
 def open_task_model(weights: str) -> Trained | None:
-    """The model of a detection, segmentation or embedding file; None for anything else (a
-    classifier, an ONNX export, a pretrained tag), which the classification path opens."""
+    """The model of a detection, segmentation or embedding file (``.safetensors``, or its ``.onnx``
+    export on ONNX Runtime); None for anything else (a classifier, a pretrained tag), which the
+    classification path opens."""
     if str(weights).endswith(".onnx") and Path(weights).is_file():
         try:
             task = onnx_metadata(read_onnx(Path(weights))).get("task")
         except EffnetError:
             return None  # a damaged file: the classification path reports it as it always has
-        if task in TASK_MODELS:
-            raise UsageError(
-                f"{weights}: an exported detection, segmentation or embedding model; eval and predict take the "
-                ".safetensors file it was exported from (the export itself is checked against it)"
-            )
-        return None
+        if task not in TASK_MODELS:
+            return None
+        model = OnnxTaskModel(weights, task)
+        return Trained(model, Provenance.from_training(model.training, str(weights)), str(weights))
     if not str(weights).endswith(".safetensors") or not Path(weights).is_file():
         return None
     if read_metadata(weights).get("task") not in TASK_MODELS:
