@@ -289,12 +289,15 @@ def test_compress_pipeline_measures_every_stage_alike(tmp_path, digits_weights):
     assert stages["prune"]["macs"] < stages["distill"]["macs"]
     assert stages["quantize"]["file_bytes"] < 0.4 * stages["prune"]["file_bytes"]
     for stage in stages.values():
-        assert stage["latency_ms"] > 0 and 0.0 <= stage["test_top1"] <= 1.0
+        assert stage["latency_ms"] > 0 and stage["openvino_latency_ms"] > 0 and 0.0 <= stage["test_top1"] <= 1.0
     for name in ("distill.safetensors", "prune.safetensors", "quantize.onnx", "report.md", "accuracy_latency.png"):
         assert (out / name).stat().st_size > 0
     # The stage files are ordinary effnet files: eval reproduces the report's numbers.
     evaluated = run_cli("eval", "--weights", out / "quantize.onnx", "--json")
     assert json.loads(evaluated.stdout)["top1"] == pytest.approx(stages["quantize"]["test_top1"])
+    # OpenVINO runs the same int8 QDQ file with its own integer kernels: close, not equal
+    on_openvino = run_cli("eval", "--weights", out / "quantize.onnx", "--engine", "openvino", "--json")
+    assert json.loads(on_openvino.check().stdout)["top1"] == pytest.approx(stages["quantize"]["test_top1"], abs=0.03)
 
 
 @pytest.mark.parametrize("steps, message", [("prune,quantize,distill", "last step"), ("shrink", "subset")])

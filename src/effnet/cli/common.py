@@ -69,3 +69,27 @@ def add_weights_options(p) -> None:
 def weights_kwargs(args) -> dict:
     """What a weights file without effnet metadata was trained with (--source/--padding/--bn-eps)."""
     return {k: v for k, v in (("source", args.source), ("padding", args.padding), ("bn_eps", args.bn_eps)) if v}
+
+
+def add_engine_options(p, *, engine: bool = True, threads: bool = True, cache: bool = True) -> None:
+    """The engine a model runs on and the OpenVINO options that matter (shared by predict, eval,
+    search, compress; bench has its own --engines list)."""
+    from effnet.deploy.choices import ENGINES, OPENVINO_HINTS, OPENVINO_PRECISIONS
+
+    if engine:
+        p.add_argument("--engine", choices=ENGINES,
+                       help="torch, onnxruntime or openvino (default: .onnx ONNX Runtime, .xml OpenVINO)")  # fmt: skip
+    if threads:
+        p.add_argument("--threads", type=positive_int, help="ONNX Runtime's/OpenVINO's threads (default: torch's)")
+    p.add_argument("--ov-hint", choices=OPENVINO_HINTS, default="latency",
+                   help="OpenVINO: latency (one request, all threads) or throughput (streams)")  # fmt: skip
+    p.add_argument("--ov-precision", choices=OPENVINO_PRECISIONS, default="f32",
+                   help="OpenVINO: f32 (parity with eager) or bf16 (faster on CPUs with bf16 units)")  # fmt: skip
+    if cache:
+        p.add_argument("--ov-cache-dir", help="OpenVINO: keep compiled models here, so a second start is fast")
+
+
+def engine_kwargs(args) -> dict:
+    """``open_model``'s engine options from ``add_engine_options``'s arguments."""
+    return {"threads": getattr(args, "threads", None), "hint": args.ov_hint, "precision": args.ov_precision,
+            "cache_dir": getattr(args, "ov_cache_dir", None)}  # fmt: skip

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
-from effnet.cli.common import add_weights_options, parse_list, positive_int, print_table, weights_kwargs
+from effnet.cli.common import (
+    add_engine_options,
+    add_weights_options,
+    engine_kwargs,
+    parse_list,
+    positive_int,
+    print_table,
+    weights_kwargs,
+)
 from effnet.core.errors import UsageError
 from effnet.core.extras import require
 from effnet.datasets.choices import BAD_IMAGE_POLICIES, SPLITS
-from effnet.deploy.choices import BENCH_ENGINES, DEFAULT_OPSET, ENGINES, FORMATS
+from effnet.deploy.choices import BENCH_ENGINES, DEFAULT_OPSET, FORMAT_SUFFIXES, FORMATS
 from effnet.tasks.choices import EVAL_TASKS
 
 BENCH_COLUMNS = [
@@ -21,6 +30,7 @@ BENCH_COLUMNS = [
     ("p90_ms", "{:.1f}"),
     ("images_per_s", "{:.1f}"),
     ("vs_torchvision", "{:.2f}"),
+    ("vs_limit", "{:.2f}"),
 ]
 
 
@@ -50,7 +60,8 @@ def cmd_predict(args) -> int:
     trained = open_task_model(args.weights)
     if trained is not None:
         return cmd_predict_dense(args, trained)
-    model = load_for_inference(args.weights, args.model, engine=args.engine, **weights_kwargs(args))
+    model = load_for_inference(args.weights, args.model, engine=args.engine, **engine_kwargs(args),
+                               **weights_kwargs(args))  # fmt: skip
     if args.out:
         raise UsageError("--out draws detections and masks; a classifier's predictions are printed")
     results, errors = predict(model, args.images, top_k=args.top_k)
@@ -64,6 +75,11 @@ def cmd_predict(args) -> int:
     for exc in errors:
         print(f"effnet: error: {exc}", file=sys.stderr)
     return 2 if errors else 0
+
+
+def format_for(out: str) -> str:
+    suffix = Path(out).suffix.lower()
+    return next((f for f, suffixes in FORMAT_SUFFIXES.items() if suffix in suffixes), "onnx")
 
 
 def cmd_export(args) -> int:
@@ -84,7 +100,7 @@ def cmd_export(args) -> int:
     result = export(
         model,
         args.out,
-        format=args.format,
+        format=args.format or format_for(args.out),
         image_size=args.image_size,
         batch_size=args.batch_size,
         dynamic_batch=args.dynamic_batch,
@@ -115,6 +131,9 @@ def cmd_bench(args) -> int:
         min_runs=args.runs,
         min_seconds=args.min_seconds,
         engines=engines,
+        ov_hint=args.ov_hint,
+        ov_precision=args.ov_precision,
+        peak=args.peak_gflops,
         progress=not args.json and sys.stderr.isatty(),
     )
     if args.plot:
@@ -122,7 +141,9 @@ def cmd_bench(args) -> int:
     if args.json:
         print(json.dumps([r.to_dict() for r in rows], indent=2))
     else:
-        print(f"threads: {rows[0].threads}, image size: {rows[0].image_size}, median of >= {args.runs} runs")
+        peak = f"{args.peak_gflops:g} GFLOP/s (stated)" if args.peak_gflops else "measured (2048x2048 fp32 matmul)"
+        print(f"threads: {rows[0].threads}, median of >= {args.runs} runs; OpenVINO: hint {args.ov_hint}, "
+              f"precision {args.ov_precision}; vs_limit: latency / (2 x MACs / fp32 peak), peak {peak}")  # fmt: skip
         print_table([r.to_dict() for r in rows], BENCH_COLUMNS)
     return 0
 
@@ -177,6 +198,8 @@ def cmd_eval(args) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         bad_images=args.bad_images,
+        engine=args.engine,
+        **engine_kwargs(args),
     )
     per_class = dict(zip(classes, result["per_class"], strict=True))
     if args.plot:
@@ -199,7 +222,7 @@ def register(sub) -> None:
         "--weights", required=True, help="pretrained tag (lite0), a .safetensors/.pth file or an .onnx export"
     )
     add_weights_options(p)
-    p.add_argument("--engine", choices=ENGINES, help="torch or onnxruntime (default: onnxruntime for .onnx files)")
+    add_engine_options(p)
     p.add_argument("--top-k", type=positive_int, default=5)
     p.add_argument("--out", help="detection/segmentation: draw boxes or masks onto copies of the images here")
     p.add_argument("--score-threshold", type=float, default=0.5, help="detection: boxes below it are not shown")
@@ -209,21 +232,23 @@ def register(sub) -> None:
     p = sub.add_parser("export", help="export the inference form (BN folded) to ONNX or TorchScript, checked")
     p.add_argument("--weights", help="pretrained tag (lite0) or a weights file")
     add_weights_options(p)
-    p.add_argument("--format", choices=FORMATS, default="onnx")
-    p.add_argument("--out", required=True, help="file to write (.onnx / .pt)")
+    p.add_argument("--format", choices=FORMATS, help="default: by --out's suffix (.onnx, .xml, .pt), else onnx")
+    p.add_argument("--out", required=True, help="file to write (.onnx / .xml + .bin / .pt)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
     p.add_argument("--image-size", type=positive_int, help="input side (default: the model's resolution)")
     p.add_argument("--batch-size", type=positive_int, default=1, help="the fixed batch size of a static export")
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_export, extras=("deploy",))
+    p.set_defaults(func=cmd_export, extras=("deploy",))  # --format openvino asks for its extra itself
 
-    p = sub.add_parser("bench", help="inference latency: torchvision, timm, effnet eager and on ONNX Runtime")
+    p = sub.add_parser("bench", help="inference latency: torchvision, timm, effnet eager, on ONNX Runtime and OpenVINO")
     p.add_argument("--models", default="efficientnet_b0", help="comma-separated model names")
     p.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes")
     p.add_argument("--engines", help="comma-separated subset of: " + ", ".join(BENCH_ENGINES))
     p.add_argument("--image-size", type=positive_int, help="default: each model's resolution")
-    p.add_argument("--threads", type=positive_int, help="threads for torch and ONNX Runtime (default: torch's)")
+    p.add_argument("--threads", type=positive_int, help="threads for torch and the runtimes (default: torch's)")
+    add_engine_options(p, engine=False, threads=False, cache=False)
+    p.add_argument("--peak-gflops", type=float, help="the CPU's fp32 peak for vs_limit (default: measured)")
     p.add_argument("--runs", type=positive_int, default=10, help="timed runs per engine, at least")
     p.add_argument("--min-seconds", type=float, default=3.0, help="timed seconds per engine, at least")
     p.add_argument("--plot", help="write latency ratios as a PNG")
@@ -244,5 +269,6 @@ def register(sub) -> None:
     p.add_argument("--annotations", help="detection: the COCO file's name (default: the training run's)")
     p.add_argument("--pairs", help="verification: an LFW-format pairs.txt")
     p.add_argument("--people", help="verification: the people/ folder (default: beside --pairs)")
+    add_engine_options(p)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_eval, extras=("train",))

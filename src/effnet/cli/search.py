@@ -9,6 +9,7 @@ from pathlib import Path
 
 from effnet.cli.common import add_dataclass_options, dataclass_values, parse_list, print_table
 from effnet.core.errors import UsageError
+from effnet.deploy.choices import ENGINES
 from effnet.models.scaling import ALPHA, BETA, GAMMA
 from effnet.search.proxy import Proxy
 
@@ -84,6 +85,7 @@ def cmd_search(args) -> int:
             args.storage,
             args.study,
             heartbeat=args.heartbeat,
+            engine=args.engine,
             device=args.device,
             wait=not args.no_wait,
             progress=_reporter(args.json),
@@ -109,11 +111,13 @@ def cmd_search(args) -> int:
             if not args.json:
                 print(f"  phi={m['phi']:+.3f}: {m['latency_ms']:.2f} ms, {m['macs'] / 1e6:.1f} M MACs", file=sys.stderr)
 
-        budget = fit_phi(proxy, *coefficients, args.latency_budget_ms, device=args.device, progress=show)
+        budget = fit_phi(proxy, *coefficients, args.latency_budget_ms, device=args.device, engine=args.engine,
+                         progress=show)  # fmt: skip
         out["latency_budget"] = budget
         if not args.json:
             print(
-                f"largest phi within {args.latency_budget_ms} ms on {args.device}: phi={budget['phi']:.3f} "
+                f"largest phi within {args.latency_budget_ms} ms on {args.device} ({args.engine}): "
+                f"phi={budget['phi']:.3f} "
                 f"({budget['latency_ms']:.2f} ms; width {budget['width']:.3f}, depth {budget['depth']:.3f}, "
                 f"{budget['resolution']} px, {budget['macs']:,} MACs)"
             )
@@ -167,6 +171,8 @@ def register(sub) -> None:
     p.add_argument("--gamma", type=float)
     p.add_argument("--latency-budget-ms", type=float, help="find the largest phi whose measured latency fits")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where latency is measured")
+    p.add_argument("--engine", default="torch", choices=ENGINES,
+                   help="what latency is measured on: torch, or the export on onnxruntime or openvino")  # fmt: skip
     p.add_argument("--objective", default="accuracy", choices=["accuracy", "mnas"], help="how grid points are ranked")
     p.add_argument("--plot", help="write a heatmap of validation top-1 over the grid (PNG)")
     p.add_argument("--json", action="store_true", help="print trials, best and the budget fit as JSON")

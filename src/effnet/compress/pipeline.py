@@ -2,9 +2,10 @@
 same way.
 
 Each stage's model is exported to ONNX (int8 for quantization) and then measured only through
-that file: test top-1 with ``effnet eval``'s code, ONNX Runtime latency at batch 1 with all
-stages timed side by side in one interleaved loop (the machine is noisy; ratios between
-stages measured together are what carry over), file size, and params/MACs of the architecture.
+that file: test top-1 with ``effnet eval``'s code, latency at batch 1 on ONNX Runtime and on
+OpenVINO (which reads the same fp32 or int8 QDQ file) with all stages and both engines timed side
+by side in one interleaved loop (the machine is noisy; ratios between stages measured together
+are what carry over), file size, and params/MACs of the architecture.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from effnet.core.fileio import atomic_write
 from effnet.deploy.bench import time_interleaved
 from effnet.deploy.evaluate import evaluate_weights
 from effnet.deploy.export import export
+from effnet.deploy.openvino import OpenVinoModel
 from effnet.deploy.runtime import OnnxModel
 from effnet.models.flops import count_macs, count_params
 from effnet.training.classify import train
@@ -41,8 +43,9 @@ class StageRow:
     params: int
     macs: int
     file_bytes: int
-    latency_ms: float | None = None
+    latency_ms: float | None = None  # ONNX Runtime
     test_top1: float | None = None
+    openvino_latency_ms: float | None = None
 
 
 def parse_steps(text: str) -> list[str]:
@@ -166,6 +169,7 @@ def _measure(stages, options: dict, scratch: Path, say, timing_seconds: float = 
         say(f"evaluating {stage}...")
         metrics, _ = evaluate_weights(str(onnx_path), options["data"], data_dir=options["data_dir"], split="test")
         sessions[stage] = OnnxModel(onnx_path)
+        sessions[f"{stage} openvino"] = OpenVinoModel(onnx_path)
         rows.append(
             StageRow(
                 stage=stage,
@@ -176,26 +180,30 @@ def _measure(stages, options: dict, scratch: Path, say, timing_seconds: float = 
                 test_top1=metrics["top1"],
             )
         )
-    say("timing every stage on ONNX Runtime, interleaved...")
+    say("timing every stage on ONNX Runtime and OpenVINO, interleaved...")
     side = next(iter(sessions.values())).input["image_size"]
     x = torch.randn(1, 3, side, side)
     times = time_interleaved(sessions, x, warmup=5, min_runs=30, min_seconds=timing_seconds)
     for row in rows:
         row.latency_ms = statistics.median(times[row.stage]) * 1e3
+        row.openvino_latency_ms = statistics.median(times[f"{row.stage} openvino"]) * 1e3
     return rows
 
 
 def write_report(rows: list[StageRow], out: Path, settings: dict) -> None:
     base = rows[0]
     table = [
-        "| stage | params | MACs (M) | ONNX file (MB) | ORT latency b1 (ms) | test top-1 (%) |",
-        "|---|---|---|---|---|---|",
+        "| stage | params | MACs (M) | ONNX file (MB) | ORT latency b1 (ms) | OpenVINO latency b1 (ms) "
+        "| test top-1 (%) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         table.append(
             f"| {r.stage} | {r.params:,} | {r.macs / 1e6:.1f} ({r.macs / base.macs:.2f}x) | "
             f"{r.file_bytes / 1e6:.2f} ({r.file_bytes / base.file_bytes:.2f}x) | "
-            f"{r.latency_ms:.2f} ({r.latency_ms / base.latency_ms:.2f}x) | {100 * r.test_top1:.2f} |"
+            f"{r.latency_ms:.2f} ({r.latency_ms / base.latency_ms:.2f}x) | "
+            f"{r.openvino_latency_ms:.2f} ({r.openvino_latency_ms / base.openvino_latency_ms:.2f}x) | "
+            f"{100 * r.test_top1:.2f} |"
         )
     text = "\n".join(table) + "\n"
     atomic_write(out / "report.md", lambda f: f.write(text.encode()))
@@ -208,12 +216,15 @@ def plot(rows: list[StageRow], path: Path) -> None:
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    xs = [r.latency_ms for r in rows]
     ys = [100 * r.test_top1 for r in rows]
-    ax.plot(xs, ys, "o-", color="tab:blue")
-    for r, x, y in zip(rows, xs, ys, strict=True):
-        ax.annotate(r.stage, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set(xlabel="ONNX Runtime latency, batch 1 (ms)", ylabel="test top-1 (%)", title="Compression stages")
+    for key, label, color in (("latency_ms", "ONNX Runtime", "tab:blue"),
+                              ("openvino_latency_ms", "OpenVINO", "tab:orange")):  # fmt: skip
+        xs = [getattr(r, key) for r in rows]
+        ax.plot(xs, ys, "o-", color=color, label=label)
+        for r, x, y in zip(rows, xs, ys, strict=True):
+            ax.annotate(r.stage, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.legend(fontsize=8)
+    ax.set(xlabel="latency, batch 1 (ms)", ylabel="test top-1 (%)", title="Compression stages")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)

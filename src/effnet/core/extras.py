@@ -11,6 +11,7 @@ from effnet.core.errors import MissingExtra
 EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("timm", "tensorboard", "matplotlib", "sklearn"),
     "deploy": ("onnx", "onnxscript", "onnxruntime"),
+    "openvino": ("openvino",),
     "search": ("optuna",),
     "compress": ("torch_pruning",),
     "tasks": ("pycocotools", "skimage", "tifffile"),

@@ -1,10 +1,16 @@
 """Inference latency side by side: the peers' eager models, ours eager, ours and torchvision's
-exports on ONNX Runtime, all in one process, interleaved.
+exports on ONNX Runtime and on OpenVINO, all in one process, interleaved.
 
 The machine is shared and noisy, so every engine is timed in the same rounds (one call of each
 per round, in rotating order), and the figures that carry over are the ratios to torchvision
-eager in the same run. Threads are pinned to the same count for torch and ONNX Runtime, and
-ONNX Runtime's pools do not spin (spinning pools of interleaved sessions steal each other's cores).
+eager in the same run. Threads are pinned to the same count for torch, ONNX Runtime and OpenVINO,
+and ONNX Runtime's pools do not spin (spinning pools of interleaved sessions steal each other's cores).
+
+Each row also has its ratio to the physical limit: the model's multiply-adds (2 FLOPs each, counted
+by ``torch.utils.flop_counter``) over the CPU's fp32 peak, measured here as the best rate of a
+2048x2048 fp32 matrix product on the same threads (``peak_gflops``; ``--peak-gflops`` states one
+instead). No real network reaches it (depthwise convolutions and SE gates are memory-bound), but it
+says how far from the machine, not just from another library, each engine is.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from effnet.core.errors import UsageError
 from effnet.core.figures import pyplot, save_figure
 from effnet.deploy.choices import BENCH_ENGINES as ENGINES
 from effnet.deploy.export import export, onnx_program
+from effnet.deploy.openvino import OpenVinoModel, Runner, compile_properties, read_model
 from effnet.deploy.runtime import OnnxModel, open_session
+from effnet.models.flops import count_macs
 from effnet.models.fuse import fuse_batchnorm
 from effnet.models.registry import create_model, get_entry, resolve_config
 
@@ -42,6 +50,7 @@ class BenchRow:
     runs: int
     images_per_s: float
     vs_torchvision: float | None = None
+    vs_limit: float | None = None  # median / (2 x MACs x batch / peak fp32 FLOP/s)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,11 +81,15 @@ def eager_runner(model: torch.nn.Module, channels_last: bool) -> Callable[[torch
     return run
 
 
+def _torchvision_proto(model: torch.nn.Module, image_size: int):
+    """torchvision's model exported with the same exporter and options as ``effnet export`` (but
+    none of our graph rewrites), as a user would export it."""
+    return onnx_program(model, torch.randn(1, 3, image_size, image_size), dynamic_batch=True)
+
+
 def _onnx_session(model: torch.nn.Module, image_size: int, threads: int):
-    """Export with the same exporter and options as ``effnet export`` (but none of our graph
-    rewrites) and open a session with the same options as ours."""
-    proto = onnx_program(model, torch.randn(1, 3, image_size, image_size), dynamic_batch=True)
-    session = open_session(proto, threads)
+    """torchvision's export on a session with the same options as ours."""
+    session = open_session(_torchvision_proto(model, image_size), threads)
 
     def run(x: torch.Tensor):
         return session.run(None, {"image": x.numpy()})
@@ -84,7 +97,8 @@ def _onnx_session(model: torch.nn.Module, image_size: int, threads: int):
     return run
 
 
-def build_engines(name: str, image_size: int, threads: int, scratch: Path, engines=ENGINES) -> dict[str, Callable]:
+def build_engines(name: str, image_size: int, threads: int, scratch: Path, engines=ENGINES, ov_hint: str = "latency",
+                  ov_precision: str = "f32") -> dict[str, Callable]:  # fmt: skip
     """Callables for every engine available for ``name`` (torchvision has only B0-B7)."""
     out: dict[str, Callable] = {}
     tv = _torchvision_model(name)
@@ -106,7 +120,32 @@ def build_engines(name: str, image_size: int, threads: int, scratch: Path, engin
         out["effnet_onnxruntime"] = run_ours
     if tv is not None and "torchvision_onnxruntime" in engines:
         out["torchvision_onnxruntime"] = _onnx_session(tv, image_size, threads)
+    properties = {"threads": threads, "hint": ov_hint, "precision": ov_precision}
+    if "effnet_openvino" in engines:
+        result = export(ours, scratch / f"{name}.xml", format="openvino", image_size=image_size, dynamic_batch=True)
+        runner = OpenVinoModel(result.path, **properties).runner
+        out["effnet_openvino"] = lambda x, runner=runner: runner.run_batch(x.numpy())
+    if tv is not None and "torchvision_openvino" in engines:
+        # torchvision's ONNX export (the same file as its ONNX Runtime row) compiled by OpenVINO
+        path = scratch / f"torchvision_{name}.onnx"
+        path.write_bytes(_torchvision_proto(tv, image_size).SerializeToString())
+        runner = Runner(read_model(path), compile_properties(**properties, cache_dir=None), path)
+        out["torchvision_openvino"] = lambda x, runner=runner: runner.run_batch(x.numpy())
     return out
+
+
+def peak_gflops(threads: int, side: int = 2048, seconds: float = 1.0) -> float:
+    """The CPU's fp32 rate on ``threads`` threads: the best of repeated 2048x2048 matrix products
+    (the BLAS kernels run closest to the FMA units' peak of anything torch does)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(side, side), torch.randn(side, side)
+    torch.mm(a, b)  # warm-up: thread pool, packing buffers
+    best, start = float("inf"), time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * side**3 / best / 1e9
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -124,9 +163,13 @@ def bench(
     min_runs: int = 10,
     min_seconds: float = 3.0,
     engines=ENGINES,
+    ov_hint: str = "latency",
+    ov_precision: str = "f32",
+    peak: float | None = None,
     progress: bool = False,
 ) -> list[BenchRow]:
-    """Median latency of every engine, per model and batch size, with its ratio to torchvision."""
+    """Median latency of every engine, per model and batch size, with its ratio to torchvision and
+    to the physical limit (``peak`` GFLOP/s; measured by ``peak_gflops`` when None)."""
     unknown = [e for e in engines if e not in ENGINES]
     if unknown:
         raise UsageError(f"unknown engine(s) {', '.join(unknown)}; known: {', '.join(ENGINES)}")
@@ -138,12 +181,18 @@ def bench(
     if threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
     torch.set_num_threads(threads)
+    if any(e.endswith("_openvino") for e in engines):
+        compile_properties(threads, ov_hint, ov_precision, None)  # bad options fail before any export
+    if peak is not None and not peak > 0:
+        raise UsageError(f"--peak-gflops must be positive, got {peak}")
+    peak = peak or peak_gflops(threads)
 
     rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory(prefix="effnet-bench-") as scratch:
         for name in models:
             size = image_size or resolve_config(name).resolution
-            runners = build_engines(name, size, threads, Path(scratch), engines)
+            runners = build_engines(name, size, threads, Path(scratch), engines, ov_hint, ov_precision)
+            macs = count_macs(resolve_config(name), size)
             for batch in batch_sizes:
                 x = torch.randn(batch, 3, size, size)
                 times = time_interleaved(
@@ -155,7 +204,8 @@ def bench(
                     progress=progress,
                     label=f"{name} b{batch}",
                 )
-                rows += _rows(name, batch, size, threads, times)
+                limit_ms = 2 * macs * batch / (peak * 1e9) * 1e3
+                rows += _rows(name, batch, size, threads, times, limit_ms)
     return rows
 
 
@@ -191,7 +241,7 @@ def time_interleaved(
     return times
 
 
-def _rows(name, batch, size, threads, times) -> list[BenchRow]:
+def _rows(name, batch, size, threads, times, limit_ms: float | None = None) -> list[BenchRow]:
     rows = []
     for engine, ts in times.items():
         median = statistics.median(ts)
@@ -212,6 +262,7 @@ def _rows(name, batch, size, threads, times) -> list[BenchRow]:
     base = next((r for r in rows if r.engine == BASELINE), None)
     for r in rows:
         r.vs_torchvision = r.median_ms / base.median_ms if base else None
+        r.vs_limit = r.median_ms / limit_ms if limit_ms else None
     return rows
 
 

@@ -1,5 +1,5 @@
-"""Opening a trained file on the engine that will run it: torch (eager, in its inference form)
-or ONNX Runtime. ``predict``, ``eval``, ``quantize`` and the compression pipeline go through
+"""Opening a trained file on the engine that will run it: torch (eager, in its inference form),
+ONNX Runtime or OpenVINO. ``predict``, ``eval``, ``quantize`` and the compression pipeline go through
 ``open_model`` and do not know which engine they hold: each engine has a model's interface
 (``config``, ``preprocessing``, ``class_names``, ``eval()``, called on an NCHW float batch)."""
 
@@ -15,6 +15,7 @@ from effnet.core.errors import UsageError
 from effnet.deploy.choices import ENGINES
 from effnet.deploy.export import export
 from effnet.deploy.export import inference_form as export_form
+from effnet.deploy.openvino import OpenVinoModel
 from effnet.deploy.runtime import OnnxModel
 from effnet.models.efficientnet import EfficientNet
 from effnet.weights.trained import Provenance, Trained, load_trained
@@ -35,23 +36,51 @@ def onnx_engine(model: nn.Module, threads: int | None = None) -> OnnxModel:
         return OnnxModel(result.path, threads=threads)
 
 
-def open_model(weights: str, model: str | None = None, engine: str | None = None, **create_kwargs) -> Trained:
-    """``weights`` is a pretrained tag (``lite0``), a weights file or an ``.onnx`` export; files
-    without effnet metadata need ``model``. ``engine``: ``torch`` or ``onnxruntime``; by default an
-    ``.onnx`` file selects ONNX Runtime and anything else torch. Torch weights run on ONNX
-    Runtime are exported on the fly (and checked against eager, as ``effnet export`` does)."""
-    is_onnx = str(weights).endswith(".onnx")
-    engine = engine or ("onnxruntime" if is_onnx else "torch")
+def openvino_engine(model: nn.Module, **options) -> OpenVinoModel:
+    """Serve an in-memory model with OpenVINO: export to IR (dynamic batch, checked) and compile."""
+    with tempfile.TemporaryDirectory(prefix="effnet-openvino-") as scratch:
+        result = export(model, Path(scratch) / "model.xml", format="openvino", dynamic_batch=True)
+        return OpenVinoModel(result.path, **options)
+
+
+def engine_for(weights: str, engine: str | None) -> str:
+    """The engine that runs ``weights``: ``engine`` if given, else by the file's kind (``.onnx``:
+    ONNX Runtime, ``.xml``: OpenVINO, anything else: torch)."""
+    suffix = Path(str(weights)).suffix.lower()
+    engine = engine or {".onnx": "onnxruntime", ".xml": "openvino"}.get(suffix, "torch")
     if engine not in ENGINES:
         raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if is_onnx:
-        if engine == "torch":
-            raise UsageError(f"--weights {weights} is an ONNX file; it runs with --engine onnxruntime")
-        net = OnnxModel(weights)
+    if suffix == ".xml" and engine != "openvino":
+        raise UsageError(f"--weights {weights} is an OpenVINO IR; it runs with --engine openvino")
+    if suffix == ".onnx" and engine == "torch":
+        raise UsageError(f"--weights {weights} is an ONNX file; it runs with --engine onnxruntime or openvino")
+    return engine
+
+
+def open_model(
+    weights: str, model: str | None = None, engine: str | None = None, *, threads: int | None = None,
+    hint: str = "latency", precision: str = "f32", cache_dir: str | None = None, **create_kwargs,
+) -> Trained:  # fmt: skip
+    """``weights`` is a pretrained tag (``lite0``), a weights file, an ``.onnx`` export or an
+    OpenVINO ``.xml``; files without effnet metadata need ``model``. ``engine``: ``torch``,
+    ``onnxruntime`` or ``openvino`` (default: by the file's kind, ``engine_for``). Torch weights
+    run on an exported engine are exported on the fly (and checked against eager, as
+    ``effnet export`` does). ``threads`` applies to both runtimes; ``hint``, ``precision`` and
+    ``cache_dir`` are OpenVINO's (``effnet.deploy.openvino``)."""
+    engine = engine_for(weights, engine)
+    exported = Path(str(weights)).suffix.lower() in (".onnx", ".xml")
+    ov_options = {"hint": hint, "precision": precision, "cache_dir": cache_dir}
+    if exported:
+        if engine == "openvino":
+            net = OpenVinoModel(weights, threads, **ov_options)
+        else:
+            net = OnnxModel(weights, threads=threads)
         if model is not None and model != net.config.name:
             raise UsageError(f"--weights {weights} holds {net.config.name}, not {model}")
         return Trained(net, Provenance.from_training(net.training, str(weights)), str(weights))
     trained = load_trained(weights, model, **create_kwargs)
     if engine == "onnxruntime":
-        trained.model = onnx_engine(trained.model)
+        trained.model = onnx_engine(trained.model, threads)
+    elif engine == "openvino":
+        trained.model = openvino_engine(trained.model, threads=threads, **ov_options)
     return trained

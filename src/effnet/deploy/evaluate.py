@@ -1,4 +1,4 @@
-"""Evaluating a trained file (safetensors, an fp32 or int8 ONNX export) on a dataset split, with
+"""Evaluating a trained file (safetensors, an fp32 or int8 ONNX export, an OpenVINO IR) on a dataset split, with
 the preprocessing that travels with it and the data it was trained on unless told otherwise."""
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ def evaluate_weights(
     batch_size: int = 128,
     bad_images: str = "error",
     engine: str | None = None,
+    **engine_options,
 ) -> tuple[dict, list[str]]:
     """Top-1, top-5, per-class accuracy, loss and the confusion matrix of ``weights`` on ``split``.
 
     Files written by ``effnet train`` remember their data, data directory, validation split and
     seed, so ``split="val"`` gives back exactly the images the run validated on. The model runs
     in the same inference form and preprocessing as ``effnet predict``."""
-    trained = open_model(weights, engine=engine)
+    trained = open_model(weights, engine=engine, **engine_options)
     options = trained.provenance.data_options(data, data_dir=data_dir, val_split=val_split, seed=seed, origin=weights)
     bundle = load_data(**options, bad_images=bad_images)
     model = trained.model

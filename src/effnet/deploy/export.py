@@ -25,6 +25,7 @@ from effnet.core.errors import RunError, UsageError, first_line
 from effnet.core.extras import require
 from effnet.core.fileio import atomic_write
 from effnet.deploy.choices import DEFAULT_OPSET, FORMAT_SUFFIXES, FORMATS
+from effnet.deploy.openvino import OpenVinoModel, write_ir
 from effnet.deploy.runtime import OnnxModel
 from effnet.models.fuse import fuse_batchnorm
 from effnet.weights.io import model_metadata
@@ -109,15 +110,17 @@ def export(
 ) -> ExportResult:
     """Export ``model`` to ``path`` and check it against eager on one input; ``extra_metadata``
     joins the model's (``effnet export`` passes the weights file's ``training`` provenance)."""
-    if format == "onnx":
-        require("deploy")
+    if format in ("onnx", "openvino"):
+        require("deploy", *(("openvino",) if format == "openvino" else ()))
     if format not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     suffix = Path(path).suffix.lower()
     for other, suffixes in FORMAT_SUFFIXES.items():
         if other != format and suffix in suffixes:
             raise UsageError(f"--out {path} names a {other} file but --format is {format}")
-    if format == "onnx":
+    if format == "openvino" and suffix != ".xml":
+        raise UsageError(f"--out {path}: an OpenVINO IR is an .xml file (its weights go to the .bin beside it)")
+    if format in ("onnx", "openvino"):
         import onnx
 
         newest = onnx.defs.onnx_opset_version()
@@ -144,6 +147,10 @@ def export(
         tmp = Path(scratch) / path.name
         if format == "onnx":
             _write_onnx(net, example, tmp, metadata, dynamic_batch, opset)
+        elif format == "openvino":
+            # OpenVINO converts our checked ONNX graph; the IR is checked against eager in turn
+            _write_onnx(net, example, Path(scratch) / "model.onnx", metadata, dynamic_batch, opset)
+            write_ir(Path(scratch) / "model.onnx", tmp, metadata)
         else:
             _write_torchscript(net, example, tmp, metadata)
         # Check on a batch size other than the example's when the batch is dynamic, so a
@@ -159,8 +166,23 @@ def export(
                 f"{path}: the exported {format} graph differs from the eager model by {diff:.3g} "
                 f"(output scale {scale:.3g}, allowed {TOLERANCE:g} of it); nothing was written"
             )
-        atomic_write(path, lambda f: f.write(tmp.read_bytes()))
+        if format == "openvino":
+            _publish_ir(tmp, path)
+        else:
+            atomic_write(path, lambda f: f.write(tmp.read_bytes()))
     return ExportResult(path, format, image_size, None if dynamic_batch else batch_size, diff, scale)
+
+
+def _publish_ir(tmp: Path, path: Path) -> None:
+    """The .bin first, then the .xml that names it: an .xml on disk always has its weights. If the
+    .xml cannot be written, the new .bin goes too."""
+    bin_path = path.with_suffix(".bin")
+    atomic_write(bin_path, lambda f: f.write(tmp.with_suffix(".bin").read_bytes()))
+    try:
+        atomic_write(path, lambda f: f.write(tmp.read_bytes()))
+    except BaseException:
+        bin_path.unlink(missing_ok=True)
+        raise
 
 
 def _score_threshold(net: nn.Module, value: float | None = None) -> float:
@@ -348,6 +370,8 @@ def _write_torchscript(net, example, path, metadata) -> None:
 def run_exported(path: str | os.PathLike, format: str, x: torch.Tensor) -> torch.Tensor:
     if format == "onnx":
         return OnnxModel(path)(x)
+    if format == "openvino":
+        return OpenVinoModel(path)(x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = torch.jit.load(str(path))

@@ -1,7 +1,8 @@
-"""Serving an exported ONNX file with ONNX Runtime, behind the same interface as a model.
+"""Serving an exported file behind the same interface as a model: ``ExportedModel`` is that
+interface, ``OnnxModel(path)`` its ONNX Runtime engine (OpenVINO's is ``effnet.deploy.openvino``).
 
-``OnnxModel(path)`` has what ``effnet.predict`` needs from a model (``preprocessing``,
-``class_names``, ``config``, call on a batch), so the torch and ONNX Runtime engines share
+An exported model has what ``effnet.predict`` needs from a model (``preprocessing``,
+``class_names``, ``config``, call on a batch), so the torch and exported engines share
 the preprocessing and labels. Inputs are checked against what the graph accepts before they
 reach the runtime, whose own shape errors are long and name internal nodes.
 """
@@ -64,17 +65,20 @@ def open_session(proto, threads: int | None = None):
     )
 
 
-class OnnxModel:
-    """An effnet ONNX export served by ONNX Runtime; call it on an NCHW float batch."""
+class ExportedModel:
+    """What an exported graph on any runtime offers ``predict``, ``eval``, ``bench`` and the
+    search: the metadata effnet wrote (``config``, ``preprocessing``, ``class_names``, the
+    ``training`` provenance, the ``input`` it accepts), ``eval()``, and a call on an NCHW float
+    batch of any size. Subclasses open the file and run one array (``_run``)."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
-        require("deploy")
-        self.path = Path(path)
-        proto = read_onnx(self.path)
-        meta = onnx_metadata(proto)
+    path: Path
+    input: dict
+    kind = "exported"  # the file's kind, as error messages name it
+
+    def _read_metadata(self, meta: dict[str, str]) -> None:
         if meta.get("format") != "effnet":
             raise WeightsError(
-                f"{self.path}: an ONNX file without effnet metadata (not made by `effnet export`); "
+                f"{self.path}: an {self.kind} file without effnet metadata (not made by `effnet export`); "
                 "its preprocessing and class names are unknown"
             )
         self.config, self.preprocessing, self.class_names = parse_metadata(meta, self.path)
@@ -83,11 +87,6 @@ class OnnxModel:
             self.input = json.loads(meta["input"])
         except (KeyError, ValueError) as exc:
             raise WeightsError(f"{self.path}: effnet metadata is damaged ({exc})") from None
-        try:
-            self.session = open_session(proto, threads)
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise WeightsError(f"{self.path}: ONNX Runtime cannot load it ({exc})") from None
-        self.input_name = self.session.get_inputs()[0].name
 
     def check_input(self, shape: tuple[int, ...]) -> None:
         want = self.input
@@ -104,7 +103,7 @@ class OnnxModel:
         if shape[0] < 1:
             raise UsageError(f"{self.path}: an empty batch (shape {shape})")
 
-    def eval(self) -> OnnxModel:
+    def eval(self) -> ExportedModel:
         return self  # an exported graph is always in inference mode; evaluate() calls this
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,14 +114,38 @@ class OnnxModel:
         fixed = self.input["batch_size"]
         if fixed is None or len(array) == fixed:
             return torch.from_numpy(self._run(array))
-        chunks = []
+        chunks, pads = [], []
         for start in range(0, len(array), fixed):
             chunk = array[start : start + fixed]
-            pad = fixed - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), dtype=np.float32)])
-            chunks.append(self._run(chunk)[: fixed - pad])
-        return torch.from_numpy(np.concatenate(chunks))
+            pads.append(fixed - len(chunk))
+            if pads[-1]:
+                chunk = np.concatenate([chunk, np.zeros((pads[-1], *chunk.shape[1:]), dtype=np.float32)])
+            chunks.append(chunk)
+        outputs = self._run_chunks(chunks)
+        return torch.from_numpy(np.concatenate([out[: fixed - pad] for out, pad in zip(outputs, pads, strict=True)]))
+
+    def _run(self, array: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _run_chunks(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
+        return [self._run(chunk) for chunk in chunks]
+
+
+class OnnxModel(ExportedModel):
+    """An effnet ONNX export served by ONNX Runtime; call it on an NCHW float batch."""
+
+    kind = "ONNX"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        require("deploy")
+        self.path = Path(path)
+        proto = read_onnx(self.path)
+        self._read_metadata(onnx_metadata(proto))
+        try:
+            self.session = open_session(proto, threads)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise WeightsError(f"{self.path}: ONNX Runtime cannot load it ({exc})") from None
+        self.input_name = self.session.get_inputs()[0].name
 
     def run_all(self, array: np.ndarray) -> list[np.ndarray]:
         """Every output of the graph for one input as it is (a detector: boxes, labels, scores)."""

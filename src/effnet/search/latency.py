@@ -2,8 +2,9 @@
 
 FLOPs predict latency badly across shapes (depthwise convolutions and SE gates cost far more
 time per FLOP than dense convolutions, and wide-but-shallow and narrow-but-deep models of the
-same FLOPs run at different speeds), so the budget is checked by timing the model on the
-device that will run it. Two uses:
+same FLOPs run at different speeds; and the runtime matters as much: one graph runs at different
+speeds on torch, ONNX Runtime and OpenVINO), so the budget is checked by timing the model on the
+device and engine that will run it. Two uses:
 
 * ``fit_phi``: with alpha, beta, gamma fixed, the largest continuous phi whose measured
   latency fits a budget (latency grows with phi, so a bracket and a bisection find it).
@@ -20,6 +21,8 @@ import torch
 
 from effnet.core.errors import UsageError
 from effnet.deploy.bench import eager_runner, time_interleaved
+from effnet.deploy.choices import ENGINES
+from effnet.deploy.engines import onnx_engine, openvino_engine
 from effnet.models.fuse import fuse_batchnorm
 from effnet.models.registry import build_model
 from effnet.search.proxy import Proxy
@@ -43,12 +46,24 @@ def resolve_latency_device(name: str) -> torch.device:
 
 
 def measure_latency_ms(
-    config, device: str = "cpu", batch: int = 1, min_runs: int = 20, min_seconds: float = 0.5
+    config, device: str = "cpu", batch: int = 1, min_runs: int = 20, min_seconds: float = 0.5, engine: str = "torch"
 ) -> float:
-    """Median batch latency of the inference form (BN folded, channels_last) on ``device``."""
+    """Median batch latency on the engine the model will be deployed on: torch's inference form
+    (BN folded, channels_last) on ``device``, or the checked export on ONNX Runtime or OpenVINO
+    (CPU, latency settings)."""
     dev = resolve_latency_device(device)
-    model = fuse_batchnorm(build_model(config).eval()).to(dev)
-    run = eager_runner(model, channels_last=True)
+    if engine not in ENGINES:
+        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine != "torch" and dev.type != "cpu":
+        raise UsageError(f"--engine {engine} measures on the CPU; use --device cpu")
+    x = torch.randn(batch, config.in_chans, config.resolution, config.resolution, device=dev)
+    if engine == "onnxruntime":
+        run = onnx_engine(build_model(config).eval())
+    elif engine == "openvino":
+        run = openvino_engine(build_model(config).eval())
+    else:
+        model = fuse_batchnorm(build_model(config).eval()).to(dev)
+        run = eager_runner(model, channels_last=True)
     if dev.type == "cuda":
         inner = run
 
@@ -57,7 +72,6 @@ def measure_latency_ms(
             torch.cuda.synchronize()
             return out
 
-    x = torch.randn(batch, config.in_chans, config.resolution, config.resolution, device=dev)
     times = time_interleaved({"model": run}, x, min_runs=min_runs, min_seconds=min_seconds)["model"]
     return statistics.median(times) * 1e3
 
@@ -70,6 +84,7 @@ def fit_phi(
     budget_ms: float,
     *,
     device: str = "cpu",
+    engine: str = "torch",
     num_classes: int = 10,
     phi_step: float = 0.05,
     phi_range: tuple[float, float] = (-4.0, 8.0),
@@ -86,7 +101,7 @@ def fit_phi(
         if phi not in measured:
             shape = proxy.compound(alpha, beta, gamma, phi)
             config = proxy.config(shape, num_classes=num_classes)
-            ms = measure_latency_ms(config, device)
+            ms = measure_latency_ms(config, device, engine=engine)
             measured[phi] = {"phi": phi, "latency_ms": ms, **shape.__dict__, **proxy.cost(shape)}
             if progress:
                 progress(measured[phi])
@@ -131,6 +146,7 @@ def fit_phi(
         "gamma": gamma,
         "latency_budget_ms": budget_ms,
         "device": device,
+        "engine": engine,
         **best,
         "measurements": sorted(measured.values(), key=lambda m: m["phi"]),
     }

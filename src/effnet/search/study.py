@@ -260,7 +260,8 @@ def _claim(study, storage) -> int | None:
     return None
 
 
-def _evaluate_point(study, storage, trial_id: int, spec: GridSearch, heartbeat: int, device: str) -> dict:
+def _evaluate_point(study, storage, trial_id: int, spec: GridSearch, heartbeat: int, device: str,
+                    engine: str) -> dict:  # fmt: skip
     import optuna
     from optuna.trial import TrialState
 
@@ -273,7 +274,7 @@ def _evaluate_point(study, storage, trial_id: int, spec: GridSearch, heartbeat: 
         with _Heartbeat(storage, trial_id, heartbeat), tempfile.TemporaryDirectory(prefix="effnet-search-") as run:
             result = proxy.train(shape, run, seed=spec.seed)
             config = proxy.config(shape, num_classes=10)
-            result.update(proxy.cost(shape), latency_ms=measure_latency_ms(config, device))
+            result.update(proxy.cost(shape), latency_ms=measure_latency_ms(config, device, engine=engine))
     except BaseException:
         # Interrupted or failed: the point goes back in the queue for the next run.
         frozen = study.tell(trial, state=TrialState.FAIL)
@@ -293,6 +294,7 @@ def run_grid(
     *,
     heartbeat: int = 10,
     device: str = "cpu",
+    engine: str = "torch",
     wait: bool = True,
     progress=None,
 ):
@@ -303,10 +305,11 @@ def run_grid(
     are queued again), so that it returns only with the whole grid."""
     storage = open_storage(storage_url, heartbeat)
     with storage_errors(storage_url):
-        return _work_through(spec, storage, study_name, heartbeat, device, wait, progress)
+        return _work_through(spec, storage, study_name, heartbeat, (device, engine), wait, progress)
 
 
-def _work_through(spec: GridSearch, storage, study_name: str, heartbeat: int, device: str, wait: bool, progress):
+def _work_through(spec: GridSearch, storage, study_name: str, heartbeat: int, where: tuple[str, str], wait: bool,
+                  progress):  # fmt: skip
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
@@ -321,7 +324,7 @@ def _work_through(spec: GridSearch, storage, study_name: str, heartbeat: int, de
                 break
             time.sleep(heartbeat)
             continue
-        point = _evaluate_point(study, storage, trial_id, spec, heartbeat, device)
+        point = _evaluate_point(study, storage, trial_id, spec, heartbeat, *where)
         if progress:
             done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
             progress(point, done, total)

@@ -1,0 +1,173 @@
+"""OpenVINO: the second CPU engine, beside ONNX Runtime, behind the same ``ExportedModel``
+interface, so ``predict``, ``eval``, ``bench``, the latency search and the compression pipeline
+run it without knowing which engine they hold.
+
+An effnet IR is our checked ONNX export converted by OpenVINO's own ``convert_model`` and saved
+as ``.xml`` + ``.bin`` with the effnet metadata in the model's ``rt_info`` (section ``effnet``,
+the same keys and values as the ONNX file's metadata properties). OpenVINO also reads our
+``.onnx`` files (fp32 or int8 QDQ) directly.
+
+Precision: on CPUs with bf16 units (AMX, AVX512-BF16) OpenVINO runs fp32 models in bf16 unless
+told otherwise, ~3 significant digits. effnet compiles with ``INFERENCE_PRECISION_HINT=f32`` so
+that an engine switch never changes a prediction beyond float noise; ``precision="bf16"`` asks
+for the fast path explicitly (bench reports its error beside its speed).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from effnet.core.errors import UsageError, WeightsError, first_line
+from effnet.core.extras import require
+from effnet.deploy.choices import OPENVINO_HINTS, OPENVINO_PRECISIONS
+from effnet.deploy.runtime import ExportedModel, onnx_metadata, read_onnx
+
+SECTION = "effnet"  # the rt_info section that holds effnet's metadata
+
+
+def write_ir(onnx_path: str | os.PathLike, xml_path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """Convert an ONNX file to OpenVINO IR at ``xml_path`` (and its ``.bin``) with ``metadata``
+    in rt_info. Weights stay fp32 (``compress_to_fp16=False``): the IR must equal the ONNX."""
+    require("openvino")
+    import openvino as ov
+
+    model = ov.convert_model(str(onnx_path))
+    for key, value in metadata.items():
+        model.set_rt_info(str(value), [SECTION, key])
+    ov.save_model(model, str(xml_path), compress_to_fp16=False)
+
+
+def ir_metadata(model) -> dict[str, str]:
+    """The effnet section of an OpenVINO model's rt_info (empty when it has none)."""
+    if not model.has_rt_info([SECTION]):
+        return {}
+    return {str(k): str(v) for k, v in model.get_rt_info(SECTION).value.items()}
+
+
+def compile_properties(threads: int | None, hint: str, precision: str, cache_dir: str | None) -> dict:
+    if hint not in OPENVINO_HINTS:
+        raise UsageError(f"--ov-hint must be one of {', '.join(OPENVINO_HINTS)}, got {hint!r}")
+    if precision not in OPENVINO_PRECISIONS:
+        raise UsageError(f"--ov-precision must be one of {', '.join(OPENVINO_PRECISIONS)}, got {precision!r}")
+    threads = threads or torch.get_num_threads()
+    if threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
+    properties = {
+        "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": hint.upper(),
+        "INFERENCE_PRECISION_HINT": precision,
+    }
+    if cache_dir:
+        properties["CACHE_DIR"] = str(cache_dir)  # compiled blobs: a second start skips compilation
+    return properties
+
+
+def read_model(path: str | os.PathLike):
+    """An OpenVINO model from an ``.xml`` IR (its ``.bin`` beside it) or an ``.onnx`` file, with a
+    one-line error for a missing, damaged or truncated file."""
+    require("openvino")
+    import openvino as ov
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    if path.suffix.lower() == ".xml" and not path.with_suffix(".bin").is_file():
+        raise WeightsError(f"{path}: its weights {path.with_suffix('.bin').name} are missing beside it")
+    try:
+        return ov.Core().read_model(str(path))
+    except RuntimeError as exc:
+        raise WeightsError(f"{path}: not a readable OpenVINO model ({first_line(exc)})") from None
+
+
+class Runner:
+    """A compiled model run on arrays: one request for a single chunk, an ``AsyncInferQueue`` over
+    the compiled model's streams for several (what the THROUGHPUT hint is for)."""
+
+    def __init__(self, model, properties: dict, origin: str | os.PathLike):
+        import openvino as ov
+
+        try:
+            self.compiled = ov.Core().compile_model(model, "CPU", properties)
+        except RuntimeError as exc:
+            raise WeightsError(f"{origin}: OpenVINO cannot compile it ({first_line(exc)})") from None
+        self.streams = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.request = self.compiled.create_infer_request()
+        self.origin = origin
+
+    def run(self, array: np.ndarray) -> np.ndarray:
+        try:
+            self.request.infer({0: array})
+        except RuntimeError as exc:
+            raise WeightsError(f"{self.origin}: OpenVINO failed to run it ({first_line(exc)})") from None
+        return self.request.get_output_tensor(0).data.copy()  # the request reuses its buffer
+
+    def run_chunks(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
+        if self.streams < 2 or len(chunks) < 2:
+            return [self.run(chunk) for chunk in chunks]
+        import openvino as ov
+
+        outputs: list[np.ndarray | None] = [None] * len(chunks)
+        queue = ov.AsyncInferQueue(self.compiled, self.streams)
+
+        def done(request, index):
+            outputs[index] = request.get_output_tensor(0).data.copy()
+
+        queue.set_callback(done)
+        for index, chunk in enumerate(chunks):
+            queue.start_async({0: chunk}, index)
+        queue.wait_all()
+        return outputs
+
+    def run_batch(self, array: np.ndarray) -> np.ndarray:
+        """A whole batch (dynamic-batch graph): split over the streams when there are several."""
+        if self.streams < 2 or len(array) < 2 * self.streams:
+            return self.run(array)
+        parts = [np.ascontiguousarray(p) for p in np.array_split(array, self.streams)]
+        return np.concatenate(self.run_chunks(parts))
+
+
+class OpenVinoModel(ExportedModel):
+    """An effnet export (``.xml`` IR or ``.onnx``) compiled by OpenVINO for the CPU.
+
+    ``hint="latency"`` runs one request on all ``threads``; ``"throughput"`` lets OpenVINO pick
+    several streams and a batch is split across them (``AsyncInferQueue``), which pays for batch
+    work. ``cache_dir`` keeps compiled blobs between starts."""
+
+    kind = "OpenVINO"
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        threads: int | None = None,
+        *,
+        hint: str = "latency",
+        precision: str = "f32",
+        cache_dir: str | os.PathLike | None = None,
+    ):
+        require("openvino")
+        self.path = Path(path)
+        properties = compile_properties(threads, hint, precision, cache_dir)
+        if self.path.suffix.lower() == ".onnx":
+            self._read_metadata(onnx_metadata(read_onnx(self.path)))  # read_onnx: the clear error for non-ONNX
+            model = read_model(self.path)
+        else:
+            model = read_model(self.path)
+            self._read_metadata(ir_metadata(model))
+        self.runner = Runner(model, properties, self.path)
+        self.hint, self.precision, self.threads = hint, precision, properties["INFERENCE_NUM_THREADS"]
+
+    def _run(self, array: np.ndarray) -> np.ndarray:
+        return self.runner.run(array)
+
+    def _run_chunks(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
+        return self.runner.run_chunks(chunks)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input["batch_size"] is not None:
+            return super().__call__(x)  # a static graph: chunks of its batch, over the streams
+        self.check_input(tuple(x.shape))
+        return torch.from_numpy(self.runner.run_batch(np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)))
