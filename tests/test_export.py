@@ -11,6 +11,7 @@ import torch
 import effnet
 from effnet.deploy.export import ExportError, export
 from effnet.deploy.runtime import OnnxModel
+from effnet.models.registry import resolve_config
 from tests.conftest import give_bn_real_statistics, run_cli
 
 SIDE = 64  # small images keep the big members affordable; the graph is the same at any size
@@ -170,11 +171,16 @@ def test_cli_bench_reports_every_engine(tmp_path):
     rows = json.loads(
         cli(
             "bench", "--image-size", "64", "--batch-sizes", "1,2", "--threads", "1", "--runs", "2",
-            "--min-seconds", "0", "--plot", plot, "--json",
+            "--min-seconds", "0", "--peak-gflops", "100", "--plot", plot, "--json",
         ).stdout
     )  # fmt: skip
     engines = {r["engine"] for r in rows}
-    assert engines == {"torchvision", "timm", "effnet", "effnet_onnxruntime", "torchvision_onnxruntime"}
+    assert engines == {"torchvision", "timm", "effnet", "effnet_onnxruntime", "torchvision_onnxruntime",
+                       "effnet_openvino", "torchvision_openvino"}  # fmt: skip
+    # vs_limit: latency over 2 x MACs x batch at the stated 100 GFLOP/s
+    macs = effnet.count_macs(resolve_config("efficientnet_b0"), 64)
+    for r in rows:
+        assert r["vs_limit"] == pytest.approx(r["median_ms"] / (2 * macs * r["batch"] / 100e9 * 1e3), rel=1e-3)
     assert {r["batch"] for r in rows} == {1, 2} and all(r["threads"] == 1 for r in rows)
     baseline = [r for r in rows if r["engine"] == "torchvision"]
     assert all(r["vs_torchvision"] == 1.0 for r in baseline)

@@ -105,22 +105,10 @@ def test_cli_predict_and_eval_on_openvino_agree_with_torch(tmp_path):
     assert proc.returncode == 2 and "runs with --engine openvino" in proc.stderr
 
 
-def test_bench_has_openvino_rows_with_their_ratio_to_the_physical_limit():
-    proc = run_cli("bench", "--models", "efficientnet_b0", "--image-size", "32", "--batch-sizes", "1,4", "--engines",
-                   "effnet,effnet_openvino,torchvision_openvino", "--runs", "2", "--min-seconds", "0",
-                   "--peak-gflops", "100", "--json")  # fmt: skip
-    rows = json.loads(proc.check().stdout)
-    assert {r["engine"] for r in rows} == {"effnet", "effnet_openvino", "torchvision_openvino"}
-    macs = effnet.count_macs(resolve_config("efficientnet_b0"), 32)
-    for r in rows:
-        limit_ms = 2 * macs * r["batch"] / 100e9 * 1e3
-        assert r["median_ms"] > 0 and r["vs_limit"] == pytest.approx(r["median_ms"] / limit_ms, rel=1e-3)
-
-
 def test_latency_budget_is_measured_on_the_chosen_engine():
     from effnet.search.latency import measure_latency_ms
 
-    config = resolve_config("efficientnet_b0", resolution=32)
+    config = resolve_config(phi=-3, resolution=32)
     for engine in ("openvino", "onnxruntime"):
         assert measure_latency_ms(config, engine=engine, min_runs=2, min_seconds=0) > 0
     with pytest.raises(UsageError, match="got 'tensorrt'"):
