@@ -170,7 +170,7 @@ def test_cli_bench_reports_every_engine(tmp_path):
     plot = tmp_path / "bench.png"
     rows = json.loads(
         cli(
-            "bench", "--image-size", "64", "--batch-sizes", "1,2", "--threads", "1", "--runs", "2",
+            "bench", "--image-size", "32", "--batch-sizes", "1,2", "--threads", "1", "--runs", "2",
             "--min-seconds", "0", "--peak-gflops", "100", "--plot", plot, "--json",
         ).stdout
     )  # fmt: skip
@@ -178,7 +178,7 @@ def test_cli_bench_reports_every_engine(tmp_path):
     assert engines == {"torchvision", "timm", "effnet", "effnet_onnxruntime", "torchvision_onnxruntime",
                        "effnet_openvino", "torchvision_openvino"}  # fmt: skip
     # vs_limit: latency over 2 x MACs x batch at the stated 100 GFLOP/s
-    macs = effnet.count_macs(resolve_config("efficientnet_b0"), 64)
+    macs = effnet.count_macs(resolve_config("efficientnet_b0"), 32)
     for r in rows:
         assert r["vs_limit"] == pytest.approx(r["median_ms"] / (2 * macs * r["batch"] / 100e9 * 1e3), rel=1e-3)
     assert {r["batch"] for r in rows} == {1, 2} and all(r["threads"] == 1 for r in rows)
