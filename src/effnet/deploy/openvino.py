@@ -10,7 +10,7 @@ the same keys and values as the ONNX file's metadata properties). OpenVINO also 
 Precision: on CPUs with bf16 units (AMX, AVX512-BF16) OpenVINO runs fp32 models in bf16 unless
 told otherwise, ~3 significant digits. effnet compiles with ``INFERENCE_PRECISION_HINT=f32`` so
 that an engine switch never changes a prediction beyond float noise; ``precision="bf16"`` asks
-for the fast path explicitly (bench reports its error beside its speed).
+for the fast path explicitly (benchmarks/openvino/latency.py measures its error beside its speed).
 """
 
 from __future__ import annotations
