@@ -34,11 +34,13 @@ def give_bn_real_statistics(model: torch.nn.Module, side: int, batch: int = 4, d
     ``damp_residuals`` keeps the deepest members (B5-B7, 39-55 blocks) well conditioned, as
     trained weights are: with unit-scale residual branches their random outputs grow to
     ~1e2 and float32 rounding alone then moves them by ~1e-3 of that."""
-    from effnet.models.blocks import MBConv
+    from effnet.models.blocks import INVERTED_RESIDUALS
 
     damped = set()
     if damp_residuals:
-        damped = {id(b.project_bn) for b in model.modules() if isinstance(b, MBConv) and b.has_residual}
+        residual = [b for b in model.modules() if isinstance(b, INVERTED_RESIDUALS) and b.has_residual]
+        # The branch's last BN: the projection's, or a Fused-MBConv1's only one.
+        damped = {id(b.project_bn if b.project_bn is not None else b.fused_bn) for b in residual}
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.momentum = None  # cumulative average: one pass sets the statistics exactly

@@ -40,11 +40,41 @@ def test_params_equal_torchvision(name):
     assert effnet.count_params(resolve_config(name)) == expected
 
 
+def timm_name(name: str) -> str:
+    # timm has V2-B0..B3 only as TF ports; every other name is timm's own.
+    return f"tf_{name}" if name.startswith("efficientnetv2_b") else name
+
+
 @pytest.mark.parametrize("name", effnet.list_models())
 def test_params_equal_timm(name):
     with torch.device("meta"):
-        peer = timm.create_model(name)
+        peer = timm.create_model(timm_name(name))
     assert effnet.count_params(resolve_config(name)) == sum(p.numel() for p in peer.parameters())
+
+
+# The oracle: torchvision's V2 parameter counts.
+@pytest.mark.parametrize(("name", "expected"), [("s", 21_458_488), ("m", 54_139_356), ("l", 118_515_272)])
+def test_v2_params_equal_torchvision(name, expected):
+    with torch.device("meta"):
+        peer = getattr(torchvision.models, f"efficientnet_v2_{name}")()
+    assert sum(p.numel() for p in peer.parameters()) == expected
+    assert effnet.count_params(resolve_config(f"efficientnetv2_{name}")) == expected
+
+
+def test_v2_s_table_is_the_paper_table_4():
+    rows = [(s.block, s.expand_ratio, s.stride, s.out_channels, s.repeats) for s in effnet.V2_S_STAGES]
+    assert rows == [
+        ("fused", 1, 1, 24, 2),
+        ("fused", 4, 2, 48, 4),
+        ("fused", 4, 2, 64, 4),
+        ("mbconv", 4, 2, 128, 6),
+        ("mbconv", 6, 1, 160, 9),
+        ("mbconv", 6, 2, 256, 15),
+    ]
+    arch = effnet.scale_stages(effnet.FAMILIES["efficientnetv2_s"], 1.0, 1.0, 0.2)
+    # SE only in the MBConv stages, a quarter of the block's input channels as in V1.
+    assert {(b.block, b.se_channels == 0) for b in arch.blocks} == {("fused", True), ("mbconv", False)}
+    assert arch.blocks[-1].se_channels == 256 // 4 and arch.stem_channels == 24 and arch.head_channels == 1280
 
 
 @pytest.mark.parametrize("name", B_NAMES)

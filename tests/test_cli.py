@@ -112,6 +112,25 @@ def test_predict_mismatched_checkpoint_names_keys(tmp_path):
     assert "missing: stages.0.1.dw_conv.weight" in proc.stderr and "shape mismatch: stages.2.0" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("saved", "into", "message"),
+    [
+        (
+            "efficientnetv2_b0",
+            "efficientnet_b0",
+            "EfficientNetV2 weights (Fused-MBConv blocks): load them with an efficientnetv2_",
+        ),
+        ("efficientnet_b0", "efficientnetv2_b0", "EfficientNet (V1) weights: load them with an efficientnet_* model"),
+    ],
+)
+def test_predict_says_when_v1_and_v2_weights_are_swapped(tmp_path, saved, into, message):
+    path = tmp_path / "sd.pth"
+    torch.save(effnet.create_model(saved, num_classes=3).state_dict(), path)
+    proc = run("predict", PHOTOS / "coffee.png", "--weights", path, "--model", into, check_rc=2)
+    assert f"does not match {into}" in proc.stderr and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_missing_weights_and_bad_arguments():
     assert "neither a file nor a pretrained tag" in run("predict", "x.png", "--weights", "nope", check_rc=2).stderr
     assert "invalid choice" in run("predict", "x.png", "--weights", "lite0", "--padding", "x", check_rc=2).stderr

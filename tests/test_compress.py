@@ -10,7 +10,7 @@ import torch
 
 import effnet
 from effnet.compress.prune import prune_expansion_channels, prune_in_place
-from effnet.models.blocks import MBConv
+from effnet.models.blocks import INVERTED_RESIDUALS
 from effnet.models.flops import count_params
 from tests.conftest import give_bn_real_statistics, run_cli
 
@@ -19,7 +19,7 @@ def effnet_cmd(*args):
     return [sys.executable, "-m", "effnet", *map(str, args)]
 
 
-@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_lite0"])
+@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_lite0", "efficientnetv2_b0"])
 def test_pruned_model_is_a_plain_model_equal_to_the_pruned_graph(name, tmp_path):
     model = effnet.create_model(name, num_classes=10, resolution=64)
     give_bn_real_statistics(model, 64)
@@ -30,12 +30,12 @@ def test_pruned_model_is_a_plain_model_equal_to_the_pruned_graph(name, tmp_path)
     with torch.no_grad():
         assert torch.equal(pruned(x), traced(x))
         assert pruned(x).abs().max() > 1e-3  # outputs of order one, not a vacuous comparison
-    blocks = [b for b in model.modules() if isinstance(b, MBConv)]
+    blocks = [b for b in model.modules() if isinstance(b, INVERTED_RESIDUALS)]
     for block, hidden in zip(blocks, pruned.config.hidden_channels, strict=True):
-        if block.expand_conv is None:
-            assert hidden == block.dw_conv.out_channels  # MBConv1 has no expansion to prune
+        if block.expansion_conv is None:
+            assert hidden == block.in_channels  # MBConv1 / Fused-MBConv1: no expansion to prune
         else:
-            assert hidden % 8 == 0 and abs(hidden - block.expand_conv.out_channels / 2) <= 8
+            assert hidden % 8 == 0 and abs(hidden - block.expansion_conv.out_channels / 2) <= 8
     assert sum(p.numel() for p in pruned.parameters()) == count_params(pruned.config)
     assert count_params(pruned.config) < 0.7 * count_params(model.config)
 

@@ -7,7 +7,9 @@ import effnet
 from tests.conftest import give_bn_real_statistics
 
 
-@pytest.mark.parametrize("name,padding", [("efficientnet_b0", "symmetric"), ("efficientnet_lite1", "same")])
+@pytest.mark.parametrize(
+    "name,padding", [("efficientnet_b0", "symmetric"), ("efficientnet_lite1", "same"), ("efficientnetv2_b0", "same")]
+)
 def test_fused_model_matches_unfused(name, padding):
     model = effnet.create_model(name, padding=padding, bn_eps=1e-5)
     give_bn_real_statistics(model, 64)

@@ -8,12 +8,15 @@ import torch
 import effnet
 from effnet.models.registry import register
 
-SMALL = [n for n in effnet.list_models() if n[-1] in "0123" and not n.endswith("l2")]
+SMALL = [n for n in effnet.list_models("efficientnet_*") if n[-1] in "0123" and not n.endswith("l2")]
+SMALL += ["efficientnetv2_b0"]
+# Building these costs seconds each (66-208 M parameters); their forward is covered by parity tests.
+HUGE = ("efficientnet_l2", "efficientnet_b8", "efficientnetv2_l", "efficientnetv2_xl")
 
 
 @pytest.mark.parametrize("name", effnet.list_models())
 def test_forward_shape_and_finite(name):
-    if name in ("efficientnet_l2", "efficientnet_b8"):
+    if name in HUGE:
         pytest.skip("forward covered by the parity tests; building them twice costs tens of seconds")
     model = effnet.create_model(name, num_classes=7).eval()
     with torch.no_grad():
@@ -30,7 +33,7 @@ def test_every_parameter_gets_a_gradient(name):
     assert not missing
 
 
-@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_b3", "efficientnet_lite2"])
+@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_b3", "efficientnet_lite2", "efficientnetv2_s"])
 def test_features_only_strides_and_channels(name):
     import timm
 
@@ -120,7 +123,8 @@ def test_registry_refuses_duplicates():
 
 def test_list_models_pattern():
     assert effnet.list_models("*lite*") == [f"efficientnet_lite{i}" for i in range(5)]
-    assert len(effnet.list_models()) == 15
+    assert effnet.list_models("efficientnetv2_b*") == [f"efficientnetv2_b{i}" for i in range(4)]
+    assert len(effnet.list_models()) == 23
 
 
 def test_drop_path_only_in_training():

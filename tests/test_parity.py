@@ -62,6 +62,29 @@ def test_timm_tf_ported_with_same_padding(variant):
     assert_same_outputs(peer, "timm", f"efficientnet_{variant}", side=67, bn_eps=1e-3, padding="same")
 
 
+# EfficientNetV2. torchvision's V2 ports use BN eps 1e-3 and symmetric padding; timm's tf_ ports
+# TF's SAME padding, its efficientnetv2_* PyTorch padding and eps 1e-5. L and XL cost seconds to
+# build; their tables are checked by the parameter counts (test_architecture) and S/M cover the code.
+V2_TIMM = [f"b{i}" for i in range(4)] + ["s", "m"]
+
+
+@pytest.mark.parametrize("variant", ["s", "m"])
+def test_torchvision_v2(variant):
+    peer = getattr(torchvision.models, f"efficientnet_v2_{variant}")()
+    assert_same_outputs(peer, "torchvision", f"efficientnetv2_{variant}", bn_eps=1e-3)
+
+
+@pytest.mark.parametrize("variant", V2_TIMM)
+def test_timm_v2_tf_ported_with_same_padding(variant):
+    peer = timm.create_model(f"tf_efficientnetv2_{variant}")
+    assert_same_outputs(peer, "timm", f"efficientnetv2_{variant}", side=67, bn_eps=1e-3, padding="same")
+
+
+def test_timm_v2_pytorch_padding():
+    peer = timm.create_model("efficientnetv2_s")
+    assert_same_outputs(peer, "timm", "efficientnetv2_s", bn_eps=1e-5)
+
+
 @pytest.mark.parametrize("variant", [_mark(v) for v in B])
 def test_lukemelas(variant):
     # lukemelas pads statically for the size it was built for, so build it for the test size.

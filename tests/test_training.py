@@ -1,5 +1,7 @@
 """Training: resume after kill -9 to the bit, the non-finite path, bad images, torchrun."""
 
+import csv
+import io
 import json
 import os
 import signal
@@ -45,8 +47,16 @@ def read_state(run: Path):
         return None
 
 
+# Progressive learning (EfficientNetV2): 3 stages of one epoch, image size 16 -> 20 -> 24 with
+# dropout and RandAugment rising alike; the last stage is the evaluation size.
+PROGRESSIVE = ["--progressive", "3", "--start-size", "16", "--start-dropout", "0.1", "--dropout", "0.3",
+               "--start-randaug", "3", "--randaug", "9"]  # fmt: skip
+
+
 def test_resume_after_kill_is_bitwise_identical(tmp_path):
-    args = [*TINY, "--epochs", "2", "--checkpoint-every", "2", "--quiet"]
+    # Killed in the second stage: the resumed process must find the stage it was in and move
+    # on to the third itself, to the bit.
+    args = [*TINY, *PROGRESSIVE, "--limit-train", "384", "--epochs", "3", "--checkpoint-every", "2", "--quiet"]
     # Real processes throughout: the resumed run must equal a fresh process's run to the bit.
     subprocess.run(effnet_cmd("train", *args, "--out", tmp_path / "a"), check=True, timeout=300)
 
@@ -56,15 +66,15 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path):
     killed_at = None
     while time.monotonic() < deadline and proc.poll() is None:
         state = read_state(run_b) if (run_b / "state.pt").exists() else None
-        # Kill mid-epoch, a few checkpoints into the first epoch.
-        if state and state["epoch"] == 0 and state["step_in_epoch"] >= 6:
+        # Kill mid-epoch, a few checkpoints into the second epoch (stage).
+        if state and state["epoch"] == 1 and state["step_in_epoch"] >= 6:
             os.kill(proc.pid, signal.SIGKILL)
             killed_at = state["step_in_epoch"]
             break
         time.sleep(0.02)
     proc.wait()
     assert killed_at is not None, "the run finished before it could be killed mid-epoch"
-    assert not (run_b / "last.safetensors").exists()
+    assert len((run_b / "metrics.csv").read_text().splitlines()) == 2  # the header and epoch 1 only
 
     subprocess.run(effnet_cmd("train", *args, "--out", run_b, "--resume"), check=True, timeout=300)
     assert_bitwise_equal(tmp_path / "a" / "last.safetensors", run_b / "last.safetensors")
@@ -72,6 +82,14 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path):
     rows_a = (tmp_path / "a" / "metrics.csv").read_text().splitlines()
     rows_b = (run_b / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[:8] for r in rows_a] == [r.split(",")[:8] for r in rows_b]
+    # Every epoch records its stage; the size and regularization rise linearly to the end values.
+    stages = [{k: row[k] for k in ("stage_index", "image_size", "dropout", "randaug")}
+              for row in csv.DictReader(io.StringIO("\n".join(rows_b)))]  # fmt: skip
+    assert stages == [
+        {"stage_index": "0", "image_size": "16", "dropout": "0.1", "randaug": "3"},
+        {"stage_index": "1", "image_size": "20", "dropout": "0.2", "randaug": "6"},
+        {"stage_index": "2", "image_size": "24", "dropout": "0.3", "randaug": "9"},
+    ]
 
 
 def test_run_directory_contents_and_eval(tmp_path):

@@ -18,6 +18,8 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _EXPORTS = {
     "B0_STAGES": "effnet.models.architecture",
+    "V2_S_STAGES": "effnet.models.architecture",
+    "FAMILIES": "effnet.models.architecture",
     "StageSpec": "effnet.models.architecture",
     "scale_stages": "effnet.models.architecture",
     "ModelConfig": "effnet.models.config",

@@ -72,6 +72,10 @@ def register(sub) -> None:
     p.add_argument("--alpha", type=float, default=ALPHA, help=f"depth base (default {ALPHA})")
     p.add_argument("--beta", type=float, default=BETA, help=f"width base (default {BETA})")
     p.add_argument("--gamma", type=float, default=GAMMA, help=f"resolution base (default {GAMMA})")
-    p.add_argument("--base", default="efficientnet_b0", help="baseline: efficientnet_b0 or efficientnet_lite0")
+    p.add_argument(
+        "--base",
+        default="efficientnet_b0",
+        help="baseline: efficientnet_b0, efficientnet_lite0, efficientnetv2_b0 or efficientnetv2_s",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_scale)

@@ -25,6 +25,12 @@ TRAIN_HELP = {
     "data": "fashion-mnist, digits, or an image folder (train/ and val/ inside, or one class tree)",
     "image_size": "input side (default: the model's resolution)",
     "augment": "paper (random-resized crop, flip, RandAugment), light (padded crop, flip) or none",
+    "randaug": "RandAugment magnitude 0-30 (paper augmentation: 9; light gains RandAugment with it)",
+    "progressive": "progressive learning (EfficientNetV2): this many stages from --start-size/--start-dropout/"
+    "--start-randaug up to --image-size/--dropout/--randaug",
+    "start_size": "progressive: the first stage's image size (the last trains and evaluates at --image-size)",
+    "start_dropout": "progressive: the first stage's classifier dropout (the last: --dropout or the model's)",
+    "start_randaug": "progressive: the first stage's RandAugment magnitude (the last: --randaug)",
     "opt": "rmsproptf (paper), adamw or sgd",
     "sched": "step (paper: x0.97 every 2.4 epochs) or cosine",
     "lr": "base learning rate (default: per optimizer, x global batch / 256)",

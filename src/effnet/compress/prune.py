@@ -1,8 +1,9 @@
-"""Structured channel pruning of the MBConv expansion channels, with Torch-Pruning.
+"""Structured channel pruning of the blocks' expansion channels, with Torch-Pruning.
 
 Each MBConv's expansion channels form one dependency group: the 1x1 expansion conv's outputs,
 its BN, the depthwise conv (whose groups equal its channels), that BN, the SE reduce conv's
 inputs and SE expand conv's outputs (the gate multiplies the same channels), and the
+projection's inputs. A V2 Fused-MBConv's group is its kxk conv's outputs, its BN and the
 projection's inputs. Torch-Pruning traces the graph and removes a channel from all of them at
 once; we only choose which groups to prune and how many channels. Block outputs (the residual
 stream) are left alone: pruning them couples every block of a stage through the additions.
@@ -27,7 +28,7 @@ import torch
 from effnet.core.errors import UsageError
 from effnet.datasets.loading import ordered_loader
 from effnet.deploy.export import input_spec
-from effnet.models.blocks import MBConv
+from effnet.models.blocks import INVERTED_RESIDUALS
 from effnet.models.flops import count_macs, count_params
 from effnet.models.registry import build_model
 from effnet.models.task_models import build_task_model
@@ -58,17 +59,18 @@ def prune_in_place(model, ratio: float, round_to: int = 8) -> None:
         model, example_inputs=torch.randn(1, model.config.in_chans, side, side)
     )
     importance = tp.importance.GroupMagnitudeImportance(p=2)
-    for block in (m for m in model.modules() if isinstance(m, MBConv)):
-        if block.expand_conv is None:
-            continue  # MBConv1: its "expansion" is the residual stream itself
-        channels = block.expand_conv.out_channels
+    for block in (m for m in model.modules() if isinstance(m, INVERTED_RESIDUALS)):
+        conv = block.expansion_conv
+        if conv is None:
+            continue  # MBConv1 / Fused-MBConv1: its "expansion" is the residual stream itself
+        channels = conv.out_channels
         keep = max(round_to, int(round(channels * (1.0 - ratio) / round_to)) * round_to)
         if keep >= channels:
             continue
-        group = graph.get_pruning_group(block.expand_conv, tp.prune_conv_out_channels, idxs=list(range(channels)))
+        group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(channels)))
         scores = importance(group)
         drop = torch.argsort(scores)[: channels - keep].tolist()
-        graph.get_pruning_group(block.expand_conv, tp.prune_conv_out_channels, idxs=drop).prune()
+        graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=drop).prune()
 
 
 def recalibrate_batchnorm(model, dataset, batches: int = 50, batch_size: int = 64, seed: int = 0) -> None:
@@ -104,7 +106,7 @@ def prune_expansion_channels(model, ratio: float, round_to: int = 8):
     training = model.training
     model = copy.deepcopy(model).cpu().eval()
     prune_in_place(model, ratio, round_to)
-    hidden = tuple(b.dw_conv.out_channels for b in model.modules() if isinstance(b, MBConv))
+    hidden = tuple(b.hidden_channels for b in model.modules() if isinstance(b, INVERTED_RESIDUALS))
     config = dataclasses.replace(model.config, hidden_channels=hidden)
     pruned = build_model(config, class_names=model.class_names, preprocessing=model.preprocessing)
     # Rebuilt from the config alone, as effnet.load will: the weights must fit it exactly.
@@ -118,7 +120,7 @@ def prune_trunk(model, ratio: float, round_to: int = 8):
     training = model.training
     model = copy.deepcopy(model).cpu().eval()
     prune_in_place(model.trunk, ratio, round_to)
-    hidden = tuple(b.dw_conv.out_channels for b in model.trunk.modules() if isinstance(b, MBConv))
+    hidden = tuple(b.hidden_channels for b in model.trunk.modules() if isinstance(b, INVERTED_RESIDUALS))
     config = dataclasses.replace(model.config, backbone=dataclasses.replace(model.config.backbone,
                                                                             hidden_channels=hidden))  # fmt: skip
     pruned = build_task_model(config, model.class_names)

@@ -11,21 +11,24 @@ from effnet.datasets.choices import AUGMENTATIONS
 from effnet.models.preprocessing import Preprocessing
 
 
-def train_transform(pre: Preprocessing, augment: str = "paper") -> v2.Compose:
+def train_transform(pre: Preprocessing, augment: str = "paper", randaug: int | None = None) -> v2.Compose:
     """``paper``: random-resized crop, flip and RandAugment (N=2, M=9), the EfficientNet recipe.
     ``light``: resize, a padded random crop and flip, for small, centred images such as
     Fashion-MNIST, where crops down to 8% of the image would cut the object away.
-    ``none``: the eval transform."""
+    ``none``: the eval transform. ``randaug`` sets RandAugment's magnitude (``light`` gains
+    RandAugment with it); progressive learning raises it stage by stage."""
     if augment not in AUGMENTATIONS:
         raise UsageError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
     if augment == "none":
+        if randaug is not None:
+            raise UsageError("--randaug needs an augmentation (--augment paper or light), not --augment none")
         return pre.transform()
     size, interpolation = pre.resolution, InterpolationMode(pre.interpolation)
     if augment == "paper":
         geometry = [
             v2.RandomResizedCrop(size, interpolation=interpolation, antialias=True),
             v2.RandomHorizontalFlip(),
-            v2.RandAugment(num_ops=2, magnitude=9),
+            v2.RandAugment(num_ops=2, magnitude=9 if randaug is None else randaug),
         ]
     else:
         geometry = [
@@ -33,6 +36,7 @@ def train_transform(pre: Preprocessing, augment: str = "paper") -> v2.Compose:
             v2.CenterCrop(size),
             v2.RandomCrop(size, padding=max(1, size // 8)),
             v2.RandomHorizontalFlip(),
+            *([v2.RandAugment(num_ops=2, magnitude=randaug)] if randaug is not None else []),
         ]
     return v2.Compose(
         [v2.ToImage(), v2.RGB(), *geometry, v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]

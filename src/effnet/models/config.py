@@ -16,7 +16,7 @@ class ModelConfig:
     """Everything ``EfficientNet`` needs; ``effnet.load`` rebuilds a model from this alone."""
 
     name: str  # registry name, or "efficientnet_phi<phi>" for formula-scaled models
-    family: str = "efficientnet"  # "efficientnet" or "lite": activation, SE, what scales
+    family: str = "efficientnet"  # the stage table: "efficientnet", "lite", "efficientnetv2[_s|_m|_l|_xl]"
     width: float = 1.0
     depth: float = 1.0
     resolution: int = 224  # the training/eval input side; the network itself is size-agnostic

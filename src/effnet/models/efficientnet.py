@@ -1,4 +1,4 @@
-"""The EfficientNet network: stem, seven stages of MBConv blocks, head, classifier."""
+"""The EfficientNet network (V1 and V2): stem, stages of MBConv / Fused-MBConv blocks, head, classifier."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from effnet.models.architecture import FAMILIES, ResolvedArch, scale_stages
-from effnet.models.blocks import MBConv
+from effnet.models.blocks import BLOCK_TYPES
 from effnet.models.config import ModelConfig
 from effnet.models.layers import ConvBNAct, init_weights
 from effnet.models.preprocessing import Preprocessing
@@ -34,11 +34,11 @@ class EfficientNet(nn.Module):
         act = self.arch.activation
 
         self.stem = ConvBNAct(config.in_chans, self.arch.stem_channels, 3, 2, act=act, **norm)
-        stages: list[list[MBConv]] = []
+        stages: list[list[nn.Module]] = []
         for args in self.arch.blocks:
             if args.stage == len(stages):
                 stages.append([])
-            stages[-1].append(MBConv(args, act=act, **norm))
+            stages[-1].append(BLOCK_TYPES[args.block](args, act=act, **norm))
         self.feature_info = self._feature_info()
         if config.features_only:
             # Stages past the deepest requested level would never receive a gradient.

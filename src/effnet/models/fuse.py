@@ -12,10 +12,14 @@ import copy
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from effnet.models.blocks import MBConv
+from effnet.models.blocks import FusedMBConv, MBConv
 from effnet.models.layers import ConvBNAct
 
-_PAIRS = (("expand_conv", "expand_bn"), ("dw_conv", "dw_bn"), ("project_conv", "project_bn"))
+_PAIRS = {
+    MBConv: (("expand_conv", "expand_bn"), ("dw_conv", "dw_bn"), ("project_conv", "project_bn")),
+    FusedMBConv: (("fused_conv", "fused_bn"), ("project_conv", "project_bn")),
+    ConvBNAct: (("conv", "bn"),),
+}
 
 
 def fuse_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
@@ -24,13 +28,7 @@ def fuse_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
         model = copy.deepcopy(model)
     model.eval()
     for module in model.modules():
-        if isinstance(module, ConvBNAct):
-            pairs = (("conv", "bn"),)
-        elif isinstance(module, MBConv):
-            pairs = _PAIRS
-        else:
-            continue
-        for conv_name, bn_name in pairs:
+        for conv_name, bn_name in _PAIRS.get(type(module), ()):
             conv, bn = getattr(module, conv_name), getattr(module, bn_name)
             if conv is None or isinstance(bn, nn.Identity):
                 continue

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from effnet.core.errors import UsageError
 from effnet.models.config import ModelConfig
 from effnet.models.efficientnet import EfficientNet
-from effnet.models.scaling import ALPHA, BETA, GAMMA, PUBLISHED, Scale, compound_scale
+from effnet.models.scaling import ALPHA, BETA, GAMMA, PHI_BASELINES, PUBLISHED, Scale, compound_scale
 
 
 @dataclass(frozen=True)
@@ -31,15 +31,24 @@ def register(name: str, family: str, scale: Scale) -> ModelEntry:
     return entry
 
 
-for _name, _scale in PUBLISHED.items():
-    register(_name, "lite" if _name.startswith("efficientnet_lite") else "efficientnet", _scale)
+def family_of(name: str) -> str:
+    """Which stage table a published name is built from."""
+    if name.startswith("efficientnet_lite"):
+        return "lite"
+    if name.startswith("efficientnetv2_b"):
+        return "efficientnetv2"  # V2-B0's table, scaled
+    if name.startswith("efficientnetv2_"):
+        return name  # S, M, L, XL: a table each
+    return "efficientnet"
 
-# The baselines that `phi=` scales from, per family.
-_BASELINES = {"efficientnet_b0": "efficientnet", "efficientnet_lite0": "lite"}
+
+for _name, _scale in PUBLISHED.items():
+    register(_name, family_of(_name), _scale)
 
 
 def list_models(pattern: str | None = None) -> list[str]:
-    """Registered names in table order (B0..B8, L2, Lite0..4); ``pattern`` is an fnmatch glob."""
+    """Registered names in table order (B0..B8, L2, Lite0..4, V2 B0..B3, S, M, L, XL); ``pattern``
+    is an fnmatch glob."""
     names = list(_REGISTRY)
     if pattern:
         import fnmatch
@@ -81,12 +90,12 @@ def resolve_config(
         raise UsageError("give a model name, phi=, or both width= and depth=")
     if phi is not None:
         base = name or "efficientnet_b0"
-        if base not in _BASELINES:
+        if base not in PHI_BASELINES:
             raise UsageError(
-                f"phi= scales a baseline ({', '.join(_BASELINES)}), not {base!r}; "
+                f"phi= scales a baseline ({', '.join(PHI_BASELINES)}), not {base!r}; "
                 "named models use the published table instead"
             )
-        family = _BASELINES[base]
+        family = PHI_BASELINES[base]
         entry = get_entry(base)
         scale = compound_scale(phi, alpha, beta, gamma, base_resolution=entry.scale.resolution)
         name = f"{base}_phi{phi:g}"

@@ -53,6 +53,27 @@ PUBLISHED: dict[str, Scale] = {
     "efficientnet_lite2": Scale(width=1.1, depth=1.2, resolution=260, dropout=0.3),
     "efficientnet_lite3": Scale(width=1.2, depth=1.4, resolution=280, dropout=0.3),
     "efficientnet_lite4": Scale(width=1.4, depth=1.8, resolution=300, dropout=0.3),
+    # EfficientNetV2 (automl efficientnetv2/effnetv2_configs.py). B1-B3 scale V2-B0's table by
+    # V1's multipliers; S, M, L and XL are tables of their own (width = depth = 1). Resolution is
+    # the released eval size: V2 trains smaller (progressive learning ends at 300 px for S).
+    "efficientnetv2_b0": Scale(width=1.0, depth=1.0, resolution=224, dropout=0.2),
+    "efficientnetv2_b1": Scale(width=1.0, depth=1.1, resolution=240, dropout=0.2),
+    "efficientnetv2_b2": Scale(width=1.1, depth=1.2, resolution=260, dropout=0.3),
+    "efficientnetv2_b3": Scale(width=1.2, depth=1.4, resolution=300, dropout=0.3),
+    "efficientnetv2_s": Scale(width=1.0, depth=1.0, resolution=384, dropout=0.2),
+    "efficientnetv2_m": Scale(width=1.0, depth=1.0, resolution=480, dropout=0.3),
+    "efficientnetv2_l": Scale(width=1.0, depth=1.0, resolution=480, dropout=0.4),
+    "efficientnetv2_xl": Scale(width=1.0, depth=1.0, resolution=512, dropout=0.4),
+}
+
+
+# The named models that `phi=` scales from, per family. A V2 baseline scales by the same rule and
+# coefficients as V1 (the V2 paper scales B0 to B3 with V1's multipliers and defines no other).
+PHI_BASELINES = {
+    "efficientnet_b0": "efficientnet",
+    "efficientnet_lite0": "lite",
+    "efficientnetv2_b0": "efficientnetv2",
+    "efficientnetv2_s": "efficientnetv2_s",
 }
 
 
@@ -105,15 +126,15 @@ def flops_ratio(alpha: float, beta: float, gamma: float) -> float:
     return alpha * beta**2 * gamma**2
 
 
-def round_channels(channels: int, width: float, divisor: int = 8) -> int:
+def round_channels(channels: int, width: float, divisor: int = 8, round_limit: float = 0.9) -> int:
     """Scale and round channels to a multiple of ``divisor``, as the TF reference does.
 
-    Rounds to the nearest multiple but never drops more than 10% below the scaled value,
-    and never below ``divisor``.
+    Rounds to the nearest multiple but never drops more than 10% below the scaled value (V1;
+    V2 passes ``round_limit=0``: no floor), and never below ``divisor``.
     """
     scaled = channels * width
     rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * scaled:
+    if rounded < round_limit * scaled:
         rounded += divisor
     return int(rounded)
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import torch
 
+from effnet.core.errors import UsageError
 from effnet.datasets.loading import ImageDataset, load_data
 from effnet.datasets.transforms import train_transform
 from effnet.models.preprocessing import Preprocessing
@@ -15,6 +16,7 @@ from effnet.models.registry import build_model, create_model
 from effnet.tasks.classification import ClassificationTask
 from effnet.training.config import TrainConfig
 from effnet.training.distill import Distillation, load_teacher, teacher_logits, write_teacher_logits
+from effnet.training.progressive import Progression, StagedTransform
 from effnet.training.run import RunTrainer, resolve_for_run
 from effnet.training.rundir import RunDir
 from effnet.training.sampling import SeededAugment
@@ -92,7 +94,12 @@ class ClassificationTrainer(RunTrainer):
         model.set_memory_efficient(cfg.memory_efficient)
         pre = model.preprocessing
         task = ClassificationTask(len(self.data.classes), cfg.label_smoothing)
-        plain_train = ImageDataset(self.data.split("train"), train_transform(pre, cfg.augment))
+        epoch_setup = None
+        if cfg.progressive:
+            transform, epoch_setup = progressive_setup(cfg, model, pre)
+        else:
+            transform = train_transform(pre, cfg.augment, cfg.randaug)
+        plain_train = ImageDataset(self.data.split("train"), transform)
         val_set = ImageDataset(self.data.split("val"), pre.transform())
 
         criterion, on_start = None, [lambda rd: rd.report_skipped(self.data.skipped)]
@@ -119,7 +126,38 @@ class ClassificationTrainer(RunTrainer):
             quiet=quiet,
             criterion=criterion,
             on_start=on_start,
+            epoch_setup=epoch_setup,
         )
+
+
+def progressive_setup(cfg: TrainConfig, model: torch.nn.Module, pre: Preprocessing):
+    """The staged training transform and the per-epoch hook that moves the run through the
+    stages: image size and RandAugment in the transform, dropout in the classifier's dropout
+    layer. The end values are the run's own (--image-size, --dropout, --randaug)."""
+    end_size, end_dropout = model.config.resolution, model.config.dropout
+    start_dropout = end_dropout if cfg.start_dropout is None else cfg.start_dropout
+    if cfg.start_size > end_size:
+        raise UsageError(f"--start-size {cfg.start_size} is larger than the end, the image size {end_size}")
+    if start_dropout > end_dropout:
+        raise UsageError(f"--start-dropout {start_dropout} is larger than the end, the model's dropout {end_dropout}")
+    randaug = None if cfg.randaug is None else (cfg.randaug if cfg.start_randaug is None else cfg.start_randaug,
+                                                cfg.randaug)  # fmt: skip
+    progression = Progression(cfg.progressive, cfg.epochs, (cfg.start_size, end_size), (start_dropout, end_dropout),
+                              randaug)  # fmt: skip
+
+    def build(stage):
+        at_size = replace(pre, resolution=stage.image_size, resize=stage.image_size)
+        return train_transform(at_size, cfg.augment, stage.randaug)
+
+    transform = StagedTransform(build)
+
+    def epoch_setup(epoch: int) -> dict:
+        stage = progression.at(epoch)
+        transform.set_stage(stage)
+        model.dropout.p = stage.dropout
+        return stage.to_row()
+
+    return transform, epoch_setup
 
 
 def train(cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, quiet: bool = False) -> dict:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from effnet.core.errors import UsageError
 from effnet.datasets.choices import AUGMENTATIONS, BAD_IMAGE_POLICIES
+from effnet.models.scaling import PHI_BASELINES
 from effnet.tasks.choices import DETECTOR_HEADS, TASKS
 
 OPTIMIZERS = ("rmsproptf", "adamw", "sgd")
@@ -94,7 +95,7 @@ class TrainConfig:
 
     task: str = "classification"  # or detection, segmentation, embedding (effnet.tasks)
     model: str | None = "efficientnet_b0"  # None with --weights: the file's architecture (e.g. pruned)
-    phi: float | None = None  # compound-scaled B0 instead of a named model
+    phi: float | None = None  # compound-scaled baseline (--model, default B0) instead of a named model
     # Explicit multipliers override the model's (the scaling search and study train such models).
     width: float | None = None
     depth: float | None = None
@@ -112,6 +113,15 @@ class TrainConfig:
     # Settings left at None come from the recipe (see PAPER and SHORT above).
     recipe: str = "auto"  # auto: paper for runs of >= PAPER_MIN_STEPS optimizer steps, else short
     augment: str | None = None  # paper | light | none (see datasets.transforms)
+    randaug: int | None = None  # RandAugment's magnitude (0-30): paper's is 9; light adds RandAugment
+    # Progressive learning with adaptive regularization (EfficientNetV2, Algorithm 1): the epochs
+    # are cut into `progressive` stages; stage i of M trains at start + (end - start) * i / (M - 1)
+    # of the image size, the dropout and the RandAugment magnitude, whose end values are the
+    # run's --image-size, --dropout and --randaug. Evaluation is always at the end size.
+    progressive: int | None = None
+    start_size: int | None = None
+    start_dropout: float | None = None
+    start_randaug: int | None = None
     epochs: int = 10
     batch_size: int = 64  # per process
     seed: int = 0
@@ -148,8 +158,8 @@ class TrainConfig:
     device: str = "auto"  # auto: CUDA when available (one GPU per torchrun process), else CPU
 
     def __post_init__(self):
-        if self.model is not None and self.phi is not None:
-            raise UsageError("give only one of --model and --phi")
+        if self.model is not None and self.phi is not None and self.model not in PHI_BASELINES:
+            raise UsageError(f"--phi scales a baseline ({', '.join(PHI_BASELINES)}), not --model {self.model}")
         if self.model is None and self.phi is None and not self.weights:
             raise UsageError("give --model, --phi, or --weights FILE to take the architecture from")
         checks = [
@@ -180,6 +190,7 @@ class TrainConfig:
         for name, ok in checks:
             if not ok:
                 raise UsageError(f"--{name.replace('_', '-')}={getattr(self, name)!r} is out of range")
+        self._check_progressive()
         if self.task != "classification" and self.teacher:
             raise UsageError(f"distillation is for classification; --task {self.task} cannot take a teacher")
         if self.task != "classification" and self.data in ("digits", "fashion-mnist"):
@@ -197,6 +208,34 @@ class TrainConfig:
         for name, allowed in choices:
             if getattr(self, name) is not None and getattr(self, name) not in allowed:
                 raise UsageError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+    def _check_progressive(self) -> None:
+        for name in ("randaug", "start_randaug"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 30:
+                raise UsageError(f"--{name.replace('_', '-')} must be a RandAugment magnitude in 0..30, got {value}")
+        starts = [n for n in ("start_size", "start_dropout", "start_randaug") if getattr(self, n) is not None]
+        if self.progressive is None:
+            if starts:
+                raise UsageError(f"--{starts[0].replace('_', '-')} needs --progressive STAGES")
+            return
+        if not 1 <= self.progressive <= self.epochs:
+            raise UsageError(f"--progressive must be a number of stages from 1 to --epochs ({self.epochs}), "
+                             f"got {self.progressive}")  # fmt: skip
+        if self.start_size is None:
+            raise UsageError("--progressive needs --start-size PX, the first stage's image size")
+        if self.start_size < 8:
+            raise UsageError(f"--start-size must be at least 8 pixels, got {self.start_size}")
+        if self.start_randaug is not None and self.randaug is None:
+            raise UsageError("--start-randaug needs --randaug, the last stage's magnitude")
+        if self.start_dropout is not None and not 0.0 <= self.start_dropout < 1.0:
+            raise UsageError(f"--start-dropout must be in [0, 1), got {self.start_dropout}")
+        ends = (("start_size", "image_size"), ("start_dropout", "dropout"), ("start_randaug", "randaug"))
+        for start, end in ends:
+            first, last = getattr(self, start), getattr(self, end)
+            if first is not None and last is not None and first > last:
+                raise UsageError(f"--{start.replace('_', '-')} {first} is larger than the end, "
+                                 f"--{end.replace('_', '-')} {last}")  # fmt: skip
 
     def to_dict(self) -> dict:
         return asdict(self)

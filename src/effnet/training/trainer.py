@@ -93,7 +93,9 @@ class Trainer:
 
     ``criterion(outputs, targets, inputs, extras)`` replaces the task's loss when given (e.g.
     distillation). ``on_start`` callbacks write extra files into a new run before its first
-    state, so a run that exists is complete."""
+    state, so a run that exists is complete. ``epoch_setup(epoch)`` (progressive learning) sets
+    the epoch's image size and regularization before its loader starts and returns what to
+    record in its metrics row; it must depend on the epoch alone, or resume would not be exact."""
 
     # Counters and history that, with the modules' state dicts and the RNG, define the run.
     _PROGRESS = ("epoch", "step_in_epoch", "global_step", "best_score", "rows", "bad_in_a_row", "skipped_steps",
@@ -115,12 +117,14 @@ class Trainer:
         quiet: bool = False,
         criterion=None,
         on_start=(),
+        epoch_setup=None,
     ):
         self.cfg, self.rundir, self.run, self.task = cfg, rundir, rundir.path, task
         self.model, self.train_set, self.val_set, self.plan = model, train_set, val_set, plan
         self.dist, self.device, self.quiet = ranks, device, quiet
         self.criterion = criterion or (lambda outputs, targets, inputs, extras: task.loss(outputs, targets))
         self.micro_per_epoch, self.steps_per_epoch = plan.micro_per_epoch, plan.steps_per_epoch
+        self.epoch_setup, self.epoch_settings = epoch_setup, {}
 
         self.optimizer = build_optimizer(self.model, cfg, cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.steps_per_epoch))
@@ -239,6 +243,8 @@ class Trainer:
     def _run_epoch(self, reporter) -> None:
         cfg = self.cfg
         self.net.train()  # evaluation at the end of the last epoch left it in eval mode
+        if self.epoch_setup is not None:
+            self.epoch_settings = self.epoch_setup(self.epoch)
         start = time.perf_counter()
         loader = epoch_loader(
             self.train_set,
@@ -326,6 +332,7 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "epoch_seconds": round(seconds, 2),
             "images_per_second": round(seen_here * self.dist.world / max(seconds, 1e-9), 1),
+            **self.epoch_settings,
         }
         if self.dist.main:
             # Detectors and embedders report no validation loss; their score must be finite then.

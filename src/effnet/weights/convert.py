@@ -77,18 +77,32 @@ def convert_state_dict(
     return out
 
 
-def _block_kinds(sd, source: str) -> dict[tuple[int, int], bool]:
-    """(stage, block) -> whether the block has an expansion conv; the sub-layer indices shift."""
+def _block_kinds(sd, source: str) -> dict[tuple[int, int], str]:
+    """(stage, block) -> the block's kind, named as timm names them: "ir" (MBConv with an
+    expansion), "ds" (MBConv1), "er" (Fused-MBConv with an expansion), "cn" (Fused-MBConv1).
+    The kind decides what each sub-layer index (torchvision) or name (timm) is."""
     if source == "torchvision":
-        pat, expand_marker = re.compile(r"features\.(\d+)\.(\d+)\.block\.(\d+)\."), "3"
+        # The sub-layer indices a block has tell its kind: 0-3 expand/dw/se/project, 0-2
+        # dw/se/project, 0-1 fused/project, 0 fused alone.
+        pat = re.compile(r"features\.(\d+)\.(\d+)\.block\.(\d+)\.")
+        by_count = {4: "ir", 3: "ds", 2: "er", 1: "cn"}
     else:
-        pat, expand_marker = re.compile(r"blocks\.(\d+)\.(\d+)\.(\w+)\."), "conv_pwl"
-    kinds: dict[tuple[int, int], bool] = {}
+        pat = re.compile(r"blocks\.(\d+)\.(\d+)\.(\w+)\.")
+    parts: dict[tuple[int, int], set[str]] = {}
     for key in sd:
         m = pat.match(key)
         if m:
-            blk = (int(m[1]), int(m[2]))
-            kinds[blk] = kinds.get(blk, False) or m[3] == expand_marker
+            parts.setdefault((int(m[1]), int(m[2])), set()).add(m[3])
+    if source == "torchvision":
+        return {blk: by_count.get(len(names), "?") for blk, names in parts.items()}
+    kinds = {}
+    for blk, names in parts.items():
+        if "conv_exp" in names:
+            kinds[blk] = "er"
+        elif "conv" in names:
+            kinds[blk] = "cn"
+        else:
+            kinds[blk] = "ir" if "conv_pwl" in names else "ds"
     return kinds
 
 
@@ -109,7 +123,9 @@ def _torchvision_key(key: str, kinds) -> str | None:
     if not m:
         return None
     stage, block, idx, rest = int(m[1]), int(m[2]), int(m[3]), m[4]
-    parts = ["expand", "dw", "se", "project"] if kinds[(stage, block)] else ["dw", "se", "project"]
+    parts = _TORCHVISION_PARTS.get(kinds[(stage, block)], [])
+    if idx >= len(parts):
+        return None
     part = parts[idx]
     prefix = f"stages.{stage - 1}.{block}"
     if part == "se":
@@ -121,16 +137,27 @@ def _torchvision_key(key: str, kinds) -> str | None:
     return f"{prefix}.{part}_conv.weight" if sub[1] == "0" else _bn(f"{prefix}.{part}_bn", sub[2])
 
 
-_TIMM_TOP = {"conv_stem": "stem.conv", "bn1": "stem.bn", "conv_head": "head.conv", "bn2": "head.bn"}
-_TIMM_IR = {
-    "conv_pw": "expand_conv",
-    "bn1": "expand_bn",
-    "conv_dw": "dw_conv",
-    "bn2": "dw_bn",
-    "conv_pwl": "project_conv",
-    "bn3": "project_bn",
+_TORCHVISION_PARTS = {
+    "ir": ["expand", "dw", "se", "project"],
+    "ds": ["dw", "se", "project"],
+    "er": ["fused", "project"],
+    "cn": ["fused"],
 }
-_TIMM_DS = {"conv_dw": "dw_conv", "bn1": "dw_bn", "conv_pw": "project_conv", "bn2": "project_bn"}
+
+_TIMM_TOP = {"conv_stem": "stem.conv", "bn1": "stem.bn", "conv_head": "head.conv", "bn2": "head.bn"}
+_TIMM_BLOCKS = {
+    "ir": {
+        "conv_pw": "expand_conv",
+        "bn1": "expand_bn",
+        "conv_dw": "dw_conv",
+        "bn2": "dw_bn",
+        "conv_pwl": "project_conv",
+        "bn3": "project_bn",
+    },
+    "ds": {"conv_dw": "dw_conv", "bn1": "dw_bn", "conv_pw": "project_conv", "bn2": "project_bn"},
+    "er": {"conv_exp": "fused_conv", "bn1": "fused_bn", "conv_pwl": "project_conv", "bn2": "project_bn"},
+    "cn": {"conv": "fused_conv", "bn1": "fused_bn"},
+}
 _SE = {"conv_reduce": "reduce", "conv_expand": "expand", "_se_reduce": "reduce", "_se_expand": "expand"}
 
 
@@ -146,7 +173,7 @@ def _timm_key(key: str, kinds) -> str | None:
     prefix = f"stages.{stage}.{block}"
     if se := re.fullmatch(r"se\.(conv_reduce|conv_expand)\.(weight|bias)", rest):
         return f"{prefix}.se.{_SE[se[1]]}.{se[2]}"
-    names = _TIMM_IR if kinds[(stage, block)] else _TIMM_DS
+    names = _TIMM_BLOCKS[kinds[(stage, block)]]
     part = re.fullmatch(r"(\w+)\.(\w+)", rest)
     if not part or part[1] not in names:
         return None

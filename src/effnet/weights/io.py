@@ -153,9 +153,24 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], origin: 
             problems.append(f"{label}: {', '.join(items[:3])}{more}")
     if problems:
         name = getattr(getattr(model, "config", None), "name", type(model).__name__)
-        raise WeightsError(f"{origin} does not match {name}; " + "; ".join(problems))
+        raise WeightsError(
+            f"{origin} does not match {name}; " + "; ".join(problems) + _generation_hint(own, state_dict)
+        )
     model.load_state_dict(state_dict, strict=True)
     return model
+
+
+def _generation_hint(own: dict, theirs: dict) -> str:
+    """V1 and V2 weights fail on dozens of keys; say the one thing that is wrong."""
+
+    def v2(keys) -> bool:
+        return any(".fused_conv." in k for k in keys)
+
+    if v2(theirs) and not v2(own):
+        return ". These are EfficientNetV2 weights (Fused-MBConv blocks): load them with an efficientnetv2_* model"
+    if v2(own) and not v2(theirs) and any(".dw_conv." in k for k in theirs):
+        return ". These are EfficientNet (V1) weights: load them with an efficientnet_* model, not a V2"
+    return ""
 
 
 def load(
