@@ -4,6 +4,9 @@ benchmarks/fashion_mnist_accuracy.json.
 
     python benchmarks/fashion_mnist_accuracy.py            # the committed configuration
     python benchmarks/fashion_mnist_accuracy.py --epochs 2 --limit-train 8000   # a quick look
+
+Options it does not know go to ``effnet train`` as they are (progressive learning, for one:
+``--progressive 4 --start-size 32``); the summary names the plots after itself.
 """
 
 from __future__ import annotations
@@ -30,14 +33,14 @@ def main() -> None:
     parser.add_argument("--limit-train", default=None)
     parser.add_argument("--out", default=str(ROOT / "runs" / "fmnist-benchmark"))
     parser.add_argument("--summary", default=str(ROOT / "benchmarks" / "fashion_mnist_accuracy.json"))
-    args = parser.parse_args()
+    args, extra = parser.parse_known_args()
 
     train = [
         sys.executable, "-m", "effnet", "train", "--phi", args.phi, "--data", "fashion-mnist",
         "--image-size", args.image_size, "--epochs", args.epochs, "--batch-size", "64", "--seed", "0",
         "--opt", "adamw", "--lr", args.lr, "--weight-decay", args.weight_decay, "--sched", "cosine",
         "--augment", "light", "--ema-decay", "0.999", "--bn-momentum", "0.1", "--drop-path-rate", args.drop_path_rate,
-        "--channels-last", "--checkpoint-every", "200", "--out", args.out,
+        "--channels-last", "--checkpoint-every", "200", "--out", args.out, *extra,
     ]  # fmt: skip
     if args.limit_train:
         train += ["--limit-train", args.limit_train]
@@ -52,6 +55,7 @@ def main() -> None:
     rows = (Path(args.out) / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     last = dict(zip(header, rows[-1].split(","), strict=True))
+    column = {name: [r.split(",")[header.index(name)] for r in rows[1:]] for name in header}
     summary = {
         "command": " ".join(["python", "benchmarks/fashion_mnist_accuracy.py", *sys.argv[1:]]),
         "train_command": " ".join(train[1:]),
@@ -64,12 +68,17 @@ def main() -> None:
         "epochs": int(last["epoch"]),
         "val_top1_by_epoch": [float(r.split(",")[header.index("val_top1")]) for r in rows[1:]],
         "epoch_seconds": [float(r.split(",")[header.index("epoch_seconds")]) for r in rows[1:]],
-    }
+        "train_seconds": round(sum(float(v) for v in column["epoch_seconds"]), 1),
+        **({"image_size_by_epoch": [int(v) for v in column["image_size"]],
+            "dropout_by_epoch": [float(v) for v in column["dropout"]],
+            "randaug_by_epoch": [int(v) if v else None for v in column["randaug"]]} if "image_size" in column else {}),
+    }  # fmt: skip
     # Paths relative to the repository: the results must not name this machine's folders.
     Path(args.summary).write_text(json.dumps(summary, indent=2).replace(f"{ROOT}/", "") + "\n")
     # runs/ is not committed: keep the plots beside the summary so they outlive the run directory
+    stem = Path(args.summary).stem.removesuffix("_accuracy")
     for name in ("curves.png", "confusion.png"):
-        shutil.copyfile(Path(args.out) / name, Path(args.summary).parent / f"fashion_mnist_{name}")
+        shutil.copyfile(Path(args.out) / name, Path(args.summary).parent / f"{stem}_{name}")
     print(json.dumps({k: summary[k] for k in ("test_top1", "wall_seconds_this_invocation", "epochs")}, indent=2))
 
 

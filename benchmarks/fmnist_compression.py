@@ -77,14 +77,16 @@ def summary_markdown(summary: dict, args) -> str:
         f"| {p['ratio']:.0%} of expansion channels, {args.finetune_epochs} epochs fine-tuning | {p['macs_ratio']:.2f}x "
         f"| {p['params'][0]:,} -> {p['params'][1]:,} | {pct(p['test_top1'])} | {p['points_lost']:.2f} |",
         "",
-        "| int8 | params | fp32 top-1 (%) | int8 top-1 (%) | points lost | file vs fp32 | latency b1 vs fp32 |",
-        "|---|---|---|---|---|---|---|",
+        "| int8 | params | fp32 top-1 (%) | int8 top-1 (%) | points lost | file vs fp32 | ORT latency b1 vs fp32 "
+        "| OpenVINO latency b1 vs fp32 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, key in (("B0 phi=-3", "int8"), ("Lite0 at the same width and depth", "int8_lite")):
         q = summary[key]
         lines.append(
             f"| {name} | {q['params']:,} | {pct(q['fp32_top1'])} | {pct(q['int8_top1'])} | {q['points_lost']:.2f} "
-            f"| {q['size_ratio']:.3f}x | {q['latency_ratio']:.2f}x ({q['latency_ms'][1]:.2f} ms) |"
+            f"| {q['size_ratio']:.3f}x | {q['latency_ratio']:.2f}x ({q['latency_ms'][1]:.2f} ms) "
+            f"| {q['openvino_latency_ratio']:.2f}x ({q['openvino_latency_ms'][1]:.2f} ms) |"
         )
     d = summary["distillation"]
     seeds = sorted({k.split("-", 1)[1] for k in d})
@@ -187,6 +189,8 @@ def main() -> None:
             "size_ratio": round(q["file_bytes"] / fp32["file_bytes"], 3),
             "latency_ratio": round(q["latency_ms"] / fp32["latency_ms"], 3),
             "latency_ms": [fp32["latency_ms"], q["latency_ms"]],
+            "openvino_latency_ratio": round(q["openvino_latency_ms"] / fp32["openvino_latency_ms"], 3),
+            "openvino_latency_ms": [fp32["openvino_latency_ms"], q["openvino_latency_ms"]],
         }
 
     summary = {
@@ -206,7 +210,10 @@ def main() -> None:
         "int8_lite": int8_summary(lite_int8),
         "distillation": {k: v["test_top1"] for k, v in students.items()},
         "pipeline": [
-            {k: s[k] for k in ("stage", "params", "macs", "file_bytes", "latency_ms", "test_top1")}
+            {
+                k: s[k]
+                for k in ("stage", "params", "macs", "file_bytes", "latency_ms", "openvino_latency_ms", "test_top1")
+            }
             for s in chain["stages"]
         ],  # fmt: skip
     }

@@ -1,4 +1,6 @@
-"""Training-step cost: effnet vs timm, same model (B0), same batch, same optimizer.
+"""Training-step cost: effnet vs timm, same model (B0), same batch, same optimizer; and, with
+``--impls``, any of our models against each other (EfficientNetV2-S against B4, the V2 paper's
+comparison point).
 
 Time and memory are measured apart, because each needs its own arrangement:
 * time: one process per round builds all three models and interleaves their steps, so the
@@ -8,6 +10,10 @@ Time and memory are measured apart, because each needs its own arrangement:
 * memory: one process per implementation, so peak RSS (ru_maxrss) belongs to that model alone.
 
     python benchmarks/training_cost.py --configs 32x224,128x32 --rounds 3 --json benchmarks/training_cost.json
+    python benchmarks/training_cost.py --impls effnet_b4,effnet_v2_s --configs 32x128 --rounds 3 \
+        --json benchmarks/training_cost_v2.json
+
+The ratio columns are to the first implementation listed.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import subprocess
 import sys
 
 IMPLS = ["timm", "effnet", "effnet_memory_efficient"]
+# effnet models other than B0, by implementation name
+MODELS = {"effnet_b4": "efficientnet_b4", "effnet_v2_s": "efficientnetv2_s"}
 
 
 def make_step(impl: str, batch: int, size: int):
@@ -33,7 +41,8 @@ def make_step(impl: str, batch: int, size: int):
     else:
         import effnet
 
-        model = effnet.create_model("efficientnet_b0").set_memory_efficient(impl == "effnet_memory_efficient")
+        model = effnet.create_model(MODELS.get(impl, "efficientnet_b0"))
+        model.set_memory_efficient(impl == "effnet_memory_efficient")
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, 3, size, size)
@@ -48,14 +57,14 @@ def make_step(impl: str, batch: int, size: int):
     return step
 
 
-def time_worker(batch: int, size: int, steps: int, min_seconds: float) -> dict:
+def time_worker(impls: list[str], batch: int, size: int, steps: int, min_seconds: float) -> dict:
     import time
 
-    runners = {impl: make_step(impl, batch, size) for impl in IMPLS}
+    runners = {impl: make_step(impl, batch, size) for impl in impls}
     for step in runners.values():
         step()  # warm-up: allocator, oneDNN primitives
-    times: dict[str, list[float]] = {impl: [] for impl in IMPLS}
-    order = list(IMPLS)
+    times: dict[str, list[float]] = {impl: [] for impl in impls}
+    order = list(impls)
     while min(len(t) for t in times.values()) < steps or min(sum(t) for t in times.values()) < min_seconds:
         for impl in order:
             start = time.perf_counter()
@@ -82,6 +91,7 @@ def _spawn(*args: str) -> object:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="32x224,128x32", help="BATCHxSIZE,...")
+    parser.add_argument("--impls", default=",".join(IMPLS), help=f"of {', '.join(IMPLS + list(MODELS))}")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="measured steps per model and round, at least")
     parser.add_argument("--min-seconds", type=float, default=8.0, help="measured time per model and round, at least")
@@ -89,9 +99,13 @@ def main() -> None:
     parser.add_argument("--time-worker", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--memory-worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    impls = args.impls.split(",")
+    unknown = [i for i in impls if i not in IMPLS and i not in MODELS]
+    if unknown:
+        parser.error(f"unknown --impls {', '.join(unknown)}")
     if args.time_worker:
         batch, size = map(int, args.time_worker)
-        print(json.dumps(time_worker(batch, size, args.steps, args.min_seconds)))
+        print(json.dumps(time_worker(impls, batch, size, args.steps, args.min_seconds)))
         return
     if args.memory_worker:
         impl, batch, size = args.memory_worker
@@ -101,10 +115,11 @@ def main() -> None:
     rows = []
     for config in args.configs.split(","):
         batch, size = map(int, config.split("x"))
-        timing = ["--steps", str(args.steps), "--min-seconds", str(args.min_seconds)]
+        timing = ["--impls", args.impls, "--steps", str(args.steps), "--min-seconds", str(args.min_seconds)]
         rounds = [_spawn(*timing, "--time-worker", str(batch), str(size)) for _ in range(args.rounds)]
-        memory = {impl: _spawn("--memory-worker", impl, str(batch), str(size)) for impl in IMPLS}
-        for impl in IMPLS:
+        memory = {impl: _spawn("--memory-worker", impl, str(batch), str(size)) for impl in impls}
+        first = impls[0]
+        for impl in impls:
             rows.append(
                 {
                     "impl": impl,
@@ -112,15 +127,17 @@ def main() -> None:
                     "size": size,
                     "step_s": statistics.median(r[impl] for r in rounds),
                     "step_s_by_round": [r[impl] for r in rounds],
-                    "time_vs_timm": statistics.median(r[impl] / r["timm"] for r in rounds),
+                    f"time_vs_{first}": statistics.median(r[impl] / r[first] for r in rounds),
                     "peak_rss_mb": memory[impl],
-                    "memory_vs_timm": memory[impl] / memory["timm"],
+                    f"memory_vs_{first}": memory[impl] / memory[first],
                 }
             )
-    print(f"{'impl':<25} {'batch':>5} {'size':>5} {'step s':>8} {'peak MB':>8} {'time/timm':>9} {'mem/timm':>9}")
+    first = impls[0]
+    print(f"{'impl':<25} {'batch':>5} {'size':>5} {'step s':>8} {'peak MB':>8} {'time/' + first:>14} "
+          f"{'mem/' + first:>14}")  # fmt: skip
     for r in rows:
         print(f"{r['impl']:<25} {r['batch']:>5} {r['size']:>5} {r['step_s']:>8.2f} {r['peak_rss_mb']:>8.0f} "
-              f"{r['time_vs_timm']:>9.2f} {r['memory_vs_timm']:>9.2f}")  # fmt: skip
+              f"{r[f'time_vs_{first}']:>14.2f} {r[f'memory_vs_{first}']:>14.2f}")  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

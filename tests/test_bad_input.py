@@ -269,6 +269,51 @@ def test_bad_train_option_writes_nothing(capsys, tmp_path, option, value):
 
 
 @pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            ["--progressive", "0", "--start-size", "16"],
+            "--progressive must be a number of stages from 1 to --epochs (1)",
+        ),
+        (
+            ["--progressive", "2", "--start-size", "16"],
+            "--progressive must be a number of stages from 1 to --epochs (1)",
+        ),
+        (["--progressive", "1"], "--progressive needs --start-size PX"),
+        (["--progressive", "1", "--start-size", "0"], "--start-size must be at least 8 pixels, got 0"),
+        (["--progressive", "1", "--start-size", "-16"], "--start-size must be at least 8 pixels, got -16"),
+        (["--progressive", "1", "--start-size", "48"], "--start-size 48 is larger than the end, --image-size 32"),
+        (["--start-size", "16"], "--start-size needs --progressive STAGES"),
+        (
+            ["--progressive", "1", "--start-size", "16", "--start-dropout", "0.5", "--dropout", "0.2"],
+            "--start-dropout 0.5 is larger than the end, --dropout 0.2",
+        ),
+        (["--progressive", "1", "--start-size", "16", "--start-randaug", "4"], "--start-randaug needs --randaug"),
+        (["--randaug", "31"], "--randaug must be a RandAugment magnitude in 0..30"),
+        (["--randaug", "5", "--augment", "none"], "--randaug needs an augmentation"),
+        (
+            ["--progressive", "1", "--start-size", "16", "--teacher", "t.safetensors", "--cache-teacher"],
+            "--cache-teacher cannot follow --progressive",
+        ),
+    ],
+)
+def test_bad_progressive_learning_writes_nothing(capsys, tmp_path, options, message):
+    run = tmp_path / "run"
+    rc, _, err = run_cli(capsys, "train", *TINY_TRAIN, "--out", run, *options)
+    assert rc == 2 and message in error_line(err)
+    assert not run.exists()
+
+
+def test_progressive_start_size_above_the_models_resolution(capsys, tmp_path):
+    # Without --image-size the end is the model's resolution, known once the model is built.
+    run = tmp_path / "run"
+    argv = ["--phi", "-3", "--data", "digits", "--limit-train", "64", "--epochs", "1", "--quiet"]
+    rc, _, err = run_cli(capsys, "train", *argv, "--out", run, "--progressive", "1", "--start-size", "512")
+    assert rc == 2 and "--start-size 512 is larger than the end, the image size 147" in error_line(err)
+    assert not run.exists()
+
+
+@pytest.mark.parametrize(
     "argv",
     [
         ["eval", "--weights", "w.safetensors", "--batch-size", "0"],

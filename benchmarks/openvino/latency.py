@@ -2,7 +2,9 @@
 
 1. B0 at 224, batch 1 (OpenVINO's LATENCY hint) and batch 32 (THROUGHPUT hint): torchvision eager,
    ours eager, ours and torchvision's export on ONNX Runtime and on OpenVINO, with each row's ratio
-   to torchvision eager and to the physical limit.
+   to torchvision eager and to the physical limit. Batch 1 also times, in the same rotation, both
+   exports on OpenVINO in bf16 (this CPU's AMX units; OpenVINO's own default here) and our int8
+   QDQ file (``effnet quantize``'s format, calibrated on noise: speed only) on both engines.
 2. B0-B3 and Lite0 at their resolutions, batch 1: eager / ONNX Runtime / OpenVINO, with the parity
    of each export against eager as ``effnet export`` checks it.
 3. OpenVINO in bf16 on this CPU's bf16 units, speed and error, for B0 at batch 1.
@@ -19,12 +21,17 @@ import platform
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import effnet
-from effnet.deploy.bench import bench, peak_gflops
+from effnet.compress.quantize import quantize_onnx
+from effnet.deploy.bench import _rows, bench, build_engines, peak_gflops, time_interleaved
 from effnet.deploy.export import export
 from effnet.deploy.openvino import OpenVinoModel
+from effnet.deploy.runtime import OnnxModel
+from effnet.models.flops import count_macs
+from effnet.models.registry import resolve_config
 
 B0_ENGINES = ["torchvision", "effnet", "effnet_onnxruntime", "torchvision_onnxruntime", "effnet_openvino",
               "torchvision_openvino"]  # fmt: skip
@@ -44,6 +51,27 @@ def parity(name: str, scratch: Path) -> dict:
     onnx = export(model, scratch / f"{name}.onnx", dynamic_batch=True)
     ir = export(model, scratch / f"{name}.xml", format="openvino", dynamic_batch=True)
     return {"onnx_relative_diff": onnx.relative_diff, "openvino_relative_diff": ir.relative_diff}
+
+
+def b0_batch1(scratch: Path, threads: int, peak: float, min_seconds: float) -> list:
+    """Every B0 engine at batch 1 in one rotation: f32, bf16 and int8 side by side."""
+    runners = build_engines("efficientnet_b0", 224, threads, scratch, B0_ENGINES, "latency", "f32")
+    bf16 = build_engines("efficientnet_b0", 224, threads, scratch, ["effnet_openvino", "torchvision_openvino"],
+                         "latency", "bf16")  # fmt: skip
+    runners.update({f"{k}_bf16": v for k, v in bf16.items()})
+    torch.manual_seed(0)
+    fp32 = export(effnet.create_model("efficientnet_b0"), scratch / "b0_fp32.onnx", dynamic_batch=True).path
+    noise = [np.random.default_rng(i).standard_normal((8, 3, 224, 224)).astype(np.float32) for i in range(4)]
+    quantize_onnx(fp32, scratch / "b0_int8.onnx", noise)
+    ort = OnnxModel(scratch / "b0_int8.onnx", threads=threads).session
+    runners["effnet_int8_onnxruntime"] = lambda x: ort.run(None, {"image": x.numpy()})
+    ov = OpenVinoModel(scratch / "b0_int8.onnx", threads, hint="latency").runner
+    runners["effnet_int8_openvino"] = lambda x: ov.run(x.numpy())
+    x = torch.randn(1, 3, 224, 224)
+    times = time_interleaved(runners, x, warmup=3, min_runs=20, min_seconds=min_seconds, progress=True,
+                             label="efficientnet_b0 b1")  # fmt: skip
+    limit_ms = 2 * count_macs(resolve_config("efficientnet_b0"), 224) / (peak * 1e9) * 1e3
+    return _rows("efficientnet_b0", 1, 224, threads, times, limit_ms)
 
 
 def bf16_error(scratch: Path, threads: int) -> dict:
@@ -71,11 +99,9 @@ def main() -> None:
     result = {"cpu": platform.processor() or platform.machine(), "cpu_flags": cpu_flags(), "threads": args.threads,
               "peak_gflops_fp32": peak, "openvino": __import__("openvino").__version__,
               "onnxruntime": __import__("onnxruntime").__version__}  # fmt: skip
-    rows = bench(["efficientnet_b0"], [1], engines=B0_ENGINES, ov_hint="latency", **common)
+    with tempfile.TemporaryDirectory() as scratch:
+        rows = b0_batch1(Path(scratch), args.threads, peak, args.min_seconds)
     rows += bench(["efficientnet_b0"], [32], engines=B0_ENGINES, ov_hint="throughput", **common)
-    rows += bench(["efficientnet_b0"], [1], engines=["torchvision", "effnet_openvino"], ov_precision="bf16", **common)
-    for r in rows[-2:]:
-        r.engine += "_bf16" if r.engine == "effnet_openvino" else ""
     result["b0"] = [r.to_dict() for r in rows]
     family = bench(FAMILY, [1], engines=["effnet", "effnet_onnxruntime", "effnet_openvino"], **common)
     with tempfile.TemporaryDirectory() as scratch:

@@ -219,6 +219,9 @@ class TrainConfig:
             if starts:
                 raise UsageError(f"--{starts[0].replace('_', '-')} needs --progressive STAGES")
             return
+        if self.cache_teacher:
+            raise UsageError("--cache-teacher cannot follow --progressive: the cached logits are the teacher's on "
+                             "images of one size, and the stages change the size")  # fmt: skip
         if not 1 <= self.progressive <= self.epochs:
             raise UsageError(f"--progressive must be a number of stages from 1 to --epochs ({self.epochs}), "
                              f"got {self.progressive}")  # fmt: skip
