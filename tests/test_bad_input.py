@@ -428,8 +428,11 @@ def test_busy_run_is_refused_and_ctrl_c_leaves_a_resumable_run(capsys, tmp_path)
     run = tmp_path / "run"
     argv = ["train", *TINY, "--limit-train", "64", "--epochs", "50", "--out", str(run)]
     argv.remove("--quiet")  # the per-epoch lines say when training is under way
+    # A shell starts background jobs (make test &, nohup ... &) with SIGINT ignored, and children
+    # inherit that; the run under test is a foreground command, where Ctrl-C is delivered.
     proc = subprocess.Popen([sys.executable, "-m", "effnet", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=subprocess_env(), cwd=tmp_path)  # fmt: skip
+                            text=True, env=subprocess_env(), cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         seen = read_stderr_until(proc, "epoch 1/", 60)
         assert proc.poll() is None, f"training ended early ({proc.returncode}):\n{seen}{proc.stderr.read()}"
@@ -544,8 +547,13 @@ def test_ctrl_c_during_a_save_lands_after_it(tmp_path):
         os.kill(os.getpid(), signal.SIGINT)  # arrives while the file is still being written
         torch.save({"b": torch.ones(1000)}, f)
 
-    with pytest.raises(KeyboardInterrupt):
-        atomic_write(target, write)
+    # As in a foreground command: a test run started as a background job has SIGINT ignored.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            atomic_write(target, write)
+    finally:
+        restored = signal.signal(signal.SIGINT, inherited)
     assert target.is_file()  # the write finished and was renamed into place before the interrupt
     assert not list(tmp_path.glob(".*.tmp"))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+    assert restored is signal.default_int_handler  # atomic_write put back the handler it found
