@@ -140,8 +140,9 @@ def progressive_setup(cfg: TrainConfig, model: torch.nn.Module, pre: Preprocessi
         raise UsageError(f"--start-size {cfg.start_size} is larger than the end, the image size {end_size}")
     if start_dropout > end_dropout:
         raise UsageError(f"--start-dropout {start_dropout} is larger than the end, the model's dropout {end_dropout}")
-    randaug = None if cfg.randaug is None else (cfg.randaug if cfg.start_randaug is None else cfg.start_randaug,
-                                                cfg.randaug)  # fmt: skip
+    randaug = None  # no RandAugment ramp without an end magnitude
+    if cfg.randaug is not None:
+        randaug = (cfg.randaug if cfg.start_randaug is None else cfg.start_randaug, cfg.randaug)
     progression = Progression(cfg.progressive, cfg.epochs, (cfg.start_size, end_size), (start_dropout, end_dropout),
                               randaug)  # fmt: skip
 
