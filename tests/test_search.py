@@ -199,3 +199,46 @@ def test_scaling_study_matches_macs_and_continues(tmp_path):
     again = run_cli(*cmd)
     assert again.returncode == 0, again.stderr
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/best.safetensors")} == stamps
+
+
+def test_a_result_outliving_its_declared_death_goes_into_the_retry(tmp_path):
+    """A busy machine can delay a worker's heartbeat past the grace period: another worker
+    then fails the trial and queues the point again. The late result must land in that retry
+    (or be dropped if a worker already took it), never crash the worker."""
+    import optuna
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+
+    from effnet.search.study import _claim, _record, open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'late.db'}", heartbeat=1)
+    study = optuna.create_study(storage=storage, study_name="late", direction="maximize")
+    for alpha in (1.2, 1.4):
+        study.enqueue_trial({"alpha": alpha, "beta": 1.1, "gamma": 1.15})
+
+    def start():
+        trial = optuna.Trial(study, _claim(study, storage))
+        for name in ("alpha", "beta", "gamma"):
+            trial.suggest_float(name, 1.0, 2.6)
+        storage.record_heartbeat(trial._trial_id)
+        return trial
+
+    def declared_dead(trial):
+        time.sleep(4.2)  # past the grace period (3 heartbeats; SQLite's clock has 1 s steps)
+        fail_stale_trials(study)
+        return storage.get_trial(trial._trial_id).state
+
+    first = start()
+    assert declared_dead(first) == TrialState.FAIL
+    assert _record(study, storage, first, {"val_top1": 0.5}, 0.5)
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert [(t.params["alpha"], t.value, t.user_attrs["val_top1"]) for t in done] == [(1.2, 0.5, 0.5)]
+
+    # The second point's retry is already claimed by another worker: the late result is dropped.
+    second = start()
+    assert declared_dead(second) == TrialState.FAIL
+    assert _claim(study, storage) is not None
+    with pytest.warns(UserWarning, match="declared dead"):
+        assert not _record(study, storage, second, {"val_top1": 0.7}, 0.7)
+    states = Counter(t.state for t in study.get_trials(deepcopy=False))
+    assert states == {TrialState.COMPLETE: 1, TrialState.FAIL: 2, TrialState.RUNNING: 1}

@@ -233,7 +233,13 @@ class _Heartbeat:
 
     def _beat(self) -> None:
         while not self.stop.wait(self.interval):
-            self.storage.record_heartbeat(self.trial_id)
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception:  # noqa: BLE001
+                # A beat can fail (SQLite's "database is locked" while another worker writes,
+                # a dropped connection); the next one retries. A dead thread would get this
+                # live trial declared dead and trained twice.
+                continue
 
     def __enter__(self):
         self.storage.record_heartbeat(self.trial_id)
@@ -281,10 +287,44 @@ def _evaluate_point(study, storage, trial_id: int, spec: GridSearch, heartbeat: 
         optuna.storages.RetryHeartbeatStaleTrialCallback()(study, frozen)
         raise
     result["worker"] = f"{socket.gethostname()}:{os.getpid()}"
-    for key, value in {**shape.__dict__, **result}.items():
-        trial.set_user_attr(key, value)
-    study.tell(trial, result["val_top1"])
+    _record(study, storage, trial, {**shape.__dict__, **result}, result["val_top1"])
     return {"alpha": alpha, "beta": beta, "gamma": gamma, **result}
+
+
+def _record(study, storage, trial, attrs: dict, value: float) -> bool:
+    """Store a finished point; False if the result had nowhere to go.
+
+    A busy machine can delay this worker's heartbeat past the grace period; another worker
+    then declares the trial dead and queues the same point again while this one is still
+    training. The finished result then goes into that retry, if no worker has claimed it yet;
+    if one has, that worker will store the same point and this result is dropped."""
+    import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    try:
+        for key, val in attrs.items():
+            trial.set_user_attr(key, val)
+        study.tell(trial, value)
+        return True
+    except UpdateFinishedTrialError:
+        pass
+    params = storage.get_trial(trial._trial_id).params
+    for waiting in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if waiting.params != params:
+            continue
+        try:
+            if not storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
+                continue
+        except UpdateFinishedTrialError:
+            continue
+        return _record(study, storage, optuna.Trial(study, waiting._trial_id), attrs, value)
+    warnings.warn(
+        f"trial {trial.number} was declared dead while it trained (its heartbeat came late) and "
+        "another worker took it again; this worker's result is dropped",
+        stacklevel=2,
+    )
+    return False
 
 
 def run_grid(
