@@ -291,6 +291,8 @@ def test_bad_train_option_writes_nothing(capsys, tmp_path, option, value):
         (["--progressive", "1", "--start-size", "16", "--start-randaug", "4"], "--start-randaug needs --randaug"),
         (["--randaug", "31"], "--randaug must be a RandAugment magnitude in 0..30"),
         (["--randaug", "5", "--augment", "none"], "--randaug needs an augmentation"),
+        (["--random-erase", "0.5", "--augment", "none"], "--random-erase needs an augmentation"),
+        (["--random-erase", "1.5"], "--random-erase=1.5 is out of range"),
         (
             ["--progressive", "1", "--start-size", "16", "--teacher", "t.safetensors", "--cache-teacher"],
             "--cache-teacher cannot follow --progressive",

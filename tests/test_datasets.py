@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import effnet
@@ -80,6 +81,19 @@ def test_digits_splits_and_transforms():
     assert x.shape == (3, 32, 32) and 0 <= y < 10
     x, _ = ImageDataset(data.split("test"), half_normalized(24).transform())[0]
     assert x.shape == (3, 24, 24) and torch_equal_channels(x)
+
+
+def test_random_erasing_blanks_one_rectangle_to_the_mean():
+    torch.manual_seed(0)
+    image = load_data("digits", seed=0).split("train").images[0]
+    erased = train_transform(half_normalized(32), "light", random_erase=1.0)(image)
+    kept = train_transform(half_normalized(32), "light")(image)
+    assert erased.shape == kept.shape == (3, 32, 32)
+    zero = (erased == 0).all(dim=0)  # erased to 0, the mean after normalization, in every channel
+    rows, cols = zero.any(dim=1).nonzero().flatten(), zero.any(dim=0).nonzero().flatten()
+    assert len(rows) and len(cols)
+    box = zero[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    assert box.all() and 0.02 * 32 * 32 <= box.numel() <= 0.33 * 32 * 32  # torchvision's default scale
 
 
 def half_normalized(size: int) -> Preprocessing:

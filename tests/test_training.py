@@ -48,9 +48,9 @@ def read_state(run: Path):
 
 
 # Progressive learning (EfficientNetV2): 3 stages of one epoch, image size 16 -> 20 -> 24 with
-# dropout and RandAugment rising alike; the last stage is the evaluation size.
+# dropout and RandAugment rising alike, random erasing throughout; the last stage is the evaluation size.
 PROGRESSIVE = ["--progressive", "3", "--start-size", "16", "--start-dropout", "0.1", "--dropout", "0.3",
-               "--start-randaug", "3", "--randaug", "9"]  # fmt: skip
+               "--start-randaug", "3", "--randaug", "9", "--random-erase", "0.5"]  # fmt: skip
 
 
 def test_resume_after_kill_is_bitwise_identical(tmp_path):

@@ -26,6 +26,7 @@ TRAIN_HELP = {
     "image_size": "input side (default: the model's resolution)",
     "augment": "paper (random-resized crop, flip, RandAugment), light (padded crop, flip) or none",
     "randaug": "RandAugment magnitude 0-30 (paper augmentation: 9; light gains RandAugment with it)",
+    "random_erase": "chance of blanking one random rectangle of a training image (random erasing; timm's --reprob)",
     "progressive": "progressive learning (EfficientNetV2): this many stages from --start-size/--start-dropout/"
     "--start-randaug up to --image-size/--dropout/--randaug",
     "start_size": "progressive: the first stage's image size (the last trains and evaluates at --image-size)",

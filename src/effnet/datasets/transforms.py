@@ -11,17 +11,20 @@ from effnet.datasets.choices import AUGMENTATIONS
 from effnet.models.preprocessing import Preprocessing
 
 
-def train_transform(pre: Preprocessing, augment: str = "paper", randaug: int | None = None) -> v2.Compose:
+def train_transform(pre: Preprocessing, augment: str = "paper", randaug: int | None = None,
+                    random_erase: float = 0.0) -> v2.Compose:  # fmt: skip
     """``paper``: random-resized crop, flip and RandAugment (N=2, M=9), the EfficientNet recipe.
     ``light``: resize, a padded random crop and flip, for small, centred images such as
     Fashion-MNIST, where crops down to 8% of the image would cut the object away.
     ``none``: the eval transform. ``randaug`` sets RandAugment's magnitude (``light`` gains
-    RandAugment with it); progressive learning raises it stage by stage."""
+    RandAugment with it); progressive learning raises it stage by stage. ``random_erase``: the
+    chance that one random rectangle of the normalized image is set to 0, the mean."""
     if augment not in AUGMENTATIONS:
         raise UsageError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
     if augment == "none":
-        if randaug is not None:
-            raise UsageError("--randaug needs an augmentation (--augment paper or light), not --augment none")
+        for name, value in (("randaug", randaug), ("random-erase", random_erase or None)):
+            if value is not None:
+                raise UsageError(f"--{name} needs an augmentation (--augment paper or light), not --augment none")
         return pre.transform()
     size, interpolation = pre.resolution, InterpolationMode(pre.interpolation)
     if augment == "paper":
@@ -39,5 +42,12 @@ def train_transform(pre: Preprocessing, augment: str = "paper", randaug: int | N
             *([v2.RandAugment(num_ops=2, magnitude=randaug)] if randaug is not None else []),
         ]
     return v2.Compose(
-        [v2.ToImage(), v2.RGB(), *geometry, v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]
+        [
+            v2.ToImage(),
+            v2.RGB(),
+            *geometry,
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(pre.mean, pre.std),
+            *([v2.RandomErasing(p=random_erase)] if random_erase else []),
+        ]  # fmt: skip
     )

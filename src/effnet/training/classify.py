@@ -98,7 +98,7 @@ class ClassificationTrainer(RunTrainer):
         if cfg.progressive:
             transform, epoch_setup = progressive_setup(cfg, model, pre)
         else:
-            transform = train_transform(pre, cfg.augment, cfg.randaug)
+            transform = train_transform(pre, cfg.augment, cfg.randaug, cfg.random_erase)
         plain_train = ImageDataset(self.data.split("train"), transform)
         val_set = ImageDataset(self.data.split("val"), pre.transform())
 
@@ -148,7 +148,7 @@ def progressive_setup(cfg: TrainConfig, model: torch.nn.Module, pre: Preprocessi
 
     def build(stage):
         at_size = replace(pre, resolution=stage.image_size, resize=stage.image_size)
-        return train_transform(at_size, cfg.augment, stage.randaug)
+        return train_transform(at_size, cfg.augment, stage.randaug, cfg.random_erase)
 
     transform = StagedTransform(build)
 
