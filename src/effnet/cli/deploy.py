@@ -215,6 +215,18 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from effnet.deploy.serve import ServeOptions, print_ready, serve
+
+    options = ServeOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, workers=args.workers,
+                           max_body_mb=args.max_body_mb, queue=args.queue, max_pixels=args.max_pixels,
+                           max_images=args.max_images)  # fmt: skip
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be 0-65535 (0: any free port), got {args.port}")
+    return serve(args.weights, engine=args.engine, host=args.host, port=args.port, options=options,
+                 log_level=args.log_level, ready=print_ready, **engine_kwargs(args))  # fmt: skip
+
+
 def register(sub) -> None:
     p = sub.add_parser("predict", help="classify images with a weights file or pretrained tag")
     p.add_argument("images", nargs="+", help="image files")
@@ -228,6 +240,22 @@ def register(sub) -> None:
     p.add_argument("--score-threshold", type=float, default=0.5, help="detection: boxes below it are not shown")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict, extras=())
+
+    p = sub.add_parser("serve", help="serve a classifier over HTTP: dynamic batching, metrics, a page to try it")
+    p.add_argument("--weights", required=True, help="an .onnx export (dynamic batch), OpenVINO .xml or .safetensors")
+    add_engine_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="0: any free port (the ready line on stdout names it)")
+    p.add_argument("--max-batch", type=positive_int, default=16, help="images per engine call")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more after its first")
+    p.add_argument("--workers", type=positive_int, default=1, help="engine calls running at once (threads)")
+    p.add_argument("--max-body-mb", type=float, default=10.0, help="larger request bodies get 413")
+    p.add_argument("--max-pixels", type=positive_int, default=40_000_000,
+                   help="larger images get 413 from their header, before decoding (decompression bombs)")  # fmt: skip
+    p.add_argument("--max-images", type=positive_int, default=64, help="images in one /v1/predict/batch request")
+    p.add_argument("--queue", type=positive_int, default=256, help="requests in flight at most; beyond: 503")
+    p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(func=cmd_serve, extras=("serve",))
 
     p = sub.add_parser("export", help="export the inference form (BN folded) to ONNX or TorchScript, checked")
     p.add_argument("--weights", help="pretrained tag (lite0) or a weights file")

@@ -15,6 +15,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "search": ("optuna",),
     "compress": ("torch_pruning",),
     "tasks": ("pycocotools", "skimage", "tifffile"),
+    "serve": ("starlette", "uvicorn", "python_multipart", "prometheus_client"),
 }
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from effnet.core.errors import UsageError
 
@@ -25,21 +26,52 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         # A pipe or device would block open() or stream forever; only plain files are images.
         raise ImageDecodeError(path, "not a regular file (a pipe, socket or device)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()  # decode now, so truncated files fail here rather than later
-                img = ImageOps.exif_transpose(img)
-                return _to_rgb(img)
+        return _decode(path, None)
     except FileNotFoundError:
         raise ImageDecodeError(path, "no such file") from None
     except IsADirectoryError:
         raise ImageDecodeError(path, "is a directory, not an image") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(path, f"refused, decompression bomb ({exc})") from None
+    except ImageDecodeError as exc:
+        raise type(exc)(path, exc.reason) from None
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's ways of saying "not a valid image"
         reason = "empty file (0 bytes)" if _is_empty(path) else f"cannot decode image ({exc})"
         raise ImageDecodeError(path, reason) from None
+
+
+def decode_rgb(data: bytes, name: str = "image", max_pixels: int | None = None) -> Image.Image:
+    """``load_rgb`` for bytes in memory (an upload). ``max_pixels`` refuses a larger image from
+    its header, before any pixel is decoded: a small compressed file can decode to gigabytes."""
+    if not data:
+        raise ImageDecodeError(name, "empty (0 bytes)")
+    try:
+        return _decode(io.BytesIO(data), max_pixels)
+    except ImageDecodeError as exc:
+        raise type(exc)(name, exc.reason) from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(name, "not an image in a format Pillow reads") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(name, f"cannot decode image ({exc})") from None
+
+
+class PixelLimitError(ImageDecodeError):
+    """An image whose header declares more pixels than allowed (a decompression bomb)."""
+
+
+def _decode(source, max_pixels: int | None) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as img:
+                width, height = img.size
+                if max_pixels is not None and width * height > max_pixels:
+                    raise PixelLimitError(
+                        "image", f"refused, {width}x{height} is over the limit of {max_pixels:,} pixels"
+                    )
+                img.load()  # decode now, so truncated files fail here rather than later
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PixelLimitError("image", f"refused, decompression bomb ({exc})") from None
 
 
 def decode_each(paths, errors: list):

@@ -1,0 +1,446 @@
+"""``effnet serve``: a trained classifier behind HTTP, with dynamic batching and Prometheus metrics.
+
+Built on Starlette (routing, requests, multipart parsing through python-multipart) served by
+uvicorn. FastAPI would add pydantic schemas to routes whose input is image bytes, and LitServe
+its own worker processes and batching loop, where we need ours to bound the queue and count
+what it does. The server is a thin layer over the API: ``open_model`` picks the engine,
+``decode_rgb`` decodes with the same rules as ``effnet predict`` and the preprocessing that
+travels with the weights prepares the image; ``DynamicBatcher`` groups requests.
+
+Every expected failure answers a 4xx (503 when overloaded) with ``{"error": ..., "kind": ...}``
+and never reaches the engine: bodies over ``--max-body-mb`` (refused from Content-Length, or
+as soon as the stream passes the limit), images over ``--max-pixels`` (refused from the header,
+before decoding), undecodable or empty bodies, unsupported content types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import functools
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from effnet.core.errors import UsageError, first_line
+from effnet.core.extras import require
+from effnet.datasets.images import ImageDecodeError, PixelLimitError, decode_rgb
+from effnet.deploy.batching import DynamicBatcher, Overloaded
+from effnet.deploy.engines import inference_form
+
+IMAGE_TYPES = ("image/", "application/octet-stream")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    max_batch: int = 16  # images per engine call
+    max_wait_ms: float = 5.0  # how long a batch waits for more images after its first
+    workers: int = 1  # engine calls at once (threads); more only helps with cores to spare
+    max_body_mb: float = 10.0
+    queue: int = 256  # requests admitted at once; beyond it: 503 with Retry-After
+    max_pixels: int = 40_000_000  # larger images are refused from their header (decompression bombs)
+    max_images: int = 64  # images in one /v1/predict/batch request
+
+    def __post_init__(self):
+        checks = {
+            "max_batch": self.max_batch >= 1,
+            "max_wait_ms": math.isfinite(self.max_wait_ms) and self.max_wait_ms >= 0,
+            "workers": self.workers >= 1,
+            "max_body_mb": math.isfinite(self.max_body_mb) and self.max_body_mb > 0,
+            "queue": self.queue >= 1,
+            "max_pixels": self.max_pixels >= 1,
+            "max_images": self.max_images >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise UsageError(f"--{name.replace('_', '-')}={getattr(self, name)!r} is out of range")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+class RequestError(Exception):
+    """An expected failure of one request: its HTTP status, a message and a kind for the metrics."""
+
+    def __init__(self, status: int, kind: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.kind, self.headers = status, kind, headers or {}
+
+
+class Metrics:
+    """The Prometheus series, in a registry of their own (not the process-global default)."""
+
+    def __init__(self, depth):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+        disable_created_metrics()  # the *_created series double the page and tell nothing here
+        self.registry = CollectorRegistry()
+        self.requests = Counter("effnet_requests", "HTTP requests by endpoint and status code",
+                                ["endpoint", "code"], registry=self.registry)  # fmt: skip
+        self.errors = Counter("effnet_errors", "Refused or failed requests by kind", ["kind"], registry=self.registry)
+        self.latency = Histogram("effnet_request_seconds", "Time from request to response", ["endpoint"],
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+                                 registry=self.registry)  # fmt: skip
+        self.batch = Histogram("effnet_batch_size", "Images per engine call",
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)  # fmt: skip
+        self.inference = Histogram("effnet_inference_seconds", "Time of one engine call",
+                                   buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+                                   registry=self.registry)  # fmt: skip
+        self.images = Counter("effnet_images", "Images classified", registry=self.registry)
+        self.depth = Gauge("effnet_queue_depth", "Images waiting for a batch", registry=self.registry)
+        self.depth.set_function(depth)
+        self.in_flight = Gauge("effnet_requests_in_flight", "Requests admitted and not answered",
+                               registry=self.registry)  # fmt: skip
+
+    def on_batch(self, size: int, seconds: float) -> None:
+        self.batch.observe(size)
+        self.inference.observe(seconds)
+        self.images.inc(size)
+
+    def exposition(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+class Classifier:
+    """The model side of the server: preprocessing, batching, top-k. Knows nothing of HTTP."""
+
+    def __init__(self, trained, engine: str, options: ServeOptions):
+        model = trained.model
+        batch = getattr(model, "input", {}).get("batch_size")  # an export's fixed batch, None if dynamic
+        if batch is not None and options.max_batch > 1:
+            raise UsageError(
+                f"--weights {trained.path}: exported with a static batch of {batch}, so it cannot run dynamic "
+                f"batches; export again with --dynamic-batch, or serve with --max-batch 1"
+            )
+        self.options, self.engine, self.source = options, engine, str(trained.path)
+        self.config, self.preprocessing = model.config, model.preprocessing
+        self.names = list(model.class_names) if model.class_names else [str(i) for i in range(model.config.num_classes)]
+        self.transform = self.preprocessing.transform()
+        self.model = inference_form(model)
+        self.metrics = Metrics(lambda: self.batcher.depth)
+        self.batcher = DynamicBatcher(self._run, max_batch=options.max_batch, max_wait_ms=options.max_wait_ms,
+                                      capacity=options.queue * options.max_images, workers=options.workers,
+                                      on_batch=self.metrics.on_batch)  # fmt: skip
+
+    @torch.inference_mode()
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        # channels_last, as `effnet predict` runs it: the same memory layout, the same answers
+        return self.model(batch.contiguous(memory_format=torch.channels_last)).float().softmax(-1)
+
+    def warm_up(self) -> None:
+        """One call at batch 1 and one at the largest batch, so no request pays for the engine's
+        first-call set-up (allocations, kernel choice)."""
+        size = self.preprocessing.resolution
+        for n in sorted({1, self.options.max_batch}):
+            self._run(torch.zeros(n, 3, size, size))
+
+    def prepare(self, data: bytes, name: str) -> torch.Tensor:
+        """Decode and preprocess one upload (run in a thread: it is CPU work)."""
+        return self.transform(decode_rgb(data, name, max_pixels=self.options.max_pixels))
+
+    def top(self, probs: torch.Tensor, k: int) -> list[dict]:
+        values, indices = probs.topk(min(k, probs.numel()))
+        return [
+            {"label": self.names[i], "index": int(i), "prob": float(p)}
+            for p, i in zip(values.tolist(), indices.tolist(), strict=True)
+        ]
+
+    def describe(self) -> dict:
+        return {
+            "name": self.config.name,
+            "classes": self.names,
+            "preprocessing": self.preprocessing.to_dict(),
+            "engine": self.engine,
+            "weights": Path(self.source).name,
+            "serving": asdict(self.options),
+        }
+
+
+def _error(exc: RequestError):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": str(exc), "kind": exc.kind}, status_code=exc.status, headers=exc.headers)
+
+
+async def _read_body(request, limit: int) -> bytes:
+    """The body, refused as soon as it is known to be over ``limit``: from Content-Length before
+    reading anything, else while it streams in, so a huge upload is never held in memory."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, "body_too_large", f"body of {int(declared):,} bytes is over the limit of {limit:,}")
+    from starlette.requests import ClientDisconnect
+
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, "body_too_large", f"body is over the limit of {limit:,} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise RequestError(400, "client_disconnected", "the client left before sending the whole body") from None
+    return b"".join(chunks)
+
+
+async def _uploads(request, limit: int, max_files: int) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every image in the request: a raw image body, or the files of a
+    multipart form (any field names)."""
+    from starlette.requests import Request
+
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await _read_body(request, limit)
+    if not body:
+        raise RequestError(400, "empty_body", "empty body: send an image (or a multipart form with image files)")
+    if kind.startswith(IMAGE_TYPES):
+        return [("body", body)]
+    if kind != "multipart/form-data":
+        shown = kind or "none"
+        raise RequestError(415, "bad_content_type",
+                           f"content type {shown!r} is not an image: send image/* or application/octet-stream "
+                           "bytes, or multipart/form-data with image files")  # fmt: skip
+
+    async def replay():  # the form parser reads the body we already hold (and limited)
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=max_files, max_fields=max_files)
+    except Exception as exc:  # noqa: BLE001 - python-multipart's and Starlette's parse errors
+        raise RequestError(400, "bad_form", f"unreadable multipart form ({exc})") from None
+    files = [(v.filename or k, await v.read()) for k, v in form.multi_items() if hasattr(v, "read")]
+    await form.close()
+    if not files:
+        raise RequestError(400, "no_image", "the multipart form holds no file")
+    return files
+
+
+def _top_k(request, classifier: Classifier) -> int:
+    text = request.query_params.get("top_k", "5")
+    if not text.isdigit() or int(text) < 1:
+        raise RequestError(400, "bad_argument", f"top_k must be a whole number >= 1, got {text!r}")
+    return min(int(text), len(classifier.names))
+
+
+class Server:
+    """The Starlette app around one ``Classifier``; ``admit`` bounds the requests in flight."""
+
+    def __init__(self, classifier: Classifier):
+        self.classifier, self.in_flight, self.draining = classifier, 0, False
+        self.app = self._build_app()
+
+    def _build_app(self):
+        from starlette.applications import Starlette
+        from starlette.exceptions import HTTPException
+        from starlette.routing import Route
+
+        routes = [
+            Route("/", self.page, methods=["GET"]),
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/v1/model", self.model, methods=["GET"]),
+            Route("/v1/predict", functools.partial(self.handle, "predict", self.predict), methods=["POST"]),
+            Route("/v1/predict/batch", functools.partial(self.handle, "batch", self.predict_batch), methods=["POST"]),
+        ]
+
+        async def not_found(request, exc):
+            kind = "not_found" if exc.status_code == 404 else "bad_method"
+            self.classifier.metrics.errors.labels(kind).inc()
+            return _error(RequestError(exc.status_code, kind, f"{request.method} {request.url.path}: {exc.detail}"))
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app):
+            self.classifier.batcher.start()
+            yield
+            await self.classifier.batcher.stop()
+
+        return Starlette(routes=routes, exception_handlers={HTTPException: not_found}, lifespan=lifespan)
+
+    async def handle(self, endpoint: str, work, request):
+        from starlette.responses import JSONResponse
+
+        metrics, start = self.classifier.metrics, time.perf_counter()
+        try:
+            if self.in_flight >= self.classifier.options.queue:
+                raise RequestError(503, "overloaded", f"{self.in_flight} requests are in flight, the most this "
+                                   "server takes (--queue); retry later", {"Retry-After": "1"})  # fmt: skip
+            self.in_flight += 1
+            metrics.in_flight.inc()
+            try:
+                response = JSONResponse(await work(request))
+            except RequestError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the server must outlive a failed request
+                logging.getLogger("effnet.serve").exception("request failed")
+                raise RequestError(500, "internal", f"internal error ({first_line(exc)})") from None
+            finally:
+                self.in_flight -= 1
+                metrics.in_flight.dec()
+        except RequestError as exc:
+            metrics.errors.labels(exc.kind).inc()
+            response = _error(exc)
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        return response
+
+    async def _classify(self, name: str, data: bytes, k: int) -> list[dict]:
+        from starlette.concurrency import run_in_threadpool
+
+        classifier = self.classifier
+        try:
+            tensor = await run_in_threadpool(classifier.prepare, data, name)
+        except PixelLimitError as exc:
+            raise RequestError(413, "too_many_pixels", str(exc)) from None
+        except ImageDecodeError as exc:
+            raise RequestError(400, "bad_image", str(exc)) from None
+        try:
+            probs = await classifier.batcher.submit(tensor)
+        except Overloaded as exc:
+            raise RequestError(503, "overloaded", f"{exc}; retry later", {"Retry-After": "1"}) from None
+        return classifier.top(probs, k)
+
+    async def predict(self, request) -> dict:
+        k = _top_k(request, self.classifier)
+        (name, data), *rest = await _uploads(request, self.classifier.options.max_body_bytes, 1)
+        if rest:
+            raise RequestError(400, "too_many_images", "/v1/predict takes one image; use /v1/predict/batch")
+        return {"top": await self._classify(name, data, k)}
+
+    async def predict_batch(self, request) -> dict:
+        """Every image's top-k, or its error: one bad image does not cost the others their
+        answers (as in ``effnet predict``). All bad: the first error, as a 4xx."""
+        options = self.classifier.options
+        k = _top_k(request, self.classifier)
+        uploads = await _uploads(request, options.max_body_bytes, options.max_images + 1)
+        if len(uploads) > options.max_images:
+            raise RequestError(413, "too_many_images", f"more than {options.max_images} images (--max-images)")
+
+        async def one(name, data):
+            try:
+                return {"image": name, "top": await self._classify(name, data, k)}
+            except RequestError as exc:
+                if exc.status == 503:
+                    raise
+                self.classifier.metrics.errors.labels(exc.kind).inc()
+                return {"image": name, "error": str(exc), "kind": exc.kind, "status": exc.status}
+
+        results = await asyncio.gather(*(one(name, data) for name, data in uploads))
+        failed = [r for r in results if "error" in r]
+        if len(failed) == len(results):
+            first = failed[0]
+            raise RequestError(first["status"], first["kind"], first["error"])
+        return {"results": results}
+
+    async def healthz(self, request):
+        from starlette.responses import JSONResponse
+
+        if self.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        return JSONResponse({"status": "ready", "model": self.classifier.config.name})
+
+    async def metrics(self, request):
+        from prometheus_client import CONTENT_TYPE_LATEST
+        from starlette.responses import Response
+
+        return Response(self.classifier.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    async def model(self, request):
+        from starlette.responses import JSONResponse
+
+        return JSONResponse(self.classifier.describe())
+
+    async def page(self, request):
+        from starlette.responses import HTMLResponse
+
+        return HTMLResponse(resources.files("effnet.deploy").joinpath("page.html").read_text(encoding="utf-8"))
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, or one line saying why not (the port in use, an unknown host)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)  # connections made before the loop runs wait here instead of being refused
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageError(f"--port {port}: {host}:{port} is already in use") from None
+        raise UsageError(f"--host {host} --port {port}: cannot listen there ({exc.strerror})") from None
+    return sock
+
+
+def serve(
+    weights: str, *, engine: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+    options: ServeOptions | None = None, log_level: str = "warning", ready=None, **engine_options,
+) -> int:  # fmt: skip
+    """Load, warm up and serve until SIGTERM or Ctrl-C; then stop accepting, answer the requests
+    in flight and return 0. ``ready(url)`` is called once the server accepts requests."""
+    require("serve")
+    import uvicorn
+
+    from effnet.deploy.engines import engine_for, open_model
+
+    options = options or ServeOptions()
+    engine = engine_for(weights, engine)
+    sock = bind(host, port)
+    try:
+        trained = open_model(weights, engine=engine, **engine_options)
+        classifier = Classifier(trained, engine, options)
+        classifier.warm_up()
+    except BaseException:
+        sock.close()
+        raise
+    server_app = Server(classifier)
+
+    class _Uvicorn(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            server_app.draining = True  # healthz says so while the requests in flight finish
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(server_app.app, log_level=log_level, access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=30)  # fmt: skip
+    bound_host, bound_port = sock.getsockname()[:2]
+    url = f"http://{bound_host if ':' not in bound_host else f'[{bound_host}]'}:{bound_port}"
+    server = _Uvicorn(config)
+
+    async def main():
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        if server.started and ready:
+            ready(url)
+        await task
+
+    # uvicorn re-raises the signal it shut down on, once it is done: handlers that do nothing
+    # keep that from killing the process, so a graceful stop (SIGTERM or Ctrl-C) exits 0.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        asyncio.run(main())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()
+    return 0
+
+
+def print_ready(url: str) -> None:
+    print(json.dumps({"url": url, "pid": os.getpid()}), flush=True)
+    print(f"effnet serve: {url} (page at {url}/, metrics at {url}/metrics); Ctrl-C or SIGTERM stops it",
+          file=sys.stderr, flush=True)  # fmt: skip
