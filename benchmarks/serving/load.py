@@ -1,0 +1,260 @@
+"""``effnet serve`` under load, on loopback, bounded in requests and time. Three parts:
+
+1. throughput: 16 concurrent clients against B0 (224 px, ONNX Runtime, dynamic batch), with
+   dynamic batching (--max-batch 16) and without (--max-batch 1); the two servers take turns
+   (A, B, A, B), each turn a fixed number of requests, and the table gives images/s and the
+   p50/p99 latency of every turn.
+2. soak: 20,000 requests to the Fashion-MNIST model, 10% of them bad (empty body, truncated
+   JPEG, text, a decompression-bomb PNG, a 50 MB body, a wrong content type). Counts good
+   requests that failed (must be 0), bad ones that got anything but a 4xx with a JSON error
+   (must be 0), whether the server process changed (must not) and its RSS at the end against
+   RSS after warm-up (must be within 10%).
+3. overload: 64 clients against --queue 8 and slow batches: every answer is a 200 or a 503 with
+   Retry-After, none hangs, the in-flight gauge never passes the queue.
+
+    python benchmarks/serving/load.py --weights runs/fmnist-fixed60/best.safetensors \
+        --out benchmarks/serving/load.json
+
+The load generator is a bounded asyncio client on httpx; it runs on the same 2 cores as the
+server, so the absolute rates are this machine's, client included. Run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_server(weights: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, "-m", "effnet", "serve", "--weights", str(weights), "--port", "0", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    if not line:
+        raise SystemExit(f"server did not start: {' '.join(cmd)}")
+    return proc, json.loads(line)["url"]
+
+
+def stop_server(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=120)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def metric(url: str, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        total += sum(s.value for s in family.samples if s.name == name)
+    return total
+
+
+async def run_clients(url: str, requests: list[tuple[bytes, str, str]], clients: int, timeout: float = 120):
+    """Send ``requests`` (body, content type, kind) from ``clients`` concurrent clients, each
+    taking the next request when its last one is answered. Returns one record per request."""
+    records, cursor = [None] * len(requests), iter(range(len(requests)))
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+
+        async def worker():
+            for i in cursor:
+                body, content_type, kind = requests[i]
+                start = time.perf_counter()
+                try:
+                    answer = await client.post(f"{url}/v1/predict", content=body,
+                                               headers={"content-type": content_type})  # fmt: skip
+                    try:
+                        payload = answer.json()
+                    except ValueError:
+                        payload = None
+                    records[i] = (kind, answer.status_code, payload, answer.headers.get("retry-after"),
+                                  time.perf_counter() - start)  # fmt: skip
+                except httpx.HTTPError as exc:
+                    records[i] = (kind, None, repr(exc), None, time.perf_counter() - start)
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    return records
+
+
+def photo_jpeg() -> bytes:
+    from skimage import data
+
+    buffer = io.BytesIO()
+    Image.fromarray(data.chelsea()).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def percentile_ms(values, q) -> float:
+    return round(float(np.percentile(values, q)) * 1000, 1)
+
+
+def throughput(b0_onnx: Path, rounds: int, per_turn: int, clients: int) -> dict:
+    body = photo_jpeg()
+    turns = []
+    for round_index in range(rounds):
+        for label, max_batch in (("dynamic batching (--max-batch 16)", "16"), ("no batching (--max-batch 1)", "1")):
+            proc, url = start_server(b0_onnx, "--max-batch", max_batch, "--max-wait-ms", "5")
+            asyncio.run(run_clients(url, [(body, "image/jpeg", "good")] * clients, clients))  # warm the connections
+            start = time.perf_counter()
+            records = asyncio.run(run_clients(url, [(body, "image/jpeg", "good")] * per_turn, clients))
+            wall = time.perf_counter() - start
+            batches, images = metric(url, "effnet_batch_size_count"), metric(url, "effnet_batch_size_sum")
+            stop_server(proc)
+            ok = [r[4] for r in records if r[1] == 200]
+            turns.append({
+                "round": round_index, "server": label, "requests": per_turn, "ok": len(ok), "wall_s": round(wall, 2),
+                "images_per_s": round(len(ok) / wall, 1), "p50_ms": percentile_ms(ok, 50),
+                "p99_ms": percentile_ms(ok, 99), "mean_batch": round(images / batches, 2),
+            })  # fmt: skip
+            print(json.dumps(turns[-1]), flush=True)
+    by_server = {}
+    for turn in turns:
+        by_server.setdefault(turn["server"], []).append(turn["images_per_s"])
+    batched, single = (float(np.median(v)) for v in by_server.values())
+    return {"clients": clients, "turns": turns, "median_images_per_s": by_server,
+            "ratio_batched_vs_single": round(batched / single, 2)}  # fmt: skip
+
+
+def bad_bodies(jpeg: bytes) -> list[tuple[bytes, str, str]]:
+    bomb = io.BytesIO()
+    Image.new("1", (12_000, 12_000)).save(bomb, format="PNG", optimize=True)
+    return [
+        (b"", "image/jpeg", "empty body"),
+        (jpeg[: len(jpeg) // 2], "image/jpeg", "truncated JPEG"),
+        (b"this is not an image", "image/png", "text"),
+        (bomb.getvalue(), "image/png", "decompression-bomb PNG"),
+        (b"\xff" * (50 * 1024 * 1024), "image/jpeg", "50 MB body"),
+        (jpeg, "text/plain", "wrong content type"),
+    ]
+
+
+def soak(weights: Path, total: int, clients: int, bad_share: float, seed: int = 0) -> dict:
+    from skimage import data
+
+    buffer = io.BytesIO()
+    Image.fromarray(data.camera()[::8, ::8]).save(buffer, format="JPEG")  # a 64x64 grey photo, FMNIST-like
+    good = buffer.getvalue()
+    bad = bad_bodies(good)
+    rng = np.random.default_rng(seed)
+    is_bad = rng.random(total) < bad_share
+    requests = [bad[rng.integers(len(bad))] if flag else (good, "image/jpeg", "good") for flag in is_bad]
+    proc, url = start_server(weights, "--max-batch", "16", "--max-wait-ms", "5")
+    warm = asyncio.run(run_clients(url, [(good, "image/jpeg", "good")] * 500, clients))
+    assert all(r[1] == 200 for r in warm)
+    rss_warm = rss_mb(proc.pid)
+    start = time.perf_counter()
+    records = []
+    for chunk in range(0, total, 2000):  # chunks keep the progress visible and the RSS sampled
+        records += asyncio.run(run_clients(url, requests[chunk : chunk + 2000], clients))
+        print(f"soak: {len(records)}/{total} requests, RSS {rss_mb(proc.pid):.0f} MB", file=sys.stderr, flush=True)
+    wall = time.perf_counter() - start
+    rss_end = rss_mb(proc.pid)
+    alive = proc.poll() is None
+    exit_code = stop_server(proc)
+    good_failed = [r for r in records if r[0] == "good" and r[1] != 200]
+    bad_wrong = [r for r in records if r[0] != "good" and not (r[1] and 400 <= r[1] < 500 and isinstance(r[2], dict)
+                                                             and r[2].get("error"))]  # fmt: skip
+    by_kind = {}
+    for kind, status, payload, _, _ in records:
+        if kind != "good":
+            key = f"{kind} -> {status} {payload.get('kind') if isinstance(payload, dict) else payload}"
+            by_kind[key] = by_kind.get(key, 0) + 1
+    return {
+        "requests": total, "bad_requests": int(is_bad.sum()), "clients": clients, "wall_s": round(wall, 1),
+        "good_failed": len(good_failed), "bad_not_a_json_4xx": len(bad_wrong),
+        "bad_answers": dict(sorted(by_kind.items())), "server_alive_at_end": alive,
+        "exit_code_after_sigterm": exit_code,
+        "rss_after_warmup_mb": round(rss_warm, 1), "rss_end_mb": round(rss_end, 1),
+        "rss_change": round(rss_end / rss_warm - 1, 4),
+        "examples": {"good_failed": [str(r[:3]) for r in good_failed[:3]],
+                     "bad_wrong": [str(r[:3]) for r in bad_wrong[:3]]},
+    }  # fmt: skip
+
+
+def overload(weights: Path, clients: int, queue: int, requests: int) -> dict:
+    body = photo_jpeg()
+    proc, url = start_server(weights, "--queue", str(queue), "--max-batch", "4", "--max-wait-ms", "50")
+    samples = []
+
+    async def load_and_watch():
+        """The clients, and beside them the in-flight gauge read from /metrics every 20 ms."""
+        clients_done = asyncio.create_task(
+            run_clients(url, [(body, "image/jpeg", "good")] * requests, clients, timeout=60)
+        )
+        async with httpx.AsyncClient(timeout=10) as watcher:
+            while not clients_done.done():
+                text = (await watcher.get(f"{url}/metrics")).text
+                line = next(x for x in text.splitlines() if x.startswith("effnet_requests_in_flight "))
+                samples.append(float(line.split()[1]))
+                await asyncio.sleep(0.02)
+        return await clients_done
+
+    start = time.perf_counter()
+    records = asyncio.run(load_and_watch())
+    wall = time.perf_counter() - start
+    exit_code = stop_server(proc)
+    codes = {}
+    for _, status, payload, _retry, _ in records:
+        key = f"{status} {payload.get('kind') if isinstance(payload, dict) and status != 200 else ''}".strip()
+        codes[key] = codes.get(key, 0) + 1
+    refused = [r for r in records if r[1] == 503]
+    return {
+        "clients": clients, "queue": queue, "requests": requests, "wall_s": round(wall, 1), "answers": codes,
+        "no_answer": sum(1 for r in records if r[1] is None),
+        "all_503_have_retry_after": all(r[3] == "1" for r in refused),
+        "slowest_s": round(max(r[4] for r in records), 2), "in_flight_samples": len(samples),
+        "in_flight_max": max(samples, default=0), "exit_code_after_sigterm": exit_code,
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", required=True, help="the Fashion-MNIST model (.safetensors) for soak/overload")
+    parser.add_argument("--parts", default="throughput,soak,overload")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--per-turn", type=int, default=800)
+    parser.add_argument("--soak-requests", type=int, default=20_000)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "serving" / "load.json"))
+    args = parser.parse_args()
+    import effnet
+    from effnet.deploy.export import export
+
+    command = " ".join(["python", "benchmarks/serving/load.py", *sys.argv[1:]])
+    results = {"command": command, "cpu_count": os.cpu_count()}
+    parts = args.parts.split(",")
+    with tempfile.TemporaryDirectory() as scratch:
+        if "throughput" in parts:
+            b0 = export(effnet.create_model("efficientnet_b0").eval(), Path(scratch) / "b0.onnx", dynamic_batch=True)
+            results["throughput"] = throughput(b0.path, args.rounds, args.per_turn, clients=16)
+        if "soak" in parts:
+            results["soak"] = soak(Path(args.weights), args.soak_requests, clients=16, bad_share=0.1)
+            print(json.dumps(results["soak"], indent=2), flush=True)
+        if "overload" in parts:
+            results["overload"] = overload(Path(args.weights), clients=64, queue=8, requests=640)
+            print(json.dumps(results["overload"], indent=2), flush=True)
+    Path(args.out).write_text(json.dumps(results, indent=2).replace(f"{ROOT}/", "") + "\n")
+
+
+if __name__ == "__main__":
+    main()
