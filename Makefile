@@ -19,12 +19,14 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --no-deps "stardist==0.9.2"
 	touch $(STAMP)
 
-# Fashion-MNIST comes from Debian's package; where apt-get is missing the tests that need it skip.
+# Debian's packages: Fashion-MNIST, and chromium with its driver for the test of effnet serve's
+# page in a real headless browser. Where apt-get is missing the tests that need them skip.
 FMNIST := /usr/share/datasets/fashion-mnist
+APT_PACKAGES := dataset-fashion-mnist chromium chromium-driver
 data:
-	@test -d $(FMNIST) || ! command -v apt-get >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) || \
-		echo "could not install dataset-fashion-mnist; Fashion-MNIST tests will skip"
+	@(test -d $(FMNIST) && test -x /usr/bin/chromedriver) || ! command -v apt-get >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null) || \
+		echo "could not install $(APT_PACKAGES); the tests that need them will skip"
 
 demo: $(STAMP)
 	$(VENV)/bin/effnet models

@@ -4,6 +4,7 @@ checked against ``effnet predict``'s, every bad request's 4xx, batching, overloa
 import asyncio
 import io
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -249,3 +250,42 @@ def test_port_in_use_is_one_line(files):
         result = run_cli("serve", "--weights", root / "dynamic.onnx", "--port", port)
     assert result.returncode == 2 and f"{port} is already in use" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and time.perf_counter() - start < 30
+
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+                    reason="needs Debian's chromium and chromium-driver (make test installs them)")  # fmt: skip
+def test_page_uploads_an_image_and_shows_the_top_5_in_a_real_browser(files, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    root, images = files
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=900,800"):
+        options.add_argument(flag)
+    with server("--weights", root / "dynamic.onnx") as (url, _):
+        expected = httpx.post(f"{url}/v1/predict?top_k=5", content=images[0].read_bytes(),
+                              headers={"content-type": "image/jpeg"}).json()["top"]  # fmt: skip
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        try:
+            driver.get(url + "/")
+            WebDriverWait(driver, 30).until(lambda d: "classes" in d.find_element(By.ID, "model").text)
+            assert "5 classes" in driver.find_element(By.ID, "model").text
+            driver.find_element(By.ID, "file").send_keys(str(images[0]))
+            WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .row")) == 5)
+            rows = driver.find_elements(By.CSS_SELECTOR, "#results .row")
+            shown = [(r.find_element(By.CLASS_NAME, "label").text, r.find_element(By.CLASS_NAME, "prob").text)
+                     for r in rows]  # fmt: skip
+            assert shown == [(t["label"], f"{t['prob'] * 100:.1f}%") for t in expected]
+            widths = [r.find_element(By.CLASS_NAME, "bar").size["width"] for r in rows]
+            assert widths == sorted(widths, reverse=True) and widths[0] > widths[-1]
+            assert driver.find_element(By.ID, "preview").is_displayed()
+            driver.save_screenshot(str(tmp_path / "page.png"))
+            assert (tmp_path / "page.png").read_bytes()[:4] == b"\x89PNG"
+        finally:
+            driver.quit()
