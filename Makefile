@@ -25,7 +25,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 APT_PACKAGES := dataset-fashion-mnist chromium chromium-driver
 data:
 	@(test -d $(FMNIST) && test -x /usr/bin/chromedriver) || ! command -v apt-get >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null) || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null) || \
 		echo "could not install $(APT_PACKAGES); the tests that need them will skip"
 
 demo: $(STAMP)
