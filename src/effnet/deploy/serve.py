@@ -239,6 +239,7 @@ class Server:
 
     def __init__(self, classifier: Classifier):
         self.classifier, self.in_flight, self.draining = classifier, 0, False
+        self.html = resources.files("effnet.deploy").joinpath("page.html").read_text(encoding="utf-8")
         self.app = self._build_app()
 
     def _build_app(self):
@@ -364,7 +365,7 @@ class Server:
     async def page(self, request):
         from starlette.responses import HTMLResponse
 
-        return HTMLResponse(resources.files("effnet.deploy").joinpath("page.html").read_text(encoding="utf-8"))
+        return HTMLResponse(self.html)
 
 
 def bind(host: str, port: int) -> socket.socket:
