@@ -55,6 +55,20 @@ def test_throughput_hint_splits_a_batch_over_streams_with_the_same_answer(ir):
     torch.testing.assert_close(throughput(x), latency(x), rtol=1e-5, atol=1e-5)
 
 
+def test_one_model_called_from_several_threads_at_once(ir):
+    # effnet serve --workers 2 calls the engine from two threads; an OpenVINO infer request runs one
+    # inference at a time ("Infer Request is busy"), so each thread needs its own.
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = OpenVinoModel(ir, threads=1)
+    inputs = [torch.randn(1 + i % 3, 3, SIDE, SIDE) for i in range(24)]
+    expected = [model(x) for x in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(model, inputs))
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_compiled_cache_is_written_and_reused(ir, tmp_path):
     OpenVinoModel(ir, cache_dir=tmp_path / "cache")
     blobs = list((tmp_path / "cache").iterdir())

@@ -109,12 +109,12 @@ def percentile_ms(values, q) -> float:
     return round(float(np.percentile(values, q)) * 1000, 1)
 
 
-def throughput(b0_onnx: Path, rounds: int, per_turn: int, clients: int) -> dict:
+def throughput(b0_onnx: Path, rounds: int, per_turn: int, clients: int, server_args: list[str]) -> dict:
     body = photo_jpeg()
     turns = []
     for round_index in range(rounds):
         for label, max_batch in (("dynamic batching (--max-batch 16)", "16"), ("no batching (--max-batch 1)", "1")):
-            proc, url = start_server(b0_onnx, "--max-batch", max_batch, "--max-wait-ms", "5")
+            proc, url = start_server(b0_onnx, "--max-batch", max_batch, "--max-wait-ms", "5", *server_args)
             asyncio.run(run_clients(url, [(body, "image/jpeg", "good")] * clients, clients))  # warm the connections
             start = time.perf_counter()
             records = asyncio.run(run_clients(url, [(body, "image/jpeg", "good")] * per_turn, clients))
@@ -132,7 +132,7 @@ def throughput(b0_onnx: Path, rounds: int, per_turn: int, clients: int) -> dict:
     for turn in turns:
         by_server.setdefault(turn["server"], []).append(turn["images_per_s"])
     batched, single = (float(np.median(v)) for v in by_server.values())
-    return {"clients": clients, "turns": turns, "median_images_per_s": by_server,
+    return {"clients": clients, "server_args": " ".join(server_args), "turns": turns, "median_images_per_s": by_server,
             "ratio_batched_vs_single": round(batched / single, 2)}  # fmt: skip
 
 
@@ -234,6 +234,7 @@ def main() -> None:
     parser.add_argument("--parts", default="throughput,soak,overload")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--per-turn", type=int, default=800)
+    parser.add_argument("--server-args", default="", help="throughput: more `effnet serve` options for both servers")
     parser.add_argument("--soak-requests", type=int, default=20_000)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "serving" / "load.json"))
     args = parser.parse_args()
@@ -246,7 +247,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         if "throughput" in parts:
             b0 = export(effnet.create_model("efficientnet_b0").eval(), Path(scratch) / "b0.onnx", dynamic_batch=True)
-            results["throughput"] = throughput(b0.path, args.rounds, args.per_turn, clients=16)
+            results["throughput"] = throughput(b0.path, args.rounds, args.per_turn, clients=16,
+                                               server_args=args.server_args.split())  # fmt: skip
         if "soak" in parts:
             results["soak"] = soak(Path(args.weights), args.soak_requests, clients=16, bad_share=0.1)
             print(json.dumps(results["soak"], indent=2), flush=True)

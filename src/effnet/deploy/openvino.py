@@ -16,6 +16,7 @@ for the fast path explicitly (benchmarks/openvino/latency.py measures its error 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +86,10 @@ def read_model(path: str | os.PathLike):
 
 class Runner:
     """A compiled model run on arrays: one request for a single chunk, an ``AsyncInferQueue`` over
-    the compiled model's streams for several (what the THROUGHPUT hint is for)."""
+    the compiled model's streams for several (what the THROUGHPUT hint is for).
+
+    An infer request runs one inference at a time ("Infer Request is busy" otherwise), so every
+    calling thread gets its own: ``effnet serve --workers 2`` calls the engine from two threads."""
 
     def __init__(self, model, properties: dict, origin: str | os.PathLike):
         import openvino as ov
@@ -95,15 +99,18 @@ class Runner:
         except RuntimeError as exc:
             raise WeightsError(f"{origin}: OpenVINO cannot compile it ({first_line(exc)})") from None
         self.streams = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        self.request = self.compiled.create_infer_request()
+        self.local = threading.local()
         self.origin = origin
 
     def run(self, array: np.ndarray) -> np.ndarray:
+        request = getattr(self.local, "request", None)
+        if request is None:
+            request = self.local.request = self.compiled.create_infer_request()
         try:
-            self.request.infer({0: array})
+            request.infer({0: array})
         except RuntimeError as exc:
             raise WeightsError(f"{self.origin}: OpenVINO failed to run it ({first_line(exc)})") from None
-        return self.request.get_output_tensor(0).data.copy()  # the request reuses its buffer
+        return request.get_output_tensor(0).data.copy()  # the request reuses its buffer
 
     def run_chunks(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
         if self.streams < 2 or len(chunks) < 2:
