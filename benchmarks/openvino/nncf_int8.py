@@ -66,8 +66,10 @@ def main() -> None:
         "threads": threads,
         "openvino": ov.__version__,
         "nncf": nncf.__version__,
-        "rows": [{"engine": k, "median_ms": m, "vs_onnxruntime_on_torchvision": m / reference, "runs": len(times[k])}
-                 for k, m in medians.items()],  # fmt: skip
+        "rows": [
+            {"engine": k, "median_ms": m, "vs_onnxruntime_on_torchvision": m / reference, "runs": len(times[k])}
+            for k, m in medians.items()
+        ],  # fmt: skip
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

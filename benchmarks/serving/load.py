@@ -35,6 +35,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,6 +137,39 @@ def throughput(b0_onnx: Path, rounds: int, per_turn: int, clients: int, server_a
             "ratio_batched_vs_single": round(batched / single, 2)}  # fmt: skip
 
 
+def engine_gain(b0_onnx: Path, batches=(1, 4, 8, 16)) -> dict:
+    """What batching gains inside the engine alone, the ceiling of what it can gain in the server:
+    ms per image of the same B0 file at each batch size, in this process, one engine at a time and
+    one batch size at a time (b1 first and last, averaged), as the two servers run them: interleaving
+    engines or batch sizes slows the small calls down (thread pools and caches left cold by the
+    other), which a server without batching never sees. A server's image costs engine + a fixed
+    share (decode, resize, HTTP on both sides); with batching only the engine part shrinks."""
+    import gc
+    import statistics
+
+    from effnet.deploy.bench import time_interleaved
+    from effnet.deploy.openvino import OpenVinoModel
+    from effnet.deploy.runtime import OnnxModel
+
+    engines = {"onnxruntime": lambda: OnnxModel(b0_onnx),
+               "openvino latency": lambda: OpenVinoModel(b0_onnx, hint="latency"),
+               "openvino throughput": lambda: OpenVinoModel(b0_onnx, hint="throughput")}  # fmt: skip
+    result = {}
+    for name, load_engine in engines.items():
+        model = load_engine()
+        medians = {b: [] for b in batches}
+        for b in (*batches, batches[0]):
+            x = torch.randn(b, 3, 224, 224)
+            times = time_interleaved({b: lambda _, x=x, model=model: model(x)}, None, warmup=3, min_seconds=3.0)
+            medians[b].append(statistics.median(times[b]))
+        per_image = {b: statistics.mean(ms) / b * 1e3 for b, ms in medians.items()}
+        result[name] = {f"b{b}_ms_per_image": round(ms, 2) for b, ms in per_image.items()}
+        result[name].update({f"gain_b{b}": round(per_image[1] / per_image[b], 2) for b in batches[1:]})
+        del model
+        gc.collect()
+    return result
+
+
 def bad_bodies(jpeg: bytes) -> list[tuple[bytes, str, str]]:
     bomb = io.BytesIO()
     Image.new("1", (12_000, 12_000)).save(bomb, format="PNG", optimize=True)
@@ -231,7 +265,7 @@ def overload(weights: Path, clients: int, queue: int, requests: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", required=True, help="the Fashion-MNIST model (.safetensors) for soak/overload")
-    parser.add_argument("--parts", default="throughput,soak,overload")
+    parser.add_argument("--parts", default="throughput,soak,overload", help="throughput includes the engine's own gain")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--per-turn", type=int, default=800)
     parser.add_argument("--server-args", default="", help="throughput: more `effnet serve` options for both servers")
@@ -247,6 +281,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         if "throughput" in parts:
             b0 = export(effnet.create_model("efficientnet_b0").eval(), Path(scratch) / "b0.onnx", dynamic_batch=True)
+            results["engine_gain"] = engine_gain(b0.path)
+            print(json.dumps(results["engine_gain"], indent=2), flush=True)
             results["throughput"] = throughput(b0.path, args.rounds, args.per_turn, clients=16,
                                                server_args=args.server_args.split())  # fmt: skip
         if "soak" in parts:
