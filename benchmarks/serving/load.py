@@ -26,6 +26,7 @@ import asyncio
 import io
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -275,7 +276,7 @@ def main() -> None:
     import effnet
     from effnet.deploy.export import export
 
-    command = " ".join(["python", "benchmarks/serving/load.py", *sys.argv[1:]])
+    command = shlex.join(["python", "benchmarks/serving/load.py", *sys.argv[1:]])
     results = {"command": command, "cpu_count": os.cpu_count()}
     parts = args.parts.split(",")
     with tempfile.TemporaryDirectory() as scratch:

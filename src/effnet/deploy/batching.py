@@ -5,7 +5,9 @@ small-tensor inefficiency) as several, so under load a server that waits a few m
 for more requests and runs them together answers more images per second. ``DynamicBatcher``
 collects items from any number of asyncio tasks; a batch closes when it holds ``max_batch``
 items or ``max_wait_ms`` after its first item arrived, whichever comes first, and runs on a
-thread pool of ``workers`` threads (so the event loop keeps accepting requests meanwhile).
+thread pool of ``workers`` threads (so the event loop keeps accepting requests meanwhile). Only a
+batch that starts from an empty queue waits: a backlog (items queued while the engine was busy)
+runs at once, as many of it as ``max_batch`` allows.
 
 The queue is bounded: ``submit`` raises ``Overloaded`` at once when ``capacity`` items are
 waiting, so that a flood of clients gets a quick "try again" rather than a hang.
@@ -65,7 +67,12 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self.queue.get()]
-            deadline = loop.time() + self.max_wait
+            while len(batch) < self.max_batch and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            # Waiting is for a batch to form while the engine would otherwise idle. Items that were
+            # already queued mean the engine is the bottleneck: run them now, since a wait here would
+            # leave the engine idle for max_wait on every batch (measured: ~10% of B0's throughput).
+            deadline = loop.time() + (self.max_wait if len(batch) == 1 else 0.0)
             while len(batch) < self.max_batch:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
