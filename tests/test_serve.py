@@ -2,6 +2,7 @@
 checked against ``effnet predict``'s, every bad request's 4xx, batching, overload, SIGTERM."""
 
 import asyncio
+import importlib.util
 import io
 import json
 import os
@@ -43,6 +44,8 @@ def files(tmp_path_factory):
     effnet.save(model, root / "m.safetensors")
     export(model, root / "dynamic.onnx", dynamic_batch=True)
     export(model, root / "static.onnx")
+    if importlib.util.find_spec("openvino"):
+        export(model, root / "dynamic.xml", format="openvino", dynamic_batch=True)
     images = []
     for i, name in enumerate(("chelsea", "coffee", "astronaut", "rocket")):
         path = root / f"{name}.{'png' if i % 2 else 'jpg'}"
@@ -82,15 +85,21 @@ def metric(url: str, name: str, **labels) -> float:
     return 0.0
 
 
-@pytest.mark.parametrize("weights", ["m.safetensors", "dynamic.onnx"])
+ENGINES = {"m.safetensors": "torch", "dynamic.onnx": "onnxruntime", "dynamic.xml": "openvino"}
+
+
+@pytest.mark.parametrize("weights", list(ENGINES))
 def test_answers_equal_effnet_predict(files, weights):
     root, images = files
+    if not (root / weights).exists():
+        pytest.skip("openvino is not installed")
     expected, _ = predict(load_for_inference(str(root / weights)), [str(p) for p in images], top_k=3)
-    with server("--weights", root / weights) as (url, _):
+    # two workers: two engine calls at once on one loaded model (OpenVINO needs a request per thread)
+    with server("--weights", root / weights, "--workers", 2, "--max-wait-ms", 1) as (url, _):
         assert httpx.get(f"{url}/healthz").json()["status"] == "ready"
         described = httpx.get(f"{url}/v1/model").json()
         assert described["classes"] == CLASSES and described["preprocessing"]["resolution"] == SIDE
-        assert described["engine"] == ("torch" if weights.endswith("safetensors") else "onnxruntime")
+        assert described["engine"] == ENGINES[weights]
         for path, want in zip(images, expected, strict=True):
             kind = "image/png" if path.suffix == ".png" else "image/jpeg"
             got = httpx.post(f"{url}/v1/predict?top_k=3", content=path.read_bytes(), headers={"content-type": kind})
