@@ -2,8 +2,9 @@
 
 1. throughput: 16 concurrent clients against B0 (224 px, ONNX Runtime, dynamic batch), with
    dynamic batching (--max-batch 16) and without (--max-batch 1); the two servers take turns
-   (A, B, A, B), each turn a fixed number of requests, and the table gives images/s and the
-   p50/p99 latency of every turn.
+   (A, B, A, B), each turn a fixed number of requests, and the table gives images/s, the
+   p50/p99 latency and the CPU time per request of the server and of the load generator for
+   every turn; beside it, the engine's own gain from batching (``engine_gain``).
 2. soak: 20,000 requests to the Fashion-MNIST model, 10% of them bad (empty body, truncated
    JPEG, text, a decompression-bomb PNG, a 50 MB body, a wrong content type). Counts good
    requests that failed (must be 0), bad ones that got anything but a 4xx with a JSON error
@@ -26,6 +27,7 @@ import asyncio
 import io
 import json
 import os
+import resource
 import shlex
 import signal
 import subprocess
@@ -61,6 +63,15 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU time of a process (``None``: this one, the load generator)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def metric(url: str, name: str) -> float:
@@ -118,9 +129,10 @@ def throughput(b0_onnx: Path, rounds: int, per_turn: int, clients: int, server_a
         for label, max_batch in (("dynamic batching (--max-batch 16)", "16"), ("no batching (--max-batch 1)", "1")):
             proc, url = start_server(b0_onnx, "--max-batch", max_batch, "--max-wait-ms", "5", *server_args)
             asyncio.run(run_clients(url, [(body, "image/jpeg", "good")] * clients, clients))  # warm the connections
-            start = time.perf_counter()
+            start, server_cpu, client_cpu = time.perf_counter(), cpu_seconds(proc.pid), cpu_seconds()
             records = asyncio.run(run_clients(url, [(body, "image/jpeg", "good")] * per_turn, clients))
             wall = time.perf_counter() - start
+            server_cpu, client_cpu = cpu_seconds(proc.pid) - server_cpu, cpu_seconds() - client_cpu
             batches, images = metric(url, "effnet_batch_size_count"), metric(url, "effnet_batch_size_sum")
             stop_server(proc)
             ok = [r[4] for r in records if r[1] == 200]
@@ -128,6 +140,8 @@ def throughput(b0_onnx: Path, rounds: int, per_turn: int, clients: int, server_a
                 "round": round_index, "server": label, "requests": per_turn, "ok": len(ok), "wall_s": round(wall, 2),
                 "images_per_s": round(len(ok) / wall, 1), "p50_ms": percentile_ms(ok, 50),
                 "p99_ms": percentile_ms(ok, 99), "mean_batch": round(images / batches, 2),
+                "server_cpu_ms_per_request": round(server_cpu / per_turn * 1e3, 2),
+                "client_cpu_ms_per_request": round(client_cpu / per_turn * 1e3, 2),
             })  # fmt: skip
             print(json.dumps(turns[-1]), flush=True)
     by_server = {}
