@@ -55,10 +55,11 @@ def test_onnx_export_matches_eager_for_every_member(name, tmp_path):
     assert result.path.is_file()
 
 
-@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_b3", "efficientnet_lite2"])
+@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_lite0"])
 def test_same_padding_exports(name, tmp_path):
     # TF-ported weights: asymmetric SAME padding becomes constant pads at a fixed size,
-    # including a size that is not a multiple of the stride.
+    # including a size that is not a multiple of the stride. Every member has the same kernel
+    # sizes and strides (one stage table), so B0 (with SE) and Lite0 (without) cover the pads.
     model = trained_like(name, padding="same")
     result = export(model, tmp_path / "m.onnx", image_size=SIDE, dynamic_batch=True)
     assert_matches_eager(model, OnnxModel(result.path))
