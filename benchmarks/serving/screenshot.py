@@ -8,13 +8,10 @@ Needs the chromium and chromium-driver packages (make test installs them)."""
 from __future__ import annotations
 
 import argparse
-import json
-import signal
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+from load import start_server, stop_server  # this folder's load generator starts servers the same way
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,9 +35,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         image = Path(scratch) / f"fashion_mnist_test_{args.index}.png"
         Image.fromarray(test.images[args.index]).resize((112, 112), Image.NEAREST).save(image)
-        cmd = [sys.executable, "-m", "effnet", "serve", "--weights", args.weights, "--port", "0"]
-        server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        url = json.loads(server.stdout.readline())["url"]
+        server, url = start_server(Path(args.weights))
         options = webdriver.ChromeOptions()
         options.binary_location = "/usr/bin/chromium"
         for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=820,640"):
@@ -55,8 +50,7 @@ def main() -> None:
             driver.save_screenshot(args.out)
         finally:
             driver.quit()
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=60)
+            stop_server(server)
     print(f"wrote {Path(args.out).relative_to(ROOT)} (true class: {test.labels[args.index]})")
 
 

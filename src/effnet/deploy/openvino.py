@@ -115,19 +115,23 @@ class Runner:
     def run_chunks(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
         if self.streams < 2 or len(chunks) < 2:
             return [self.run(chunk) for chunk in chunks]
-        import openvino as ov
-
         outputs: list[np.ndarray | None] = [None] * len(chunks)
-        queue = ov.AsyncInferQueue(self.compiled, self.streams)
-
-        def done(request, index):
-            outputs[index] = request.get_output_tensor(0).data.copy()
-
-        queue.set_callback(done)
+        queue = self._queue()
         for index, chunk in enumerate(chunks):
-            queue.start_async({0: chunk}, index)
+            queue.start_async({0: chunk}, (outputs, index))
         queue.wait_all()
         return outputs
+
+    def _queue(self):
+        """This thread's AsyncInferQueue, made once: a server calls run_chunks on every batch, and
+        a new queue would create ``streams`` infer requests each time."""
+        queue = getattr(self.local, "queue", None)
+        if queue is None:
+            import openvino as ov
+
+            queue = self.local.queue = ov.AsyncInferQueue(self.compiled, self.streams)
+            queue.set_callback(_store_output)
+        return queue
 
     def run_batch(self, array: np.ndarray) -> np.ndarray:
         """A whole batch (dynamic-batch graph): split over the streams when there are several."""
@@ -135,6 +139,11 @@ class Runner:
             return self.run(array)
         parts = [np.ascontiguousarray(p) for p in np.array_split(array, self.streams)]
         return np.concatenate(self.run_chunks(parts))
+
+
+def _store_output(request, slot) -> None:
+    outputs, index = slot
+    outputs[index] = request.get_output_tensor(0).data.copy()  # the request reuses its buffer
 
 
 class OpenVinoModel(ExportedModel):
