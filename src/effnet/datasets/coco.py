@@ -7,7 +7,9 @@ before training with one line naming the file, the annotation and what is wrong.
 from __future__ import annotations
 
 import json
+import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from effnet.core.errors import UsageError
+from effnet.core.errors import EffnetWarning, UsageError
 from effnet.datasets.images import load_rgb
 
 ANNOTATIONS = "annotations.json"
@@ -66,11 +68,15 @@ def _field(entry, key, kind, where):
 
 def read_coco(path: Path, categories: list[dict] | None = None) -> tuple[DetectionSplit, list[dict]]:
     """One COCO file, checked: every image file exists and has the size it claims, every box lies
-    inside its image with a positive area, every category id is declared."""
+    inside its image with a positive area, every category id is declared, every image file lies
+    inside the images folder. A file without a single box is refused; images without boxes
+    (background images) are counted in a warning."""
     try:
         coco = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UsageError(f"{path}: not a readable COCO JSON file ({exc})") from None
+    except RecursionError:  # json's parser recurses once per nesting level
+        raise UsageError(f"{path}: not a COCO file (its JSON is nested too deeply to read)") from None
     if not isinstance(coco, dict) or not all(isinstance(coco.get(k), list) for k in ("images", "annotations",
                                                                                       "categories")):  # fmt: skip
         raise UsageError(f"{path}: a COCO file needs the lists 'images', 'annotations' and 'categories'")
@@ -99,6 +105,10 @@ def read_coco(path: Path, categories: list[dict] | None = None) -> tuple[Detecti
         width, height = _field(entry, "width", int, where), _field(entry, "height", int, where)
         if image_id in index:
             raise UsageError(f"{where}: image id {image_id} repeats")
+        inside = os.path.normpath(name)
+        if os.path.isabs(inside) or inside == os.pardir or inside.startswith(os.pardir + os.sep):
+            raise UsageError(f"{path}: image id {image_id}: file_name {name!r} points outside {folder} "
+                             "(file names are relative to the images folder)")  # fmt: skip
         file = folder / name
         if not file.is_file():
             raise UsageError(f"{path}: image id {image_id}: {file} does not exist")
@@ -126,9 +136,14 @@ def read_coco(path: Path, categories: list[dict] | None = None) -> tuple[Detecti
             raise UsageError(f"{where}: unknown category id {category} (declared: {sorted(label_of)})")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)):
             raise UsageError(f"{where}: 'bbox' must be [x, y, width, height], got {bbox!r}")
+        x, y, w, h = (float(v) for v in bbox)
+        image = f"image id {image_id} ({files[index[image_id]]})"
+        if not all(math.isfinite(v) for v in (x, y, w, h)):
+            raise UsageError(f"{where}: box {bbox} in {image} is not finite (NaN or infinity)")
+        if w < 0 or h < 0:
+            raise UsageError(f"{where}: box {bbox} in {image} has a negative width or height")
         if ann.get("iscrowd", 0):
             continue  # crowd regions are neither targets nor false positives in training
-        x, y, w, h = (float(v) for v in bbox)
         width, height = sizes[index[image_id]]
         if not (w > 0 and h > 0):
             raise UsageError(f"{where}: zero-area box {bbox} in image id {image_id}")
@@ -136,6 +151,13 @@ def read_coco(path: Path, categories: list[dict] | None = None) -> tuple[Detecti
             raise UsageError(f"{where}: box {bbox} lies outside the {width}x{height} image id {image_id}")
         boxes[index[image_id]].append((x, y, x + w, y + h))
         labels[index[image_id]].append(label_of[category])
+    empty = sum(not b for b in boxes)
+    if files and empty == len(files):
+        raise UsageError(f"{path}: holds no boxes to learn from ({len(coco['annotations'])} annotations, "
+                         f"{len(files)} images; crowd regions do not count)")  # fmt: skip
+    if empty:
+        warnings.warn(f"{path}: {empty} of {len(files)} images have no boxes (they train as background only)",
+                      EffnetWarning, stacklevel=2)  # fmt: skip
     split = DetectionSplit(
         folder,
         files,

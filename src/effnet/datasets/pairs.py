@@ -57,8 +57,11 @@ def read_pairs(pairs_file: str | os.PathLike, people: str | os.PathLike | None =
     if not lines:
         raise UsageError(f"--pairs {path}: empty")
     header = lines[0]
-    if len(header) == 2 and all(v.isdigit() for v in header):
+    if len(header) == 2 and all(v.lstrip("+-").isdigit() for v in header):
         folds, per_fold = int(header[0]), int(header[1])
+        if folds < 1 or per_fold < 1:
+            raise UsageError(f"--pairs {path}:1: the header {' '.join(header)!r} must be two positive integers "
+                             "(folds, pairs per fold), as in LFW's '10 300'")  # fmt: skip
         body = lines[1:]
         if len(body) != folds * 2 * per_fold:
             raise UsageError(f"--pairs {path}: the header promises {folds} x 2 x {per_fold} pairs, found {len(body)}")
