@@ -18,17 +18,24 @@ SOURCES = ("effnet", "torchvision", "timm", "lukemelas")
 _BN_LEAVES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
+# The stem convolution's key: the one key every implementation names differently.
+_MARKERS = {
+    "stem.conv.weight": "effnet",
+    "features.0.0.weight": "torchvision",
+    "conv_stem.weight": "timm",
+    "_conv_stem.weight": "lukemelas",
+}
+
+
+def _looks_like(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, str] | None:
+    """(source, the key that says so), or None when no stem key is known."""
+    return next(((source, key) for key, source in _MARKERS.items() if key in state_dict), None)
+
+
 def detect_source(state_dict: Mapping[str, torch.Tensor]) -> str:
     """Guess which implementation saved ``state_dict`` from its stem's key."""
-    markers = {
-        "stem.conv.weight": "effnet",
-        "features.0.0.weight": "torchvision",
-        "conv_stem.weight": "timm",
-        "_conv_stem.weight": "lukemelas",
-    }
-    for key, source in markers.items():
-        if key in state_dict:
-            return source
+    if found := _looks_like(state_dict):
+        return found[0]
     sample = ", ".join(list(state_dict)[:3]) or "no keys"
     raise WeightsError(f"cannot tell which implementation saved these weights (first keys: {sample})")
 
@@ -61,6 +68,12 @@ def convert_state_dict(
     source = source or detect_source(state_dict)
     if source not in SOURCES:
         raise WeightsError(f"unknown weights source {source!r}; expected one of {', '.join(SOURCES)}")
+    found = _looks_like(state_dict)
+    if found and found[0] != source:  # each renaming assumes its own layout: a wrong one fails anywhere
+        raise WeightsError(
+            f"these are not {source} weights: the keys look like {found[0]} weights ({found[1]!r}); "
+            f"pass --source {found[0]} or leave it out to detect it"
+        )
     if source == "effnet":
         return dict(state_dict)
     rename = {"torchvision": _torchvision_key, "timm": _timm_key, "lukemelas": _lukemelas_key}[source]
@@ -111,7 +124,7 @@ def _bn(prefix: str, leaf: str) -> str | None:
 
 
 def _torchvision_key(key: str, kinds) -> str | None:
-    last_feature = max(s for s, _ in kinds) + 1
+    last_feature = max((s for s, _ in kinds), default=-1) + 1
     if m := re.fullmatch(r"features\.0\.([01])\.(\w+)", key):
         return "stem.conv.weight" if m[1] == "0" else _bn("stem.bn", m[2])
     if m := re.fullmatch(r"features\.(\d+)\.([01])\.(\w+)", key):
@@ -173,7 +186,7 @@ def _timm_key(key: str, kinds) -> str | None:
     prefix = f"stages.{stage}.{block}"
     if se := re.fullmatch(r"se\.(conv_reduce|conv_expand)\.(weight|bias)", rest):
         return f"{prefix}.se.{_SE[se[1]]}.{se[2]}"
-    names = _TIMM_BLOCKS[kinds[(stage, block)]]
+    names = _TIMM_BLOCKS.get(kinds.get((stage, block)), {})
     part = re.fullmatch(r"(\w+)\.(\w+)", rest)
     if not part or part[1] not in names:
         return None
@@ -203,12 +216,15 @@ def _lukemelas_stages(sd, stage_depths) -> dict[int, tuple[int, int]]:
     if stage_depths is None:
         starts = []
         for i in range(n_blocks):
+            if f"_blocks.{i}._project_conv.weight" not in sd:
+                raise WeightsError(f"lukemelas block {i} has no _blocks.{i}._project_conv.weight")
             out_ch = sd[f"_blocks.{i}._project_conv.weight"].shape[0]
             expand = sd.get(f"_blocks.{i}._expand_conv.weight")
             in_ch = expand.shape[1] if expand is not None else sd[f"_blocks.{i}._depthwise_conv.weight"].shape[0]
             if i == 0 or in_ch != out_ch:
                 starts.append(i)
-        stage_depths = tuple(b - a for a, b in zip(starts, starts[1:] + [n_blocks], strict=True))
+        ends = starts[1:] + [n_blocks] if starts else []
+        stage_depths = tuple(b - a for a, b in zip(starts, ends, strict=True))
     if sum(stage_depths) != n_blocks:
         raise WeightsError(f"stage depths {stage_depths} do not add up to the checkpoint's {n_blocks} blocks")
     where, flat = {}, 0

@@ -66,14 +66,27 @@ def parse_metadata(metadata: dict[str, str], path) -> tuple[ModelConfig, Preproc
 
 def save(model: nn.Module, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
     """Write ``model`` as safetensors with everything ``load`` needs. Atomic: the file appears
-    complete or not at all."""
-    from safetensors.torch import save as to_bytes
-
+    complete or not at all. Deterministic: the same model gives the same bytes."""
     path = Path(path)
     metadata = {**model_metadata(model), **(extra_metadata or {})}
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda f: f.write(to_bytes(tensors, metadata=metadata)))
+    atomic_write(path, lambda f: f.write(safetensors_bytes(tensors, metadata)))
     return path
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors' serialisation with its JSON header written again with sorted keys: the
+    library keeps the metadata in a hash map whose order changes from one call to the next, so
+    the same model would otherwise give files with different checksums. The tensor data (laid
+    out by dtype and name) and each tensor's offsets are kept as they are."""
+    from safetensors.torch import save as to_bytes
+
+    raw = to_bytes(tensors, metadata=metadata)
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors pads it
+    return len(text).to_bytes(8, "little") + text + raw[8 + size :]
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -195,17 +208,22 @@ def load(
     state_dict = read_state_dict(path)
     if metadata.get("format") == "effnet":
         config, preprocessing, names = parse_metadata(metadata, path)
+        if model is not None and model != config.name:  # the file's own config decides; say so
+            raise UsageError(f"--weights {path} holds {config.name}, not {model}")
         check_size(config, path)  # before building: crafted metadata could ask for a huge model
-        if isinstance(config, ModelConfig):
+        if metadata.get("task") is None:  # a plain classifier
             net = build_model(config, class_names=names, preprocessing=preprocessing)
         else:
-            net = build_task_model(config, names)
+            net = build_task_model(config, names, task=metadata["task"])
             net.preprocessing = preprocessing
         return load_weights(net, state_dict, origin=str(path)).eval()
     if model is None:
         raise UsageError(f"{path} carries no effnet metadata; say which model it holds (model=/--model)")
-    source = source or detect_source(state_dict)
-    converted = convert_state_dict(state_dict, source)
+    try:
+        source = source or detect_source(state_dict)
+        converted = convert_state_dict(state_dict, source)
+    except WeightsError as exc:
+        raise WeightsError(f"{path}: {exc}") from None
     if "classifier.weight" in converted and "num_classes" not in create_kwargs:
         create_kwargs["num_classes"] = converted["classifier.weight"].shape[0]
     net = create_model(model, class_names=class_names, **create_kwargs)
