@@ -211,10 +211,10 @@ def load(
         if model is not None and model != config.name:  # the file's own config decides; say so
             raise UsageError(f"--weights {path} holds {config.name}, not {model}")
         check_size(config, path)  # before building: crafted metadata could ask for a huge model
-        if metadata.get("task") is None:  # a plain classifier
+        if isinstance(config, ModelConfig):
             net = build_model(config, class_names=names, preprocessing=preprocessing)
         else:
-            net = build_task_model(config, names, task=metadata["task"])
+            net = build_task_model(config, names)
             net.preprocessing = preprocessing
         return load_weights(net, state_dict, origin=str(path)).eval()
     if model is None:
