@@ -70,9 +70,10 @@ def subprocess_env() -> dict:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A tiny digits run, trained in-process into a folder that a save killed midway left behind
-    (a stale temporary and no config.json): case 14 is this fixture's own start."""
+    (its lock, a stale temporary and no config.json): case 14 is this fixture's own start."""
     run = tmp_path_factory.mktemp("trained") / "run"
     run.mkdir()
+    (run / ".lock").write_text("effnet process 1")  # a lock file marks the folder as a run's
     (run / ".state.pt.k1ll3d.tmp").write_bytes(b"half a state")
     assert main(["train", *TINY_TRAIN, "--out", str(run)]) == 0
     return run

@@ -121,6 +121,7 @@ def test_existing_run_is_not_overwritten_and_resume_checks_settings(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text("{}")
+    (run / "state.pt").write_bytes(b"a run's resume state")  # without one, a start restarts the run
     proc = run_cli("train", *TINY, "--out", run)
     assert proc.returncode == 2 and "already holds a run" in proc.stderr
     assert (run / "config.json").read_text() == "{}"

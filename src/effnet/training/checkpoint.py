@@ -8,8 +8,7 @@ import torch
 
 from effnet.core.errors import UsageError, first_line
 from effnet.core.fileio import atomic_write
-
-STATE_FILE = "state.pt"
+from effnet.training.rundir import STATE_FILE
 
 
 def save_state(run: Path, state: dict) -> None:

@@ -5,10 +5,11 @@ trainer (classification, detection, segmentation, embedding) fills in ``_set_up`
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
-from effnet.core.errors import UsageError
+from effnet.core.errors import EffnetWarning, UsageError
 from effnet.training.config import TrainConfig
 from effnet.training.distributed import resolve_device, setup_distributed, shutdown
 from effnet.training.rundir import RunDir
@@ -37,6 +38,11 @@ class RunTrainer(Trainer):
         ranks = setup_distributed()
         device = resolve_device(cfg.device, ranks.local_rank)
         rundir = RunDir(run)
+        if resume and rundir.never_checkpointed():  # decided on every rank before any of them writes
+            if ranks.main:
+                warnings.warn(f"{rundir.path} never reached its first checkpoint (no state.pt): starting it from "
+                              "scratch", EffnetWarning, stacklevel=2)  # fmt: skip
+            resume = False
         if ranks.main:
             rundir.check(resume)
             rundir.lock()

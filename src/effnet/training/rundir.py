@@ -5,7 +5,12 @@ first resume state: a run killed (or out of disk) while starting leaves no ``con
 the same ``effnet train`` simply starts it again, and ``--resume`` can never find a config
 without a state to resume. One process at a time writes to a run (a lock file, released by the
 kernel even after ``kill -9``), and temporary files left by a killed save are removed when the
-next process takes the lock.
+next process takes the lock: only the run's own (``.state.pt.x1y2z3w4.tmp``), and only in a
+folder that is a run, that held a run's lock, or that this process created.
+
+A folder with a ``config.json`` but no ``state.pt`` (the state removed, or a run from a version
+that wrote its settings first) never reached its first checkpoint: a plain start restarts it and
+``--resume`` starts it from scratch with a note.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
+import stat
 import sys
 from pathlib import Path
 
@@ -21,6 +28,11 @@ from effnet.core.fileio import atomic_write
 
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
+STATE_FILE = "state.pt"  # training.checkpoint's resume state
+# What a run writes with atomic_write, whose temporaries are ".NAME.RANDOM.tmp" (see core.fileio).
+RUN_FILES = (CONFIG_FILE, STATE_FILE, "best.safetensors", "last.safetensors", "metrics.csv", "curves.png",
+             "skipped_images.json", "teacher_logits.safetensors")  # fmt: skip
+STALE_TEMPORARY = re.compile(r"\.(" + "|".join(map(re.escape, RUN_FILES)) + r")\.[a-z0-9_]+\.tmp")
 
 
 class RunDir:
@@ -35,6 +47,10 @@ class RunDir:
 
     def is_run(self) -> bool:
         return self.config_path.is_file()
+
+    def never_checkpointed(self) -> bool:
+        """A run's settings without a resume state: a run that never reached its first checkpoint."""
+        return self.is_run() and not (self.path / STATE_FILE).is_file()
 
     def read_config(self) -> dict:
         try:
@@ -51,7 +67,7 @@ class RunDir:
             raise UsageError(f"--out {self.path} is a file, not a run directory")
         if resume and not self.is_run():
             raise UsageError(f"{self.path}: nothing to resume (no {CONFIG_FILE}); run without --resume to start")
-        if not resume and self.is_run():
+        if not resume and self.is_run() and not self.never_checkpointed():
             raise UsageError(f"{self.path} already holds a run; use --resume to continue it or another --out")
 
     def lock(self) -> None:
@@ -59,7 +75,9 @@ class RunDir:
         temporary files that saves killed midway left behind."""
         self._created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115 (held open for the process's life)
+        lock_path = self.path / LOCK_FILE
+        ours = self._created or self.is_run() or lock_path.exists()  # a run's folder, not any folder
+        handle = self._open_lock(lock_path)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -72,8 +90,27 @@ class RunDir:
         handle.write(f"effnet process {os.getpid()}")
         handle.flush()
         self._lock = handle
-        for stale in self.path.glob(".*.tmp"):  # atomic_write's temporaries (see core.fileio)
-            stale.unlink(missing_ok=True)
+        if ours:
+            for stale in self.path.iterdir():
+                if STALE_TEMPORARY.fullmatch(stale.name):
+                    stale.unlink(missing_ok=True)
+
+    @staticmethod
+    def _open_lock(path: Path):
+        """The lock file, opened without following a link: a symlink or a hard link there would
+        have another file truncated, and a FIFO would block."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            kind = "a symbolic link" if path.is_symlink() else f"not usable ({exc.strerror})"
+            raise UsageError(f"{path} is {kind}; the run's lock must be a plain file: remove it") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+            os.close(fd)
+            kind = "a hard link to another file" if stat.S_ISREG(info.st_mode) else "not a plain file"
+            raise UsageError(f"{path} is {kind}; the run's lock must be a plain file: remove it")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "r+")  # noqa: SIM115 (held open for the process's life)
 
     def unlock(self) -> None:
         if self._lock is not None:
