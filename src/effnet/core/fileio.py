@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import tempfile
 import threading
 from pathlib import Path
+
+from effnet.core.errors import RunError, UsageError
 
 
 def _umask_mode() -> int:
@@ -69,3 +72,48 @@ def _write_and_rename(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def refuse_overwrite(output: str | os.PathLike, inputs, what: str = "--out") -> None:
+    """Refuse (UsageError) to write ``output`` when it is one of ``inputs``: the same path, the
+    same file under another name (a hard link or a symbolic link), or one that resolves to it.
+    ``inputs`` may hold None and names that are not files (a pretrained tag), which are skipped."""
+    out = Path(output)
+    for source in inputs:
+        if source is None:
+            continue
+        try:
+            same = os.path.samefile(out, source)
+        except OSError:  # one of them does not exist (yet): compare where the names lead
+            same = out.resolve() == Path(source).resolve()
+        if same:
+            raise UsageError(f"{what} {output} is the input {source}: writing it would destroy it; give another file")
+
+
+def os_error_behind(exc: BaseException | None) -> OSError | None:
+    """The OSError that ``exc`` is or replaced: torch.save's writer, for one, turns a full disk
+    into a RuntimeError of its own whose context is the real error."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # the disk, the quota or the file-size limit is full
+
+
+@contextlib.contextmanager
+def write_failure_is_run_error(path: str | os.PathLike):
+    """A write of ``path`` that fails on the file system (directly, or behind a library's own
+    error) becomes a one-line RunError naming the file: "disk full while writing PATH"."""
+    try:
+        yield
+    except Exception as exc:
+        cause = os_error_behind(exc)
+        if cause is None or isinstance(exc, UsageError | RunError):
+            raise
+        reason = "disk full" if cause.errno in NO_ROOM else "could not write"
+        raise RunError(f"{reason} while writing {path} ({cause.strerror or cause})") from exc

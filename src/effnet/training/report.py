@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from effnet.core.figures import pyplot, save_figure
-from effnet.core.fileio import atomic_write
+from effnet.core.fileio import atomic_write, write_failure_is_run_error
 
 
 def write_metrics_csv(run: Path, rows: list[dict]) -> None:
@@ -76,8 +76,10 @@ class EpochReporter:
 
     def epoch(self, rows: list[dict]) -> None:
         row = rows[-1]
-        write_metrics_csv(self.run, rows)
-        plot_curves(self.run, rows, self.val_keys[0])
+        with write_failure_is_run_error(self.run / "metrics.csv"):
+            write_metrics_csv(self.run, rows)
+        with write_failure_is_run_error(self.run / "curves.png"):
+            plot_curves(self.run, rows, self.val_keys[0])
         for key, value in row.items():
             if key == "lr" or (key.startswith(("train_", "val_")) and isinstance(value, int | float)):
                 self.writer.add_scalar(key, value, row["step"])

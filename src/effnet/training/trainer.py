@@ -22,13 +22,14 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from effnet.core.errors import EffnetWarning, RunError
+from effnet.core.fileio import write_failure_is_run_error
 from effnet.datasets.loading import ordered_loader
 from effnet.training.checkpoint import load_state, rng_state, save_state, set_rng_state
 from effnet.training.config import TrainConfig
 from effnet.training.distributed import Dist, barrier, finite_everywhere, sum_over_ranks
 from effnet.training.recipe import build_optimizer, lr_lambda, tf_ema_avg_fn
 from effnet.training.report import EpochReporter
-from effnet.training.rundir import RunDir
+from effnet.training.rundir import CONFIG_FILE, STATE_FILE, RunDir
 from effnet.training.sampling import SeededAugment, epoch_loader
 from effnet.weights.io import save
 
@@ -142,10 +143,12 @@ class Trainer:
         if resume:
             self._load(load_state(self.run))
         elif ranks.main:
-            for write in on_start:
-                write(rundir)
+            with write_failure_is_run_error(self.run):
+                for write in on_start:
+                    write(rundir)
             self._save_state()  # a run killed before its first checkpoint can still resume
-            rundir.write_config(cfg.to_dict())  # last: from here on the folder is a run
+            with write_failure_is_run_error(self.run / CONFIG_FILE):
+                rundir.write_config(cfg.to_dict())  # last: from here on the folder is a run
 
     @property
     def best_top1(self) -> float:
@@ -166,7 +169,8 @@ class Trainer:
     def _save_state(self) -> None:
         if not _all_finite(self.model):
             raise TrainingError("refusing to save non-finite weights")
-        save_state(self.run, self._state())
+        with write_failure_is_run_error(self.run / STATE_FILE):  # the previous state stays as it was
+            save_state(self.run, self._state())
 
     def _load(self, state: dict) -> None:
         try:
@@ -189,7 +193,8 @@ class Trainer:
     def _save_weights(self, name: str, module: torch.nn.Module) -> None:
         if not _all_finite(module):
             raise TrainingError(f"refusing to save non-finite weights to {name}")
-        save(module, self.run / name, extra_metadata={"training": json.dumps(self.cfg.to_dict())})
+        with write_failure_is_run_error(self.run / name):
+            save(module, self.run / name, extra_metadata={"training": json.dumps(self.cfg.to_dict())})
 
     # --- the loop ------------------------------------------------------------------------------
 
