@@ -18,7 +18,7 @@ from effnet.cli.common import (
 from effnet.core.errors import UsageError
 from effnet.core.extras import require
 from effnet.datasets.choices import BAD_IMAGE_POLICIES, SPLITS
-from effnet.deploy.choices import BENCH_ENGINES, DEFAULT_OPSET, FORMAT_SUFFIXES, FORMATS
+from effnet.deploy.choices import BENCH_ENGINES, DEFAULT_OPSET, FORMATS
 from effnet.tasks.choices import EVAL_TASKS
 
 BENCH_COLUMNS = [
@@ -77,16 +77,16 @@ def cmd_predict(args) -> int:
     return 2 if errors else 0
 
 
-def format_for(out: str) -> str:
-    suffix = Path(out).suffix.lower()
-    return next((f for f, suffixes in FORMAT_SUFFIXES.items() if suffix in suffixes), "onnx")
-
-
 def cmd_export(args) -> int:
+    from effnet.core.fileio import refuse_overwrite
     from effnet.deploy.engines import open_model
-    from effnet.deploy.export import export
+    from effnet.deploy.export import export, format_for
     from effnet.models.registry import create_model
 
+    out = Path(args.out)
+    refuse_overwrite(out, [args.weights])
+    if (args.format or format_for(out)) == "openvino":
+        refuse_overwrite(out.with_suffix(".bin"), [args.weights])  # an IR's weights go beside the .xml
     extra = None
     if args.weights:
         trained = open_model(args.weights, args.model, engine="torch", **weights_kwargs(args))
@@ -100,7 +100,7 @@ def cmd_export(args) -> int:
     result = export(
         model,
         args.out,
-        format=args.format or format_for(args.out),
+        format=args.format,
         image_size=args.image_size,
         batch_size=args.batch_size,
         dynamic_batch=args.dynamic_batch,
@@ -260,7 +260,7 @@ def register(sub) -> None:
     p = sub.add_parser("export", help="export the inference form (BN folded) to ONNX or TorchScript, checked")
     p.add_argument("--weights", help="pretrained tag (lite0) or a weights file")
     add_weights_options(p)
-    p.add_argument("--format", choices=FORMATS, help="default: by --out's suffix (.onnx, .xml, .pt), else onnx")
+    p.add_argument("--format", choices=FORMATS, help="default: by --out's suffix (.onnx, .xml, .pt)")
     p.add_argument("--out", required=True, help="file to write (.onnx / .xml + .bin / .pt)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
     p.add_argument("--image-size", type=positive_int, help="input side (default: the model's resolution)")

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from effnet.core.errors import UsageError
+from effnet.core.fileio import refuse_overwrite
 from effnet.datasets.loading import ordered_loader
 from effnet.deploy.export import input_spec
 from effnet.models.blocks import INVERTED_RESIDUALS
@@ -149,6 +150,7 @@ def prune(
     out_path = Path(out)
     if out_path.suffix != ".safetensors" or out_path.is_dir():
         raise UsageError(f"--out {out}: give a .safetensors file to write")
+    refuse_overwrite(out_path, [weights], "--out")
     if finetune_epochs < 0:
         raise UsageError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
     if not str(weights).endswith(".safetensors"):

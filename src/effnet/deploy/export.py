@@ -97,11 +97,24 @@ def inference_form(model: nn.Module) -> nn.Module:
     return fuse_batchnorm(model).eval().requires_grad_(False)
 
 
+def format_for(path: str | os.PathLike) -> str:
+    """The format a file name asks for by its suffix; one with another suffix needs --format."""
+    suffix = Path(path).suffix.lower()
+    for format, suffixes in FORMAT_SUFFIXES.items():
+        if suffix in suffixes:
+            return format
+    if Path(path).is_dir():
+        raise UsageError(f"--out {path} is a directory; give a file name")
+    accepted = ", ".join(s for suffixes in FORMAT_SUFFIXES.values() for s in suffixes)
+    raise UsageError(f"--out {path}: the suffix {suffix or '(none)'} names no format; give a {accepted} file "
+                     f"or --format {'|'.join(FORMATS)}")  # fmt: skip
+
+
 def export(
     model: nn.Module,
     path: str | os.PathLike,
     *,
-    format: str = "onnx",
+    format: str | None = None,
     image_size: int | None = None,
     batch_size: int = 1,
     dynamic_batch: bool = False,
@@ -109,7 +122,9 @@ def export(
     extra_metadata: dict[str, str] | None = None,
 ) -> ExportResult:
     """Export ``model`` to ``path`` and check it against eager on one input; ``extra_metadata``
-    joins the model's (``effnet export`` passes the weights file's ``training`` provenance)."""
+    joins the model's (``effnet export`` passes the weights file's ``training`` provenance).
+    ``format`` defaults to the one ``path``'s suffix names (.onnx, .xml, .pt)."""
+    format = format_for(path) if format is None else format
     if format in ("onnx", "openvino"):
         require("deploy", *(("openvino",) if format == "openvino" else ()))
     if format not in FORMATS:
