@@ -9,8 +9,15 @@ travels with the weights prepares the image; ``DynamicBatcher`` groups requests.
 
 Every expected failure answers a 4xx (503 when overloaded) with ``{"error": ..., "kind": ...}``
 and never reaches the engine: bodies over ``--max-body-mb`` (refused from Content-Length, or
-as soon as the stream passes the limit), images over ``--max-pixels`` (refused from the header,
-before decoding), undecodable or empty bodies, unsupported content types.
+as soon as the stream passes the limit), bodies not in within ``--body-timeout`` (408), images
+over ``--max-pixels`` (refused from the header, before decoding), undecodable or empty bodies,
+unsupported content types, a missing or wrong API key (401).
+
+Resources are bounded in three places: a request takes one of the ``--queue`` slots only once its
+body is in (a slow client cannot hold one), decoding takes the image's pixels from a budget shared
+by all requests (``--decode-budget``; a decoded pixel costs ~15-25 bytes on the way to the
+model's input), and the bodies being held, read or not yet answered, add up to at most
+``--queue`` x ``--max-body-mb``.
 """
 
 from __future__ import annotations
@@ -19,14 +26,18 @@ import asyncio
 import contextlib
 import errno
 import functools
+import hmac
+import ipaddress
 import json
 import logging
 import math
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -49,8 +60,14 @@ class ServeOptions:
     workers: int = 1  # engine calls at once (threads); more only helps with cores to spare
     max_body_mb: float = 10.0
     queue: int = 256  # requests admitted at once; beyond it: 503 with Retry-After
-    max_pixels: int = 40_000_000  # larger images are refused from their header (decompression bombs)
+    # Larger images are refused from their header (decompression bombs). 16 Mpx takes a 16 MP
+    # camera's 4920x3264 and phones' 12 MP (4032x3024) at full size, and costs ~0.25-0.4 GB to decode.
+    max_pixels: int = 16_000_000
     max_images: int = 64  # images in one /v1/predict/batch request
+    body_timeout: float = 10.0  # seconds for a request's whole body to arrive; beyond: 408
+    # Megapixels decoded at once by all requests together: 4 images of --max-pixels, ~1-1.5 GB.
+    decode_budget: float = 64.0
+    decode_wait: float = 5.0  # seconds an image waits for decode budget; beyond: 503 with Retry-After
 
     def __post_init__(self):
         checks = {
@@ -61,6 +78,9 @@ class ServeOptions:
             "queue": self.queue >= 1,
             "max_pixels": self.max_pixels >= 1,
             "max_images": self.max_images >= 1,
+            "body_timeout": math.isfinite(self.body_timeout) and self.body_timeout > 0,
+            "decode_budget": math.isfinite(self.decode_budget) and self.decode_budget * 1e6 >= 1,
+            "decode_wait": math.isfinite(self.decode_wait) and self.decode_wait >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -70,6 +90,10 @@ class ServeOptions:
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
 
+    @property
+    def decode_budget_pixels(self) -> int:
+        return int(self.decode_budget * 1_000_000)
+
 
 class RequestError(Exception):
     """An expected failure of one request: its HTTP status, a message and a kind for the metrics."""
@@ -77,6 +101,70 @@ class RequestError(Exception):
     def __init__(self, status: int, kind: str, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status, self.kind, self.headers = status, kind, headers or {}
+
+
+class BudgetTimeout(Exception):
+    """The decode budget did not free enough pixels in time."""
+
+
+class PixelBudget:
+    """A semaphore counted in decoded pixels, shared by every request of one event loop. Waiters
+    are served first come, first served, so a large image is not starved by a stream of small ones."""
+
+    def __init__(self, total: int):
+        self.total, self.used = total, 0
+        self.waiters: deque[tuple[int, asyncio.Future]] = deque()
+
+    async def acquire(self, pixels: int, timeout: float) -> None:
+        """Take ``pixels`` (at most ``total``), waiting up to ``timeout`` seconds; else BudgetTimeout."""
+        if not self.waiters and self.used + pixels <= self.total:
+            self.used += pixels
+            return
+        future = asyncio.get_running_loop().create_future()
+        self.waiters.append((pixels, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if future.done() and not future.cancelled():
+                self.release(pixels)  # granted just as the wait ended
+            else:
+                self._grant()  # this waiter may have held back the ones behind it
+            if isinstance(exc, TimeoutError):
+                raise BudgetTimeout from None
+            raise
+
+    def release(self, pixels: int) -> None:
+        self.used -= pixels
+        self._grant()
+
+    def _grant(self) -> None:
+        while self.waiters:
+            pixels, future = self.waiters[0]
+            if future.done():  # gave up waiting
+                self.waiters.popleft()
+                continue
+            if self.used + pixels > self.total:
+                return
+            self.waiters.popleft()
+            self.used += pixels
+            future.set_result(None)
+
+
+def image_pixels(data: bytes, name: str, max_pixels: int) -> int | None:
+    """Width x height from the image's header, without decoding a pixel (None when Pillow cannot
+    read the header: decoding will then say why)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except Exception:  # noqa: BLE001 - any unreadable header: decode_rgb gives the error
+        return None
+    if width * height > max_pixels:
+        raise PixelLimitError(name, f"refused, {width}x{height} is over the limit of {max_pixels:,} pixels")
+    return width * height
 
 
 class Metrics:
@@ -132,6 +220,7 @@ class Classifier:
         self.transform = self.preprocessing.transform()
         self.model = inference_form(model)
         self.metrics = Metrics(lambda: self.batcher.depth)
+        self.budget = PixelBudget(options.decode_budget_pixels)
         self.batcher = DynamicBatcher(self._run, max_batch=options.max_batch, max_wait_ms=options.max_wait_ms,
                                       capacity=options.queue * options.max_images, workers=options.workers,
                                       on_batch=self.metrics.on_batch)  # fmt: skip
@@ -176,33 +265,41 @@ def _error(exc: RequestError):
     return JSONResponse({"error": str(exc), "kind": exc.kind}, status_code=exc.status, headers=exc.headers)
 
 
-async def _read_body(request, limit: int) -> bytes:
+async def _read_body(request, limit: int, timeout: float, hold=None) -> bytes:
     """The body, refused as soon as it is known to be over ``limit``: from Content-Length before
-    reading anything, else while it streams in, so a huge upload is never held in memory."""
+    reading anything, else while it streams in, so a huge upload is never held in memory; and
+    refused (408, connection closed) unless all of it is in within ``timeout`` seconds, so a
+    client that trickles its body cannot hold the server's memory or a task for long.
+    ``hold(n)`` is told of every chunk kept (it raises to refuse it)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, "body_too_large", f"body of {int(declared):,} bytes is over the limit of {limit:,}")
     from starlette.requests import ClientDisconnect
 
     chunks, size = [], 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise RequestError(413, "body_too_large", f"body is over the limit of {limit:,} bytes")
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestError(413, "body_too_large", f"body is over the limit of {limit:,} bytes")
+                if hold is not None:
+                    hold(len(chunk))
+                chunks.append(chunk)
     except ClientDisconnect:
         raise RequestError(400, "client_disconnected", "the client left before sending the whole body") from None
+    except TimeoutError:
+        raise RequestError(408, "body_timeout", f"the body did not arrive within {timeout:g} s (--body-timeout); "
+                           f"{size:,} bytes came", {"Connection": "close"}) from None  # fmt: skip
     return b"".join(chunks)
 
 
-async def _uploads(request, limit: int, max_files: int) -> list[tuple[str, bytes]]:
-    """(name, bytes) of every image in the request: a raw image body, or the files of a
-    multipart form (any field names)."""
+async def _uploads(request, body: bytes, max_files: int) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every image in the request (whose ``body`` was read already): a raw image
+    body, or the files of a multipart form (any field names)."""
     from starlette.requests import Request
 
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    body = await _read_body(request, limit)
     if not body:
         raise RequestError(400, "empty_body", "empty body: send an image (or a multipart form with image files)")
     if kind.startswith(IMAGE_TYPES):
@@ -228,17 +325,25 @@ async def _uploads(request, limit: int, max_files: int) -> list[tuple[str, bytes
 
 
 def _top_k(request, classifier: Classifier) -> int:
+    """``top_k`` from the query: ASCII digits only (``str.isdigit`` takes "²", which ``int`` does
+    not) and at most 6 of them (``int`` refuses 4,300+ digits); more than the classes means all."""
     text = request.query_params.get("top_k", "5")
-    if not text.isdigit() or int(text) < 1:
-        raise RequestError(400, "bad_argument", f"top_k must be a whole number >= 1, got {text!r}")
+    if not (text.isascii() and text.isdigit() and len(text) <= 6) or int(text) < 1:
+        shown = text if len(text) <= 20 else f"{text[:20]}... ({len(text)} characters)"
+        raise RequestError(400, "bad_argument", f"top_k must be a whole number from 1 to 999999, got {shown!r}")
     return min(int(text), len(classifier.names))
 
 
 class Server:
-    """The Starlette app around one ``Classifier``; ``admit`` bounds the requests in flight."""
+    """The Starlette app around one ``Classifier``; ``handle`` bounds the requests in flight and the
+    bytes of bodies held. With ``api_key``, every route but ``/healthz`` and the static page at
+    ``/`` wants ``Authorization: Bearer <api_key>`` (401 otherwise)."""
 
-    def __init__(self, classifier: Classifier):
+    def __init__(self, classifier: Classifier, api_key: str | None = None):
         self.classifier, self.in_flight, self.draining = classifier, 0, False
+        self.api_key = api_key.encode() if api_key else None
+        self.held = 0  # bytes of request bodies held, read or being read
+        self.max_held = classifier.options.queue * classifier.options.max_body_bytes
         self.html = resources.files("effnet.deploy").joinpath("page.html").read_text(encoding="utf-8")
         self.app = self._build_app()
 
@@ -250,8 +355,8 @@ class Server:
         routes = [
             Route("/", self.page, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
-            Route("/metrics", self.metrics, methods=["GET"]),
-            Route("/v1/model", self.model, methods=["GET"]),
+            Route("/metrics", self.guarded(self.metrics), methods=["GET"]),
+            Route("/v1/model", self.guarded(self.model), methods=["GET"]),
             Route("/v1/predict", functools.partial(self.handle, "predict", self.predict), methods=["POST"]),
             Route("/v1/predict/batch", functools.partial(self.handle, "batch", self.predict_batch), methods=["POST"]),
         ]
@@ -269,18 +374,55 @@ class Server:
 
         return Starlette(routes=routes, exception_handlers={HTTPException: not_found}, lifespan=lifespan)
 
+    def check_key(self, request) -> None:
+        if self.api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        # compare_digest: the time taken does not tell how much of a wrong key was right
+        if not (scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.api_key)):
+            raise RequestError(401, "unauthorized", "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                               {"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+    def guarded(self, endpoint):
+        """``endpoint`` behind the API key (when there is one)."""
+
+        @functools.wraps(endpoint)
+        async def guard(request):
+            try:
+                self.check_key(request)
+            except RequestError as exc:
+                self.classifier.metrics.errors.labels(exc.kind).inc()
+                return _error(exc)
+            return await endpoint(request)
+
+        return guard
+
     async def handle(self, endpoint: str, work, request):
         from starlette.responses import JSONResponse
 
-        metrics, start = self.classifier.metrics, time.perf_counter()
+        metrics, options, start = self.classifier.metrics, self.classifier.options, time.perf_counter()
+        held = 0
+
+        def hold(size: int) -> None:
+            nonlocal held
+            if self.held + size > self.max_held:
+                raise RequestError(503, "overloaded", "the server holds as many request bodies as it takes "
+                                   "(--queue x --max-body-mb); retry later", {"Retry-After": "1"})  # fmt: skip
+            self.held += size
+            held += size
+
         try:
-            if self.in_flight >= self.classifier.options.queue:
+            self.check_key(request)
+            # The body first, under its deadline: a slot of --queue is taken only by a request
+            # that can be worked on, so clients that send slowly do not crowd out the others.
+            body = await _read_body(request, options.max_body_bytes, options.body_timeout, hold)
+            if self.in_flight >= options.queue:
                 raise RequestError(503, "overloaded", f"{self.in_flight} requests are in flight, the most this "
                                    "server takes (--queue); retry later", {"Retry-After": "1"})  # fmt: skip
             self.in_flight += 1
             metrics.in_flight.inc()
             try:
-                response = JSONResponse(await work(request))
+                response = JSONResponse(await work(request, body))
             except RequestError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the server must outlive a failed request
@@ -292,6 +434,8 @@ class Server:
         except RequestError as exc:
             metrics.errors.labels(exc.kind).inc()
             response = _error(exc)
+        finally:
+            self.held -= held
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
         metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
         return response
@@ -299,32 +443,49 @@ class Server:
     async def _classify(self, name: str, data: bytes, k: int) -> list[dict]:
         from starlette.concurrency import run_in_threadpool
 
-        classifier = self.classifier
+        classifier, options = self.classifier, self.classifier.options
         try:
-            tensor = await run_in_threadpool(classifier.prepare, data, name)
+            pixels = await run_in_threadpool(image_pixels, data, name, options.max_pixels)
+            if pixels is not None and pixels > classifier.budget.total:
+                raise PixelLimitError(name, f"refused, its {pixels:,} pixels are over the decode budget of "
+                                      f"{classifier.budget.total:,} (--decode-budget)")  # fmt: skip
+            pixels = pixels or 0  # an unreadable header: decoding fails at once
+            try:
+                await classifier.budget.acquire(pixels, options.decode_wait)
+            except BudgetTimeout:
+                raise RequestError(503, "decode_busy", f"no decode budget came free within {options.decode_wait:g}"
+                                   " s (--decode-budget, --decode-wait); retry later",
+                                   {"Retry-After": "1"}) from None  # fmt: skip
+            try:
+                tensor = await run_in_threadpool(classifier.prepare, data, name)
+            finally:
+                classifier.budget.release(pixels)
         except PixelLimitError as exc:
             raise RequestError(413, "too_many_pixels", str(exc)) from None
         except ImageDecodeError as exc:
             raise RequestError(400, "bad_image", str(exc)) from None
+        except MemoryError:
+            raise RequestError(503, "out_of_memory", "not enough memory to decode the image; retry later",
+                               {"Retry-After": "1"}) from None  # fmt: skip
         try:
             probs = await classifier.batcher.submit(tensor)
         except Overloaded as exc:
             raise RequestError(503, "overloaded", f"{exc}; retry later", {"Retry-After": "1"}) from None
         return classifier.top(probs, k)
 
-    async def predict(self, request) -> dict:
+    async def predict(self, request, body: bytes) -> dict:
         k = _top_k(request, self.classifier)
-        (name, data), *rest = await _uploads(request, self.classifier.options.max_body_bytes, 1)
+        (name, data), *rest = await _uploads(request, body, 1)
         if rest:
             raise RequestError(400, "too_many_images", "/v1/predict takes one image; use /v1/predict/batch")
         return {"top": await self._classify(name, data, k)}
 
-    async def predict_batch(self, request) -> dict:
+    async def predict_batch(self, request, body: bytes) -> dict:
         """Every image's top-k, or its error: one bad image does not cost the others their
         answers (as in ``effnet predict``). All bad: the first error, as a 4xx."""
         options = self.classifier.options
         k = _top_k(request, self.classifier)
-        uploads = await _uploads(request, options.max_body_bytes, options.max_images + 1)
+        uploads = await _uploads(request, body, options.max_images + 1)
         if len(uploads) > options.max_images:
             raise RequestError(413, "too_many_images", f"more than {options.max_images} images (--max-images)")
 
@@ -387,12 +548,35 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_tls(certfile: str | None, keyfile: str | None) -> None:
+    """Both or neither, and a certificate and key that load: one line saying why not, before the
+    model is loaded (uvicorn would say it with a traceback once the server starts)."""
+    if bool(certfile) != bool(keyfile):
+        raise UsageError("--ssl-certfile and --ssl-keyfile go together: give both, or neither")
+    if certfile:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile)
+        except OSError as exc:  # ssl.SSLError is one
+            reason = str(exc) if isinstance(exc, ssl.SSLError) or not exc.strerror else exc.strerror
+            message = f"--ssl-certfile {certfile} --ssl-keyfile {keyfile}: cannot load them ({reason})"
+            raise UsageError(message) from None
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(
     weights: str, *, engine: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-    options: ServeOptions | None = None, log_level: str = "warning", ready=None, **engine_options,
+    options: ServeOptions | None = None, log_level: str = "warning", ready=None, api_key: str | None = None,
+    ssl_certfile: str | None = None, ssl_keyfile: str | None = None, **engine_options,
 ) -> int:  # fmt: skip
     """Load, warm up and serve until SIGTERM or Ctrl-C; then stop accepting, answer the requests
-    in flight and return 0. ``ready(url)`` is called once the server accepts requests."""
+    in flight and return 0. ``ready(url)`` is called once the server accepts requests. With
+    ``api_key`` the API wants it as a bearer token; with a certificate and key, HTTPS."""
     require("serve")
     import uvicorn
 
@@ -400,7 +584,12 @@ def serve(
 
     options = options or ServeOptions()
     engine = engine_for(weights, engine)
+    check_tls(ssl_certfile, ssl_keyfile)
     sock = bind(host, port)
+    if not api_key and not is_loopback(sock.getsockname()[0]):
+        print(f"effnet serve: warning: listening on {host}, beyond loopback, without an API key: anyone who can "
+              "reach it can use the model (set EFFNET_API_KEY, and serve HTTPS with --ssl-certfile/--ssl-keyfile)",
+              file=sys.stderr, flush=True)  # fmt: skip
     try:
         trained = open_model(weights, engine=engine, **engine_options)
         classifier = Classifier(trained, engine, options)
@@ -408,7 +597,7 @@ def serve(
     except BaseException:
         sock.close()
         raise
-    server_app = Server(classifier)
+    server_app = Server(classifier, api_key=api_key)
 
     class _Uvicorn(uvicorn.Server):
         def handle_exit(self, sig, frame):
@@ -416,9 +605,11 @@ def serve(
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(server_app.app, log_level=log_level, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=30)  # fmt: skip
+                            timeout_graceful_shutdown=30, ssl_certfile=ssl_certfile,
+                            ssl_keyfile=ssl_keyfile)  # fmt: skip
     bound_host, bound_port = sock.getsockname()[:2]
-    url = f"http://{bound_host if ':' not in bound_host else f'[{bound_host}]'}:{bound_port}"
+    scheme = "https" if ssl_certfile else "http"
+    url = f"{scheme}://{bound_host if ':' not in bound_host else f'[{bound_host}]'}:{bound_port}"
     server = _Uvicorn(config)
 
     async def main():
