@@ -216,15 +216,22 @@ def cmd_eval(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    import os
+
     from effnet.deploy.serve import ServeOptions, print_ready, serve
 
     options = ServeOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, workers=args.workers,
                            max_body_mb=args.max_body_mb, queue=args.queue, max_pixels=args.max_pixels,
-                           max_images=args.max_images)  # fmt: skip
+                           max_images=args.max_images, body_timeout=args.body_timeout,
+                           decode_budget=args.decode_budget, decode_wait=args.decode_wait)  # fmt: skip
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be 0-65535 (0: any free port), got {args.port}")
+    if args.api_key is not None and not args.api_key.strip():
+        raise UsageError("--api-key is empty")
+    api_key = args.api_key or os.environ.get("EFFNET_API_KEY", "").strip() or None
     return serve(args.weights, engine=args.engine, host=args.host, port=args.port, options=options,
-                 log_level=args.log_level, ready=print_ready, **engine_kwargs(args))  # fmt: skip
+                 log_level=args.log_level, ready=print_ready, api_key=api_key, ssl_certfile=args.ssl_certfile,
+                 ssl_keyfile=args.ssl_keyfile, **engine_kwargs(args))  # fmt: skip
 
 
 def register(sub) -> None:
@@ -250,10 +257,21 @@ def register(sub) -> None:
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more after its first")
     p.add_argument("--workers", type=positive_int, default=1, help="engine calls running at once (threads)")
     p.add_argument("--max-body-mb", type=float, default=10.0, help="larger request bodies get 413")
-    p.add_argument("--max-pixels", type=positive_int, default=40_000_000,
+    p.add_argument("--max-pixels", type=positive_int, default=16_000_000,
                    help="larger images get 413 from their header, before decoding (decompression bombs)")  # fmt: skip
+    p.add_argument("--decode-budget", type=float, default=64.0,
+                   help="megapixels decoded at once by all requests together (~15-25 bytes each); an "
+                   "image that waits longer than --decode-wait for them gets 503, one larger than all 413")  # fmt: skip
+    p.add_argument("--decode-wait", type=float, default=5.0, help="seconds an image may wait for decode budget")
     p.add_argument("--max-images", type=positive_int, default=64, help="images in one /v1/predict/batch request")
-    p.add_argument("--queue", type=positive_int, default=256, help="requests in flight at most; beyond: 503")
+    p.add_argument("--queue", type=positive_int, default=256,
+                   help="requests in flight at most (counted once their body is in); beyond: 503")  # fmt: skip
+    p.add_argument("--body-timeout", type=float, default=10.0,
+                   help="seconds for a request's whole body to arrive; beyond: 408, connection closed")  # fmt: skip
+    p.add_argument("--api-key", help="ask every request but /healthz for 'Authorization: Bearer <key>' "
+                   "(default: $EFFNET_API_KEY, which keeps the key out of the process list)")  # fmt: skip
+    p.add_argument("--ssl-certfile", help="serve HTTPS with this PEM certificate (with --ssl-keyfile)")
+    p.add_argument("--ssl-keyfile", help="the certificate's PEM private key")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=cmd_serve, extras=("serve",))
 
