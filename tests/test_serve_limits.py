@@ -136,6 +136,27 @@ def test_slow_bodies_get_408_and_do_not_hold_the_queue(files):  # noqa: F811
         assert proc.poll() is None
 
 
+def test_bodies_held_at_once_are_bounded_by_queue_times_max_body(files):  # noqa: F811
+    """With --queue 1 --max-body-mb 1, a client that sent 900 kB of its body and stalls leaves room
+    for no other body of more than ~150 kB: 503 at once; after its 408 the room is back."""
+    root, images = files
+    body = images[1].read_bytes()  # a ~450 kB PNG
+    assert 200_000 < len(body) < 1_000_000
+    args = ("--weights", root / "dynamic.onnx", "--queue", 1, "--max-body-mb", 1, "--body-timeout", 3)
+    with server(*args) as (url, proc):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
+            stalled.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\n"
+                            b"Content-Length: 1000000\r\n\r\n" + b"\0" * 900_000)  # fmt: skip
+            time.sleep(0.5)
+            answer = post(f"{url}/v1/predict", body)
+            assert answer.status_code == 503 and answer.json()["kind"] == "overloaded", answer.text
+            assert answer.headers["retry-after"] == "1"
+            assert stalled.recv(4096).startswith(b"HTTP/1.1 408")
+        assert post(f"{url}/v1/predict", body).status_code == 200
+        assert proc.poll() is None
+
+
 @pytest.mark.parametrize("top_k", ["²", "١", "５", "9" * 5000, "1" * 7, "-1", "+3", " 3", "3.0", ""])
 def test_top_k_is_ascii_digits_of_bounded_length(top_k):
     from starlette.datastructures import QueryParams
