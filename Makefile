@@ -19,14 +19,16 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --no-deps "stardist==0.9.2"
 	touch $(STAMP)
 
-# Debian's packages: Fashion-MNIST, and chromium with its driver for the test of effnet serve's
-# page in a real headless browser. Where apt-get is missing the tests that need them skip.
+# Debian's packages: Fashion-MNIST, chromium with its driver for the test of effnet serve's page
+# in a real headless browser, and PostgreSQL for the search's shared study on a real server. Where
+# apt-get is missing the tests that need them skip, except under CI (CI set), where they fail.
 FMNIST := /usr/share/datasets/fashion-mnist
-APT_PACKAGES := dataset-fashion-mnist chromium chromium-driver
+APT_PACKAGES := dataset-fashion-mnist chromium chromium-driver postgresql
 data:
-	@(test -d $(FMNIST) && test -x /usr/bin/chromedriver) || ! command -v apt-get >/dev/null || \
+	@(test -d $(FMNIST) && test -x /usr/bin/chromedriver && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1) || \
+		! command -v apt-get >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null) || \
-		echo "could not install $(APT_PACKAGES); the tests that need them will skip"
+		echo "could not install $(APT_PACKAGES); the tests that need them will skip (fail under CI)"
 
 demo: $(STAMP)
 	$(VENV)/bin/effnet models
@@ -52,8 +54,9 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 # One pytest worker per core (pytest-xdist); conftest.py gives each worker one torch thread.
+# -rs prints every skip and its reason; under CI only optional ones may skip (tests/conftest.py).
 test: lint data
-	$(PY) -m pytest -q -n 2 --dist worksteal --durations=15
+	$(PY) -m pytest -q -rs -n 2 --dist worksteal --durations=15
 
 bench: $(STAMP)
 	$(PY) benchmarks/inference_speed.py --batch-sizes 1,32 --json benchmarks/inference_speed.json

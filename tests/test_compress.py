@@ -12,7 +12,7 @@ import effnet
 from effnet.compress.prune import prune_expansion_channels, prune_in_place
 from effnet.models.blocks import INVERTED_RESIDUALS
 from effnet.models.flops import count_params
-from tests.conftest import give_bn_real_statistics, run_cli
+from tests.conftest import give_bn_real_statistics, require_component, run_cli
 
 
 def effnet_cmd(*args):
@@ -167,8 +167,8 @@ def test_quantize_aware_finetuning_writes_int8_from_grid_weights(tmp_path, digit
 
 
 def test_quantize_rejects_calibration_data_of_other_classes(tmp_path, digits_weights):
-    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
-        pytest.skip("Fashion-MNIST is not installed")
+    fmnist = Path("/usr/share/datasets/fashion-mnist")
+    require_component("Fashion-MNIST", fmnist.is_dir(), "make test installs dataset-fashion-mnist")
     out = tmp_path / "int8.onnx"
     proc = run_cli("quantize", "--weights", digits_weights, "--data", "fashion-mnist", "--out", out)
     assert proc.returncode == 2 and "classes" in proc.stderr and "Traceback" not in proc.stderr

@@ -18,6 +18,7 @@ from effnet.datasets.builtin import FASHION_MNIST_DIR
 from effnet.datasets.idx import read_idx
 from effnet.datasets.transforms import train_transform
 from effnet.models.preprocessing import Preprocessing
+from tests.conftest import requires
 
 
 def write_idx(path, array):
@@ -45,7 +46,7 @@ def test_idx_truncated_and_foreign_files(tmp_path):
         read_idx(tmp_path / "x.idx")
 
 
-@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="make test installs dataset-fashion-mnist")
+@requires("Fashion-MNIST", FASHION_MNIST_DIR.is_dir(), "make test installs dataset-fashion-mnist")
 def test_real_fashion_mnist():
     data = load_data("fashion-mnist", val_split=0.1, seed=3)
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 54_000, "val": 6_000, "test": 10_000}

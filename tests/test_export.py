@@ -13,7 +13,7 @@ import effnet
 from effnet.deploy.export import ExportError, export
 from effnet.deploy.runtime import OnnxModel
 from effnet.models.registry import resolve_config
-from tests.conftest import give_bn_real_statistics, run_cli
+from tests.conftest import give_bn_real_statistics, optional_skipif, run_cli
 
 SIDE = 64  # small images keep the big members affordable; the graph is the same at any size
 # B0, B3, Lite0, Lite4 and V2-B0 hold every operator and padding mode of the family (SE and
@@ -25,7 +25,7 @@ SKIPPED = ("efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "efficientne
 ALWAYS = ("efficientnet_b0", "efficientnet_b3", "efficientnet_lite0", "efficientnet_lite4", "efficientnetv2_b0")
 RUN_HUGE = os.environ.get("EFFNET_HUGE_TESTS") == "1"
 EXPORTED = [
-    n if n in ALWAYS else pytest.param(n, marks=pytest.mark.skipif(not RUN_HUGE, reason="EFFNET_HUGE_TESTS=1"))
+    n if n in ALWAYS else pytest.param(n, marks=optional_skipif(not RUN_HUGE, "EFFNET_HUGE_TESTS=1 exports it too"))
     for n in effnet.list_models()
     if n not in SKIPPED and (not n.startswith("efficientnetv2") or n == "efficientnetv2_b0")
 ]

@@ -15,9 +15,9 @@ from effnet.deploy.export import export
 from effnet.deploy.openvino import OpenVinoModel, ir_metadata, read_model
 from effnet.deploy.runtime import OnnxModel
 from effnet.models.registry import resolve_config
-from tests.conftest import give_bn_real_statistics, run_cli
+from tests.conftest import give_bn_real_statistics, import_required, run_cli
 
-pytest.importorskip("openvino")
+import_required("openvino", "the deploy extra (pip install -e '.[dev]') installs it")
 SIDE = 64
 
 

@@ -14,7 +14,7 @@ from efficientnet_pytorch import EfficientNet as LukemelasEfficientNet
 
 import effnet
 from effnet.weights.convert import convert_state_dict, detect_source
-from tests.conftest import give_bn_real_statistics
+from tests.conftest import give_bn_real_statistics, optional_skipif
 
 B = [f"b{i}" for i in range(9)] + ["l2"]
 LITE = [f"lite{i}" for i in range(5)]
@@ -30,7 +30,8 @@ RUN_HUGE = os.environ.get("EFFNET_HUGE_TESTS") == "1"
 def _mark(variant):
     if variant in HUGE:
         return pytest.param(
-            variant, marks=[pytest.mark.slow, pytest.mark.skipif(not RUN_HUGE, reason="EFFNET_HUGE_TESTS=1")]
+            variant,
+            marks=[pytest.mark.slow, optional_skipif(not RUN_HUGE, "EFFNET_HUGE_TESTS=1 compares B8 and L2 too")],
         )
     return pytest.param(variant, marks=pytest.mark.slow) if variant in HEAVY else variant
 

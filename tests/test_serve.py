@@ -21,10 +21,10 @@ from PIL import Image
 import effnet
 from effnet.deploy.export import export
 from effnet.deploy.predict import load_for_inference, predict
-from tests.conftest import give_bn_real_statistics, run_cli
+from tests.conftest import give_bn_real_statistics, import_required, require_component, requires, run_cli
 
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("starlette")
+httpx = import_required("httpx")
+import_required("starlette", "the serve extra (pip install -e '.[dev]') installs it")
 
 SIDE = 32
 CLASSES = ["T-shirt", "trouser", "pullover", "dress", "coat"]
@@ -91,8 +91,7 @@ ENGINES = {"m.safetensors": "torch", "dynamic.onnx": "onnxruntime", "dynamic.xml
 @pytest.mark.parametrize("weights", list(ENGINES))
 def test_answers_equal_effnet_predict(files, weights):
     root, images = files
-    if not (root / weights).exists():
-        pytest.skip("openvino is not installed")
+    require_component("openvino", (root / weights).exists(), "the deploy extra installs it; no IR was written")
     expected, _ = predict(load_for_inference(str(root / weights)), [str(p) for p in images], top_k=3)
     # two workers: two engine calls at once on one loaded model (OpenVINO needs a request per thread)
     with server("--weights", root / weights, "--workers", 2, "--max-wait-ms", 1) as (url, _):
@@ -264,8 +263,8 @@ def test_port_in_use_is_one_line(files):
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
-@pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-                    reason="needs Debian's chromium and chromium-driver (make test installs them)")  # fmt: skip
+@requires("chromium and chromium-driver", os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER),
+          "make test installs Debian's chromium and chromium-driver")  # fmt: skip
 def test_page_uploads_an_image_and_shows_the_top_5_in_a_real_browser(files, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

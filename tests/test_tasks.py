@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, run_cli
+from conftest import free_port, import_required, require_component, requires, run_cli
 from PIL import Image
 
 from effnet.datasets.builtin import FASHION_MNIST_DIR
@@ -29,7 +29,7 @@ from effnet.tasks.segmentation import scores_from_confusion
 from effnet.training.trainer import Trainer
 from effnet.weights.io import load, save
 
-needs_fmnist = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="make test installs dataset-fashion-mnist")
+needs_fmnist = requires("Fashion-MNIST", FASHION_MNIST_DIR.is_dir(), "make test installs dataset-fashion-mnist")
 TINY = {"train": 6, "val": 3, "test": 3}
 
 
@@ -40,15 +40,13 @@ def digest(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def det_data(tmp_path_factory) -> Path:
-    if not FASHION_MNIST_DIR.is_dir():
-        pytest.skip("make test installs dataset-fashion-mnist")
+    require_component("Fashion-MNIST", FASHION_MNIST_DIR.is_dir(), "make test installs dataset-fashion-mnist")
     return make_fmnist("fmnist-det", tmp_path_factory.mktemp("d") / "det", counts=TINY)
 
 
 @pytest.fixture(scope="module")
 def seg_data(tmp_path_factory) -> Path:
-    if not FASHION_MNIST_DIR.is_dir():
-        pytest.skip("make test installs dataset-fashion-mnist")
+    require_component("Fashion-MNIST", FASHION_MNIST_DIR.is_dir(), "make test installs dataset-fashion-mnist")
     return make_fmnist("fmnist-seg", tmp_path_factory.mktemp("s") / "seg", counts=TINY, background="texture")
 
 
@@ -345,7 +343,7 @@ def test_bad_masks_are_refused_before_training(tmp_path, kind, message):
 def test_nuclei_split_by_columns_with_binary_masks(tmp_path):
     from effnet.datasets.masks import load_masks
 
-    pytest.importorskip("tifffile")
+    import_required("tifffile", "the tasks extra (pip install -e '.[dev]') installs it")
     out = run_cli("data", "make", "nuclei", "--out", tmp_path / "nuclei", "--json").check()
     assert json.loads(out.stdout)["files"] > 0
     info = json.loads((tmp_path / "nuclei" / "dataset.json").read_text())
