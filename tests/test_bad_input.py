@@ -357,7 +357,7 @@ def test_eval_plot_to_a_directory_fails_before_evaluating(capsys, tmp_path, weig
     def must_not_run(*args, **kwargs):
         raise AssertionError("evaluated although --plot cannot be written")
 
-    monkeypatch.setattr(effnet.deploy.evaluate, "evaluate_weights", must_not_run)
+    monkeypatch.setattr(effnet.deploy.evaluate, "evaluate", must_not_run)
     plot = tmp_path / "plots"
     plot.mkdir()
     start = time.perf_counter()

@@ -82,7 +82,7 @@ def test_prune_cli_fine_tunes_and_evaluates(tmp_path, digits_weights):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["macs_after"] < 0.65 * report["macs_before"]
-    assert 0.0 <= report["val_top1_finetuned"] <= 1.0 and 0.0 <= report["val_top1_recalibrated"] <= 1.0
+    assert 0.0 <= report["val_score_finetuned"] <= 1.0 and 0.0 <= report["val_score_recalibrated"] <= 1.0
     evaluated = run_cli("eval", "--weights", out, "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["n"] > 0
@@ -113,7 +113,7 @@ def test_quantize_writes_int8_that_eval_and_predict_accept(tmp_path, digits_weig
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
     evaluated = run_cli("eval", "--weights", out, "--json")
     assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads(evaluated.stdout)["top1"] == pytest.approx(report["int8_top1"])
+    assert json.loads(evaluated.stdout)["top1"] == pytest.approx(report["int8_score"])
     from skimage import data as photos  # any real image: predict must run the int8 graph
 
     photo = tmp_path / "coffee.png"
@@ -162,7 +162,7 @@ def test_quantize_aware_finetuning_writes_int8_from_grid_weights(tmp_path, digit
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["scheme"] == "qat" and report["qat_epochs"] == 1 and 0.0 <= report["int8_top1"] <= 1.0
+    assert report["scheme"] == "qat" and report["qat_epochs"] == 1 and 0.0 <= report["int8_score"] <= 1.0
     assert out.stat().st_size == report["int8_bytes"]
 
 

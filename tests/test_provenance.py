@@ -22,9 +22,9 @@ from effnet.datasets.builtin import FASHION_MNIST_CLASSES
 from effnet.datasets.loading import ImageDataset, load_data
 from effnet.deploy import evaluate as evaluate_module
 from effnet.deploy import predict as predict_module
-from effnet.deploy.engines import inference_form
-from effnet.deploy.evaluate import evaluate_weights
-from effnet.deploy.predict import load_for_inference, predict
+from effnet.deploy.engines import inference_form, open_model
+from effnet.deploy.evaluate import evaluate
+from effnet.deploy.predict import predict
 from effnet.weights.trained import Provenance, load_trained
 from tests.conftest import give_bn_real_statistics
 
@@ -99,15 +99,15 @@ def test_eval_and_predict_feed_the_model_the_same_tensors_and_agree(monkeypatch,
     monkeypatch.setattr(predict_module, "inference_form", recording("predict"))
 
     # eval: no --data, so the file's provenance names the folder
-    metrics, classes = evaluate_weights(str(folder_weights), split="val", batch_size=3)
-    assert classes == ["cat", "dog"]
+    metrics = evaluate(str(folder_weights), split="val", batch_size=3)
+    assert metrics["classes"] == ["cat", "dog"]
     samples = load_data(str(image_folder)).split("val").samples
     assert metrics["n"] == len(samples) == 8
     paths = [path for path, _ in samples]
     eval_inputs = torch.cat(recorders["eval"].inputs)
     eval_logits = torch.cat(recorders["eval"].outputs)
 
-    model = load_for_inference(str(folder_weights))
+    model = open_model(str(folder_weights)).model
     results, errors = predict(model, paths, top_k=5)
     assert not errors and [r.image for r in results] == paths
     predict_inputs = recorders["predict"].inputs
@@ -125,7 +125,7 @@ def test_eval_and_predict_feed_the_model_the_same_tensors_and_agree(monkeypatch,
         # alone, not under xdist's 1 thread each): 1.5e-5 relative on logits near 50 was measured.
         torch.testing.assert_close(predict_logits[i][0], eval_logits[i], rtol=1e-4, atol=1e-5)
         probs = torch.softmax(eval_logits[i].double(), 0)
-        top = results[i].top
+        top = results[i].result["top"]
         assert [t["label"] for t in top] == [["cat", "dog"][t["index"]] for t in top]
         assert top[0]["index"] == int(eval_logits[i].argmax())
         for entry in top:
@@ -134,7 +134,7 @@ def test_eval_and_predict_feed_the_model_the_same_tensors_and_agree(monkeypatch,
 
     # eval's numbers are predict's top-1 against the labels
     labels = [label for _, label in samples]
-    hits = sum(r.top[0]["index"] == label for r, label in zip(results, labels, strict=True))
+    hits = sum(r.result["top"][0]["index"] == label for r, label in zip(results, labels, strict=True))
     assert metrics["top1"] == pytest.approx(hits / len(labels))
     assert [sum(row) for row in metrics["confusion"]] == [labels.count(0), labels.count(1)]
 
@@ -279,11 +279,11 @@ def test_quantize_calibrates_from_the_training_data_dir(monkeypatch, fmnist_weig
 
 
 def test_eval_reads_the_training_data_dir(fmnist_weights, fmnist_dir):
-    metrics, classes = evaluate_weights(str(fmnist_weights), batch_size=4)
-    assert classes == list(FASHION_MNIST_CLASSES)
+    metrics = evaluate(str(fmnist_weights), batch_size=4)
+    assert metrics["classes"] == list(FASHION_MNIST_CLASSES)
     assert metrics["n"] == len(TEST_VALUES)  # the tiny test split, not the real 10,000 images
     assert [sum(row) for row in metrics["confusion"]] == [1] * 10
-    val, _ = evaluate_weights(str(fmnist_weights), split="val", batch_size=8)
+    val = evaluate(str(fmnist_weights), split="val", batch_size=8)
     assert val["n"] == 5
 
 
@@ -311,7 +311,7 @@ def test_pruning_fine_tunes_on_the_training_data_dir(monkeypatch, fmnist_weights
             seen["cfg"] = cfg
             raise _Stop
 
-    monkeypatch.setattr(prune_module, "ClassificationTrainer", Trainer)
+    monkeypatch.setattr(prune_module, "trainer_class", lambda task: Trainer)
     with pytest.raises(_Stop):
         prune_module.prune(str(fmnist_weights), 0.5, str(tmp_path / "p.safetensors"), finetune_epochs=1)
     cfg = seen["cfg"]

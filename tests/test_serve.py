@@ -19,8 +19,9 @@ import torch
 from PIL import Image
 
 import effnet
+from effnet.deploy.engines import open_model
 from effnet.deploy.export import export
-from effnet.deploy.predict import load_for_inference, predict
+from effnet.deploy.predict import predict
 from tests.conftest import give_bn_real_statistics, import_required, require_component, requires, run_cli
 
 httpx = import_required("httpx")
@@ -92,7 +93,7 @@ ENGINES = {"m.safetensors": "torch", "dynamic.onnx": "onnxruntime", "dynamic.xml
 def test_answers_equal_effnet_predict(files, weights):
     root, images = files
     require_component("openvino", (root / weights).exists(), "the deploy extra installs it; no IR was written")
-    expected, _ = predict(load_for_inference(str(root / weights)), [str(p) for p in images], top_k=3)
+    expected, _ = predict(open_model(str(root / weights)).model, [str(p) for p in images], top_k=3)
     # two workers: two engine calls at once on one loaded model (OpenVINO needs a request per thread)
     with server("--weights", root / weights, "--workers", 2, "--max-wait-ms", 1) as (url, _):
         assert httpx.get(f"{url}/healthz").json()["status"] == "ready"
@@ -103,14 +104,14 @@ def test_answers_equal_effnet_predict(files, weights):
             kind = "image/png" if path.suffix == ".png" else "image/jpeg"
             got = httpx.post(f"{url}/v1/predict?top_k=3", content=path.read_bytes(), headers={"content-type": kind})
             assert got.status_code == 200, got.text
-            assert_same_top(got.json()["top"], want.top)
+            assert_same_top(got.json()["top"], want.result["top"])
         # Multipart, several files, one of them not an image: the others keep their answers.
         uploads = [("files", (p.name, p.read_bytes())) for p in images] + [("files", ("notes.txt", b"hello"))]
         got = httpx.post(f"{url}/v1/predict/batch?top_k=3", files=uploads)
         assert got.status_code == 200, got.text
         results = got.json()["results"]
         for result, want in zip(results[:-1], expected, strict=True):
-            assert_same_top(result["top"], want.top)
+            assert_same_top(result["top"], want.result["top"])
         assert results[-1]["image"] == "notes.txt" and results[-1]["kind"] == "bad_image"
         assert metric(url, "effnet_images_total") == 2 * len(images)
         assert metric(url, "effnet_requests_total", endpoint="batch", code="200") == 1

@@ -247,8 +247,8 @@ def test_segmenter_is_pruned_in_its_trunk_quantized_and_its_exports_evaluate_ali
     report = json.loads(run_cli("prune", "--weights", weights, "--ratio", "0.5", "--finetune-epochs", "1",
                                 "--batch-size", "3", "--out", tmp_path / "p.safetensors", "--json")
                         .check().stdout)  # fmt: skip
-    assert report["task"] == "segmentation" and report["score"] == "mIoU" and 0 <= report["val_score_finetuned"] <= 1
-    assert report["params_after"] < 0.8 * report["params_before"] and report["trunk_macs_ratio"] < 0.7
+    assert report["task"] == "segmentation" and report["metric"] == "mIoU" and 0 <= report["val_score_finetuned"] <= 1
+    assert report["params_after"] < 0.8 * report["params_before"] and report["macs_ratio"] < 0.7
     pruned = load(tmp_path / "p.safetensors")  # rebuilt from its config alone, without Torch-Pruning
     assert pruned.num_params() == report["params_after"] and pruned.trunk.config.hidden_channels
     x = torch.randn(1, 3, 64, 64)
@@ -257,7 +257,7 @@ def test_segmenter_is_pruned_in_its_trunk_quantized_and_its_exports_evaluate_ali
     report = json.loads(run_cli("quantize", "--weights", weights, "--calibration-images", "3", "--out",
                                 tmp_path / "int8.onnx", "--json").check().stdout)  # fmt: skip
     # the quantizer's fp32 export is scored by the same code as the torch model: the same mIoU
-    assert report["score"] == "mIoU" and report["fp32_score"] == pytest.approx(torch_eval["miou"], abs=1e-3)
+    assert report["metric"] == "mIoU" and report["fp32_score"] == pytest.approx(torch_eval["miou"], abs=1e-3)
     assert 0 <= report["int8_score"] <= 1 and report["int8_bytes"] < 0.5 * report["fp32_bytes"]
     on_int8 = json.loads(run_cli("eval", "--weights", tmp_path / "int8.onnx", "--json").check().stdout)
     assert on_int8["miou"] == pytest.approx(report["int8_score"])

@@ -32,7 +32,7 @@ def test_v2_trains_and_runs_int8_and_on_openvino(tmp_path, v2_weights):
     report = json.loads(run_cli("quantize", "--weights", v2_weights, "--calibration-images", "64", "--out", int8,
                                 "--json").check().stdout)  # fmt: skip
     assert report["int8_bytes"] < 0.4 * report["fp32_bytes"]
-    assert abs(report["int8_top1"] - report["fp32_top1"]) <= 0.03
+    assert abs(report["int8_score"] - report["fp32_score"]) <= 0.03
 
     ir = tmp_path / "m.xml"
     run_cli("export", "--weights", v2_weights, "--out", ir).check()

@@ -40,6 +40,13 @@ _EXPORTS = {
     "save": "effnet.weights.io",
     "load_pretrained": "effnet.weights.pretrained",
     "load_trained": "effnet.weights.trained",
+    "open": "effnet.deploy.engines",
+    "evaluate": "effnet.deploy.evaluate",
+    "predict": "effnet.deploy.predict",
+    "export": "effnet.deploy.export",
+    "train": "effnet.training.launch",
+    "task_names": "effnet.tasks.registry",
+    "register_task": "effnet.tasks.registry",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -27,30 +27,19 @@ def cmd_prune(args) -> int:
     )
     if args.json:
         print(json.dumps(report, indent=2))
-    elif "task" in report:
-        print(
-            f"pruned {args.ratio:.0%} of the trunk's expansion channels of a {report['task']} model: params "
-            f"{report['params_before']:,} -> {report['params_after']:,}, trunk MACs {report['trunk_macs_ratio']:.2f}x"
-        )
-        if "val_score_finetuned" in report:
-            print(
-                f"validation {report['score']}: {report['val_score_pruned']:.4f} right after pruning, "
-                f"{report['val_score_finetuned']:.4f} after {args.finetune_epochs} epoch(s) of fine-tuning"
-            )
-        print(f"wrote {args.out}")
-    else:
-        print(
-            f"pruned {args.ratio:.0%} of the expansion channels: params {report['params_before']:,} -> "
-            f"{report['params_after']:,}, MACs {report['macs_before']:,} -> {report['macs_after']:,} "
-            f"({report['macs_ratio']:.2f}x)"
-        )
-        if "val_top1_finetuned" in report:
-            print(
-                f"validation top-1: {report['val_top1_pruned']:.2%} right after pruning, "
-                f"{report['val_top1_recalibrated']:.2%} with BN statistics re-estimated, "
-                f"{report['val_top1_finetuned']:.2%} after {args.finetune_epochs} epoch(s) of fine-tuning"
-            )
-        print(f"wrote {args.out}")
+        return 0
+    print(
+        f"pruned {args.ratio:.0%} of the expansion channels of a {report['task']} model: params "
+        f"{report['params_before']:,} -> {report['params_after']:,}, MACs {report['macs_ratio']:.2f}x"
+        + (" (the trunk's)" if report["task"] != "classification" else "")
+    )
+    if "val_score_finetuned" in report:
+        steps = [f"{report['val_score_pruned']:.4f} right after pruning"]
+        if "val_score_recalibrated" in report:
+            steps.append(f"{report['val_score_recalibrated']:.4f} with BN statistics re-estimated")
+        steps.append(f"{report['val_score_finetuned']:.4f} after {args.finetune_epochs} epoch(s) of fine-tuning")
+        print(f"validation {report['metric']}: " + ", ".join(steps))
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -97,13 +86,8 @@ def cmd_quantize(args) -> int:
         )
         if "int8_score" in report:
             print(
-                f"{args.split} {report['score']}: fp32 {report['fp32_score']:.4f}, int8 {report['int8_score']:.4f} "
-                f"({report['score_drop']:.4f} lower)"
-            )
-        if "int8_top1" in report:
-            print(
-                f"{args.split} top-1: fp32 {report['fp32_top1']:.2%}, int8 {report['int8_top1']:.2%} "
-                f"({100 * report['top1_drop']:+.2f} points lost)"
+                f"{args.split} {report['metric']}: fp32 {report['fp32_score']:.4f}, int8 {report['int8_score']:.4f} "
+                f"({report['score_drop']:+.4f} lost)"
             )
         print(f"wrote {args.out}")
     return 0

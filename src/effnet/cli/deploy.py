@@ -16,10 +16,9 @@ from effnet.cli.common import (
     weights_kwargs,
 )
 from effnet.core.errors import UsageError
-from effnet.core.extras import require
 from effnet.datasets.choices import BAD_IMAGE_POLICIES, SPLITS
 from effnet.deploy.choices import BENCH_ENGINES, DEFAULT_OPSET, FORMATS
-from effnet.tasks.choices import EVAL_TASKS
+from effnet.tasks.registry import task_names
 
 BENCH_COLUMNS = [
     ("model", "{}"),
@@ -34,44 +33,23 @@ BENCH_COLUMNS = [
 ]
 
 
-def cmd_predict_dense(args, trained) -> int:
-    from effnet.deploy.dense import predict_dense
-
-    results, errors = predict_dense(trained, args.images, out_dir=args.out, score_threshold=args.score_threshold)
-    if args.json:
-        print(json.dumps([r.to_dict() for r in results], indent=2))
-    else:
-        for r in results:
-            shown = {k: v for k, v in r.result.items() if k != "embedding"}
-            size = f" ({len(r.result['embedding'])}-d embedding)" if "embedding" in r.result else ""
-            print(f"{r.image}{size}" + (f" -> {r.output}" if r.output else ""))
-            for key, value in shown.items():
-                for item in value if isinstance(value, list) else [value]:
-                    print(f"  {key}: {item}")
-    for exc in errors:
-        print(f"effnet: error: {exc}", file=sys.stderr)
-    return 2 if errors else 0
-
-
 def cmd_predict(args) -> int:
-    from effnet.deploy.dense import open_task_model
-    from effnet.deploy.predict import load_for_inference, predict
+    from effnet.deploy.engines import open_model
+    from effnet.deploy.predict import predict
+    from effnet.tasks.registry import entry_of
 
-    trained = open_task_model(args.weights)
-    if trained is not None:
-        return cmd_predict_dense(args, trained)
-    model = load_for_inference(args.weights, args.model, engine=args.engine, **engine_kwargs(args),
-                               **weights_kwargs(args))  # fmt: skip
-    if args.out:
-        raise UsageError("--out draws detections and masks; a classifier's predictions are printed")
-    results, errors = predict(model, args.images, top_k=args.top_k)
+    model = open_model(args.weights, args.model, engine=args.engine, **engine_kwargs(args),
+                       **weights_kwargs(args)).model  # fmt: skip
+    results, errors = predict(model, args.images, top_k=args.top_k, out_dir=args.out,
+                              score_threshold=args.score_threshold)  # fmt: skip
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
+        entry = entry_of(model)
         for r in results:
-            print(r.image)
-            for t in r.top:
-                print(f"  {t['prob']:7.2%}  {t['label']} ({t['index']})")
+            print(r.image + (f" -> {r.output}" if r.output else ""))
+            for line in entry.summary_line(r.result):
+                print(line)
     for exc in errors:
         print(f"effnet: error: {exc}", file=sys.stderr)
     return 2 if errors else 0
@@ -148,70 +126,52 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def print_task_metrics(result: dict, weights: str) -> None:
-    head = f"{weights} on {result.get('split', 'pairs')}"
-    print(f"{head}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)))
+def print_metrics(result: dict, weights: str) -> None:
+    """Every float the task reports, then its per-class figures (a table per kind)."""
+    n = f" ({result['n']} images)" if "n" in result else ""
+    print(f"{weights} on {result.get('split', 'pairs')}{n}: {result['metric']} {result['score']:.4f}")
+    print("  " + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float) and k != "score"))
+    if isinstance(result.get("per_class"), list):  # classification: accuracy per class
+        for name, value in zip(result["classes"], result["per_class"], strict=True):
+            print(f"  {value:7.2%}  {name}")
     for key in ("per_class_ap", "per_class_iou", "per_class_dice"):
         for name, value in result.get(key, {}).items():
             print(f"  {key[10:]:>4} {value:7.4f}  {name}")
 
 
-def cmd_eval_task(args, trained) -> int:
-    from effnet.deploy.dense import evaluate_task, verify_pairs
+def cmd_eval(args) -> int:
+    from effnet.core.figures import check_writable
+    from effnet.deploy.engines import open_model
+    from effnet.deploy.evaluate import evaluate, verify_pairs
+    from effnet.tasks.registry import task_of
+    from effnet.training.report import plot_confusion
 
-    require("tasks")
-    if args.task == "verification" or args.pairs:
+    trained = open_model(args.weights, engine=args.engine, **engine_kwargs(args))
+    task = task_of(trained.model)
+    if args.pairs and args.task is None:
+        args.task = "verification"
+    if args.task not in (None, task) and not (args.task == "verification" and task == "embedding"):
+        raise UsageError(f"--task {args.task}: {args.weights} holds a {task} model")
+    if args.plot:
+        if task != "classification":
+            raise UsageError(f"--plot draws a classifier's confusion matrix; {args.weights} holds a {task} model")
+        check_writable(args.plot, "--plot")  # before the evaluation, not after it
+    if args.task == "verification":
         if not args.pairs:
             raise UsageError("--task verification needs --pairs pairs.txt")
         result = verify_pairs(trained, args.pairs, args.people)
     else:
-        result = evaluate_task(trained, args.data, split=args.split, val_split=args.val_split, seed=args.seed,
-                               batch_size=min(args.batch_size, 32), annotations=args.annotations)  # fmt: skip
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_task_metrics(result, args.weights)
-    return 0
-
-
-def cmd_eval(args) -> int:
-    from effnet.core.figures import check_writable
-    from effnet.deploy.dense import open_task_model
-    from effnet.deploy.evaluate import evaluate_weights
-    from effnet.training.report import plot_confusion
-
-    trained = open_task_model(args.weights)
-    if trained is not None:
-        if args.task not in (None, "verification", trained.model.task):
-            raise UsageError(f"--task {args.task}: {args.weights} holds a {trained.model.task} model")
-        return cmd_eval_task(args, trained)
-    if args.task not in (None, "classification"):
-        raise UsageError(f"--task {args.task}: {args.weights} holds a classifier")
+        result = evaluate(trained, args.data, split=args.split, data_dir=args.data_dir, val_split=args.val_split,
+                          seed=args.seed, batch_size=args.batch_size, bad_images=args.bad_images,
+                          annotations=args.annotations)  # fmt: skip
     if args.plot:
-        check_writable(args.plot, "--plot")  # before the evaluation, not after it
-    result, classes = evaluate_weights(
-        args.weights,
-        args.data,
-        split=args.split,
-        data_dir=args.data_dir,
-        val_split=args.val_split,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        bad_images=args.bad_images,
-        engine=args.engine,
-        **engine_kwargs(args),
-    )
-    per_class = dict(zip(classes, result["per_class"], strict=True))
-    if args.plot:
-        plot_confusion(args.plot, result["confusion"], classes)
+        plot_confusion(args.plot, result["confusion"], result["classes"])
     if args.json:
-        out = {k: result[k] for k in ("top1", "top5", "loss", "n")}
-        print(json.dumps({**out, "per_class": per_class}, indent=2))
+        if isinstance(result.get("per_class"), list):  # by name, not position
+            result = {**result, "per_class": dict(zip(result["classes"], result["per_class"], strict=True))}
+        print(json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=2))
     else:
-        print(f"{args.weights} on {args.split} ({result['n']} images)")
-        print(f"  top-1 {result['top1']:.2%}  top-5 {result['top5']:.2%}  loss {result['loss']:.4f}")
-        for name, acc in per_class.items():
-            print(f"  {acc:7.2%}  {name}")
+        print_metrics(result, args.weights)
     return 0
 
 
@@ -235,7 +195,7 @@ def cmd_serve(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("predict", help="classify images with a weights file or pretrained tag")
+    p = sub.add_parser("predict", help="classes, boxes, masks or embeddings of images, from any model file or tag")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument(
         "--weights", required=True, help="pretrained tag (lite0), a .safetensors/.pth file or an .onnx export"
@@ -311,7 +271,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--bad-images", default="error", choices=BAD_IMAGE_POLICIES)
     p.add_argument("--plot", help="write the confusion matrix to this PNG")
-    p.add_argument("--task", choices=EVAL_TASKS, help="default: the file's; verification needs --pairs")
+    p.add_argument(
+        "--task", choices=(*task_names(), "verification"), help="default: the file's; verification needs --pairs"
+    )
     p.add_argument("--annotations", help="detection: the COCO file's name (default: the training run's)")
     p.add_argument("--pairs", help="verification: an LFW-format pairs.txt")
     p.add_argument("--people", help="verification: the people/ folder (default: beside --pairs)")

@@ -25,11 +25,12 @@ from effnet.core.errors import UsageError
 from effnet.core.figures import pyplot, save_figure
 from effnet.core.fileio import atomic_write
 from effnet.deploy.bench import time_interleaved
-from effnet.deploy.evaluate import evaluate_weights
+from effnet.deploy.evaluate import evaluate
 from effnet.deploy.export import export
 from effnet.deploy.openvino import OpenVinoModel
 from effnet.deploy.runtime import OnnxModel
 from effnet.models.flops import count_macs, count_params
+from effnet.tasks.registry import task_of
 from effnet.training.classify import train
 from effnet.training.config import SHORT_RUN, TrainConfig
 from effnet.weights.io import load, read_metadata
@@ -91,7 +92,7 @@ def compress(
         check_ratio(prune_ratio)
     trained = load_trained(weights)
     original = trained.model
-    task = getattr(original, "task", "classification")
+    task = task_of(original)
     if task != "classification":
         raise UsageError(
             f"--weights {weights}: a {task} model; the pipeline (distillation needs class logits) is for "
@@ -167,7 +168,7 @@ def _measure(stages, options: dict, scratch: Path, say, timing_seconds: float = 
             training = read_metadata(path).get("training")
             export(model, onnx_path, dynamic_batch=True, extra_metadata={"training": training} if training else None)
         say(f"evaluating {stage}...")
-        metrics, _ = evaluate_weights(str(onnx_path), options["data"], data_dir=options["data_dir"], split="test")
+        metrics = evaluate(str(onnx_path), options["data"], data_dir=options["data_dir"], split="test")
         sessions[stage] = OnnxModel(onnx_path)
         sessions[f"{stage} openvino"] = OpenVinoModel(onnx_path)
         rows.append(

@@ -27,17 +27,14 @@ import torch
 
 from effnet.core.errors import UsageError
 from effnet.core.fileio import refuse_overwrite
-from effnet.datasets.loading import ordered_loader
 from effnet.deploy.export import input_spec
 from effnet.models.blocks import INVERTED_RESIDUALS
-from effnet.models.flops import count_macs, count_params
+from effnet.models.flops import count_macs
 from effnet.models.registry import build_model
 from effnet.models.task_models import build_task_model
-from effnet.tasks.choices import TASK_SCORES
-from effnet.tasks.classification import evaluate
-from effnet.training.classify import ClassificationTrainer
+from effnet.tasks.registry import registration, task_of
 from effnet.training.config import SHORT_RUN, TrainConfig
-from effnet.training.tasks import TASK_TRAINERS
+from effnet.training.launch import trainer_class
 from effnet.weights.io import load, save
 from effnet.weights.trained import load_trained
 
@@ -130,6 +127,17 @@ def prune_trunk(model, ratio: float, round_to: int = 8):
     return pruned.train(training)
 
 
+def prune_model(model, ratio: float, round_to: int = 8):
+    """A pruned copy of a model of any task: a classifier's blocks, or a task model's trunk."""
+    if hasattr(model, "trunk"):
+        return prune_trunk(model, ratio, round_to)
+    return prune_expansion_channels(model, ratio, round_to)
+
+
+def _trunk_config(model):
+    return model.config.backbone if hasattr(model, "trunk") else model.config
+
+
 def prune(
     weights: str,
     ratio: float,
@@ -143,9 +151,11 @@ def prune(
     seed: int = 0,
     quiet: bool = True,
 ) -> dict:
-    """Prune the model in ``weights``, fine-tune it on ``data`` (default: the data it was trained
-    on) and write the result to ``out``. Returns params/MACs before and after and, when
-    fine-tuned, the validation top-1 before and after fine-tuning."""
+    """Prune the model in ``weights`` (a classifier's blocks, or the trunk of a detector, segmenter
+    or embedder), fine-tune the whole model with its task's trainer on ``data`` (default: the data
+    it was trained on) and write the result to ``out``. Returns params/MACs (of the pruned part)
+    before and after and, when fine-tuned, the validation score (``metric``: top1, mAP, mIoU,
+    ROC-AUC) after pruning, after BN re-estimation (classifiers) and after fine-tuning."""
     ratio = check_ratio(ratio)
     out_path = Path(out)
     if out_path.suffix != ".safetensors" or out_path.is_dir():
@@ -157,17 +167,17 @@ def prune(
         raise UsageError(f"--weights {weights}: give an effnet .safetensors file")
     trained = load_trained(weights)
     model, training = trained.model, trained.provenance.training
-    task = getattr(model, "task", "classification")
-    if task != "classification":
-        return _prune_task_model(trained, ratio, out_path, data=data, finetune_epochs=finetune_epochs, lr=lr,
-                                 batch_size=batch_size, limit_train=limit_train, seed=seed, quiet=quiet)  # fmt: skip
-    pruned = prune_expansion_channels(model, ratio)
+    task = task_of(model)
+    pruned = prune_model(model, ratio)
+    side = input_spec(model)[1]
     report = {
+        "task": task,
+        "metric": registration(task).metric,
         "ratio": ratio,
-        "params_before": count_params(model.config),
-        "params_after": count_params(pruned.config),
-        "macs_before": count_macs(model.config),
-        "macs_after": count_macs(pruned.config),
+        "params_before": sum(p.numel() for p in model.parameters()),
+        "params_after": sum(p.numel() for p in pruned.parameters()),
+        "macs_before": count_macs(_trunk_config(model), side),
+        "macs_after": count_macs(_trunk_config(pruned), side),
     }
     report["macs_ratio"] = report["macs_after"] / report["macs_before"]
     provenance = {"training": json.dumps(training)} if training else None  # what eval, quantize... read
@@ -178,13 +188,17 @@ def prune(
     with tempfile.TemporaryDirectory(prefix="effnet-prune-") as scratch:
         start = Path(scratch) / "pruned.safetensors"
         save(pruned, start)
+        # a classifier trains at its resolution; the other tasks at the size their run used
+        image_size = model.config.resolution if task == "classification" else training.get("image_size")
         cfg = TrainConfig(
+            task=task,
             model=None,
             weights=str(start),
             data=options["data"],
             data_dir=options["data_dir"],
+            annotations=training.get("annotations", "annotations.json"),
             val_split=options["val_split"],
-            image_size=model.config.resolution,
+            image_size=image_size,
             limit_train=limit_train,
             epochs=finetune_epochs,
             batch_size=batch_size,
@@ -193,67 +207,17 @@ def prune(
             warmup_epochs=0.0,  # the weights are trained already: no warm-up from scratch
             **SHORT_RUN,
         )
-        trainer = ClassificationTrainer(cfg, Path(scratch) / "run", quiet=quiet)
-        loader = ordered_loader(trainer.val_set, 128)
-        report["val_top1_pruned"] = evaluate(trainer.model, loader, len(trainer.data.classes))["top1"]
-        recalibrate_batchnorm(trainer.model, trainer.train_set, seed=seed)
-        report["val_top1_recalibrated"] = evaluate(trainer.model, loader, len(trainer.data.classes))["top1"]
-        trainer.fit()
-        trainer.rundir.unlock()
-        report["val_top1_finetuned"] = trainer.best_top1
-        best = load(Path(scratch) / "run" / "best.safetensors")
-        save(best, out_path, extra_metadata=provenance)
-    return report
-
-
-def _prune_task_model(trained, ratio: float, out: Path, *, data, finetune_epochs: int, lr: float, batch_size: int,
-                      limit_train, seed: int, quiet: bool) -> dict:  # fmt: skip
-    """``prune`` for a detector, segmenter or embedder: the trunk pruned, the whole model fine-tuned
-    by its task's trainer; the scores are the task's own validation score (mAP, mIoU, ROC-AUC)."""
-    model, training = trained.model, trained.provenance.training
-    pruned = prune_trunk(model, ratio)
-    side = input_spec(model)[1]
-    report = {
-        "task": model.task,
-        "ratio": ratio,
-        "params_before": model.num_params(),
-        "params_after": pruned.num_params(),
-        "trunk_macs_before": count_macs(model.config.backbone, side),
-        "trunk_macs_after": count_macs(pruned.config.backbone, side),
-    }
-    report["trunk_macs_ratio"] = report["trunk_macs_after"] / report["trunk_macs_before"]
-    provenance = {"training": json.dumps(training)} if training else None
-    if finetune_epochs == 0:
-        save(pruned, out, extra_metadata=provenance)
-        return report
-    options = trained.provenance.data_options(data, origin=str(trained.path))
-    with tempfile.TemporaryDirectory(prefix="effnet-prune-") as scratch:
-        start = Path(scratch) / "pruned.safetensors"
-        save(pruned, start)
-        cfg = TrainConfig(
-            task=model.task,
-            model=None,
-            weights=str(start),
-            data=options["data"],
-            annotations=training.get("annotations", "annotations.json"),
-            val_split=options["val_split"],
-            image_size=training.get("image_size"),
-            limit_train=limit_train,
-            epochs=finetune_epochs,
-            batch_size=batch_size,
-            seed=seed,
-            lr=lr,
-            warmup_epochs=0.0,
-            **SHORT_RUN,
-        )
-        trainer = TASK_TRAINERS[model.task](cfg, Path(scratch) / "run", quiet=quiet)
+        trainer = trainer_class(task)(cfg, Path(scratch) / "run", quiet=quiet)
         try:
             report["val_score_pruned"] = trainer.validate(trainer.model)["score"]
+            if task == "classification":
+                # BN statistics re-estimated: what pruning alone gives without any training
+                recalibrate_batchnorm(trainer.model, trainer.train_set, seed=seed)
+                report["val_score_recalibrated"] = trainer.validate(trainer.model)["score"]
             trainer.fit()
         finally:
             trainer.rundir.unlock()
         report["val_score_finetuned"] = trainer.best_score
-        report["score"] = TASK_SCORES[model.task]
         best = load(Path(scratch) / "run" / "best.safetensors")
-        save(best, out, extra_metadata=provenance)
+        save(best, out_path, extra_metadata=provenance)
     return report

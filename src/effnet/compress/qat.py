@@ -23,7 +23,7 @@ from effnet.core.errors import EffnetWarning, UsageError
 from effnet.datasets.loading import ImageDataset, load_data
 from effnet.datasets.transforms import train_transform
 from effnet.models.fuse import fuse_batchnorm
-from effnet.tasks.classification import check_classes
+from effnet.tasks.entry import check_classes
 
 
 class PerChannelInt8(nn.Module):

@@ -27,13 +27,11 @@ from effnet.compress.choices import SCHEMES
 from effnet.compress.qat import quantization_aware_finetune
 from effnet.core.errors import UsageError, first_line
 from effnet.core.fileio import atomic_write
-from effnet.datasets.loading import ImageDataset, load_data, ordered_loader
-from effnet.deploy.dense import OnnxTaskModel, evaluate_task, task_data
-from effnet.deploy.evaluate import evaluate_weights
+from effnet.datasets.loading import ordered_loader
+from effnet.deploy.evaluate import evaluate
 from effnet.deploy.export import export
-from effnet.deploy.runtime import onnx_metadata, read_onnx
-from effnet.tasks.choices import TASK_SCORES
-from effnet.tasks.classification import check_classes
+from effnet.deploy.runtime import OnnxModel, onnx_metadata, read_onnx
+from effnet.tasks.registry import entry_of, registration, task_of
 from effnet.weights.trained import Trained, load_trained
 
 
@@ -49,26 +47,18 @@ class _Calibration:
         return None if batch is None else {self.input_name: batch}
 
 
-def calibration_batches(model, data_options: dict, n: int, batch_size: int = 32, seed: int = 0):
-    """``n`` training images through the model's own eval preprocessing, as float32 NCHW arrays.
-    ``data_options``: ``load_data``'s arguments (``Provenance.data_options``)."""
-    bundle = load_data(**data_options)
-    check_classes(model, bundle.classes, "the model", f"calibration data {data_options['data']}")
-    dataset = ImageDataset(bundle.split("train"), model.preprocessing.transform())
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
-    subset = torch.utils.data.Subset(dataset, order.tolist())
-    return [images.numpy() for images, _ in ordered_loader(subset, batch_size)]
-
-
-def task_calibration(trained: Trained, data: str | None, n: int, seed: int = 0) -> list[np.ndarray]:
-    """``n`` training inputs of a detection, segmentation or embedding model as its export takes
-    them: single [0, 1] images for a detector, normalised batches for the others."""
-    dataset, _, _ = task_data(trained, data, split="train")
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-    if getattr(trained.model, "task", None) == "detection":
-        return [dataset[i][0].numpy() for i in order]
-    subset = torch.utils.data.Subset(dataset, order)
-    return [inputs.numpy() for inputs, _ in ordered_loader(subset, 32)]
+def calibration_batches(model, data_options: dict, n: int, batch_size: int = 32, seed: int = 0,
+                        training: dict | None = None) -> list[np.ndarray]:  # fmt: skip
+    """``n`` seeded training inputs as the model's export takes them (float32 arrays): NCHW
+    batches through its own eval preprocessing, or single [0, 1] images for a model that runs one
+    image at a time (a detector). ``data_options``: ``load_data``'s (``Provenance.data_options``)."""
+    entry = entry_of(model)
+    part = entry.eval_data(model, data_options, "train", training or {}, origin="the model")
+    order = torch.randperm(len(part.dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    if entry.per_image:
+        return [part.dataset[i][0].numpy() for i in order]
+    subset = torch.utils.data.Subset(part.dataset, order)
+    return [inputs.numpy() for inputs, _ in ordered_loader(subset, batch_size)]
 
 
 def quantize_onnx(
@@ -171,23 +161,20 @@ def quantize(
         raise UsageError(f"--method must be one of {', '.join(SCHEMES)}, got {scheme!r}")
     trained = load_trained(weights)
     model = trained.model
-    task = getattr(model, "task", "classification")
+    entry, task = entry_of(model), task_of(model)
     if task != "classification" and scheme != "ptq":
         raise UsageError(f"--method {scheme}: quantization-aware fine-tuning is for classifiers; {weights} holds a "
                          f"{task} model (use --method ptq)")  # fmt: skip
     options = trained.provenance.data_options(data, origin=weights)
     # what it was trained on travels into the exports, so eval of them needs no --data
     provenance = {"training": json.dumps(trained.provenance.training)} if trained.provenance.training else None
-    if task == "classification":
-        batches = calibration_batches(model, options, calibration_images, seed=seed)
-    else:
-        batches = task_calibration(trained, data, calibration_images, seed=seed)
+    batches = calibration_batches(model, options, calibration_images, seed=seed, training=trained.provenance.training)
     with tempfile.TemporaryDirectory(prefix="effnet-quantize-") as scratch:
 
         def export_fp32(net, name: str) -> Path:
             path = Path(scratch) / name
             # a detector's graph runs one image at a time; the others take any batch
-            export(net, path, dynamic_batch=task != "detection", extra_metadata=provenance)
+            export(net, path, dynamic_batch=not entry.per_image, extra_metadata=provenance)
             return path
 
         fp32 = source = export_fp32(model, "fp32.onnx")
@@ -202,25 +189,16 @@ def quantize(
             "scheme": scheme,
             **({"qat_epochs": qat_epochs, "qat_lr": qat_lr} if scheme == "qat" else {}),
             "method": method,
-            "calibration_images": len(batches) if task == "detection" else sum(len(b) for b in batches),
+            "calibration_images": len(batches) if entry.per_image else sum(len(b) for b in batches),
             "fp32_bytes": fp32.stat().st_size,
             "int8_bytes": int8.stat().st_size,
         }
         report["size_ratio"] = report["int8_bytes"] / report["fp32_bytes"]
-        if evaluate_split and task != "classification":
+        if evaluate_split:
+            report["metric"] = registration(task).metric
             for name, path in (("fp32", fp32), ("int8", int8)):
-                onnx_model = OnnxTaskModel(path, task)
-                result = evaluate_task(Trained(onnx_model, trained.provenance, str(weights)), data,
-                                       split=evaluate_split)  # fmt: skip
-                report[f"{name}_score"] = result["score"]
-            report["score"] = TASK_SCORES[task]
+                opened = Trained(OnnxModel(path), trained.provenance, str(weights))
+                report[f"{name}_score"] = evaluate(opened, data, split=evaluate_split)["score"]
             report["score_drop"] = report["fp32_score"] - report["int8_score"]
-        elif evaluate_split:
-            for name, path in (("fp32", fp32), ("int8", int8)):
-                metrics, _ = evaluate_weights(
-                    str(path), options["data"], data_dir=options["data_dir"], split=evaluate_split
-                )
-                report[f"{name}_top1"] = metrics["top1"]
-            report["top1_drop"] = report["fp32_top1"] - report["int8_top1"]
         atomic_write(out_path, lambda f: f.write(int8.read_bytes()))
     return report

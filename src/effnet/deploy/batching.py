@@ -31,8 +31,10 @@ class DynamicBatcher:
     """``run`` takes a stacked batch (N, ...) and returns one output row per item."""
 
     def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], *, max_batch: int, max_wait_ms: float,
-                 capacity: int, workers: int = 1, on_batch: Callable[[int, float], None] | None = None):  # fmt: skip
-        self.run, self.max_batch, self.max_wait = run, max_batch, max_wait_ms / 1000.0
+                 capacity: int, workers: int = 1, on_batch: Callable[[int, float], None] | None = None,
+                 collate: Callable = torch.stack):  # fmt: skip
+        # collate: how the items become run's argument (list: inputs of different sizes, e.g. detection)
+        self.run, self.max_batch, self.max_wait, self.collate = run, max_batch, max_wait_ms / 1000.0, collate
         self.capacity, self.workers, self.on_batch = capacity, workers, on_batch
         self.queue: asyncio.Queue | None = None
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="effnet-batch")
@@ -87,7 +89,7 @@ class DynamicBatcher:
                 continue
             start = time.perf_counter()
             try:
-                outputs = await loop.run_in_executor(self.pool, self.run, torch.stack([item for item, _ in batch]))
+                outputs = await loop.run_in_executor(self.pool, self.run, self.collate([item for item, _ in batch]))
             except Exception as exc:  # noqa: BLE001 - the engine's failure goes to every waiting request
                 for _, future in batch:
                     if not future.done():

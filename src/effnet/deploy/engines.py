@@ -5,6 +5,7 @@ ONNX Runtime or OpenVINO. ``predict``, ``eval``, ``quantize`` and the compressio
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from effnet.deploy.export import inference_form as export_form
 from effnet.deploy.openvino import OpenVinoModel
 from effnet.deploy.runtime import OnnxModel
 from effnet.models.efficientnet import EfficientNet
+from effnet.tasks.registry import entry_of, task_of
 from effnet.weights.trained import Provenance, Trained, load_trained
 
 
@@ -30,9 +32,10 @@ def inference_form(model: nn.Module) -> nn.Module:
 
 
 def onnx_engine(model: nn.Module, threads: int | None = None) -> OnnxModel:
-    """Serve an in-memory model with ONNX Runtime: export (dynamic batch, checked) and load."""
+    """Serve an in-memory model with ONNX Runtime: export (dynamic batch, checked) and load. A
+    detector's graph runs one image at a time, whatever its size."""
     with tempfile.TemporaryDirectory(prefix="effnet-onnx-") as scratch:
-        result = export(model, Path(scratch) / "model.onnx", dynamic_batch=True)
+        result = export(model, Path(scratch) / "model.onnx", dynamic_batch=not entry_of(model).per_image)
         return OnnxModel(result.path, threads=threads)
 
 
@@ -61,7 +64,9 @@ def open_model(
     weights: str, model: str | None = None, engine: str | None = None, *, threads: int | None = None,
     hint: str = "latency", precision: str = "f32", cache_dir: str | None = None, **create_kwargs,
 ) -> Trained:  # fmt: skip
-    """``weights`` is a pretrained tag (``lite0``), a weights file, an ``.onnx`` export or an
+    """A model of any task and its provenance: the one way every command opens a model.
+
+    ``weights`` is a pretrained tag (``lite0``), a weights file, an ``.onnx`` export or an
     OpenVINO ``.xml``; files without effnet metadata need ``model``. ``engine``: ``torch``,
     ``onnxruntime`` or ``openvino`` (default: by the file's kind, ``engine_for``). Torch weights
     run on an exported engine are exported on the fly (and checked against eager, as
@@ -84,3 +89,17 @@ def open_model(
     elif engine == "openvino":
         trained.model = openvino_engine(trained.model, threads=threads, **ov_options)
     return trained
+
+
+def open(path_or_tag: str | os.PathLike, *, engine: str | None = None, model: str | None = None, **options):
+    """Open a pretrained tag, an effnet ``.safetensors`` file, a peer's checkpoint (``model=``
+    names its architecture), an ``.onnx`` export or an OpenVINO ``.xml`` on ``engine`` (default:
+    by the file's kind). Whatever the task and the engine, the result has ``task``,
+    ``class_names``, ``preprocessing``, ``config`` and ``provenance`` (what it was trained on),
+    and is called as the torch model is: an NCHW batch (a detector: a list of images)."""
+    trained = open_model(str(path_or_tag), model, engine, **options)
+    net = trained.model
+    if not hasattr(net, "task"):
+        net.task = task_of(net)
+    net.provenance = trained.provenance
+    return net

@@ -28,6 +28,7 @@ from effnet.deploy.choices import DEFAULT_OPSET, FORMAT_SUFFIXES, FORMATS
 from effnet.deploy.openvino import OpenVinoModel, write_ir
 from effnet.deploy.runtime import OnnxModel
 from effnet.models.fuse import fuse_batchnorm
+from effnet.tasks.registry import entry_of, task_of
 from effnet.weights.io import model_metadata
 
 # Relative to the output's scale (its largest magnitude): fp32 reassociation in fused convs
@@ -59,18 +60,8 @@ class ExportResult:
 
 
 def input_spec(model: nn.Module) -> tuple[int, int]:
-    """(channels, default side) of the images a classifier or a task model takes."""
-    task = getattr(model, "task", None)
-    if task is None:
-        return model.config.in_chans, model.config.resolution
-    config = model.config
-    if task == "detection":
-        side = config.min_size
-    elif task == "segmentation":
-        side = config.image_size
-    else:
-        side = config.backbone.resolution
-    return config.backbone.in_chans, side
+    """(channels, default side) of the images a model of any task takes."""
+    return entry_of(model).input_size(model.config)
 
 
 def export_metadata(
@@ -150,9 +141,10 @@ def export(
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"--out {path} is a directory; give a file name")
-    if getattr(model, "task", None) == "detection":
+    if entry_of(model).per_image:
         if format != "onnx" or dynamic_batch or batch_size != 1:
-            raise UsageError("a detector exports to ONNX with one image per run (no --dynamic-batch or --batch-size)")
+            raise UsageError(f"a {task_of(model)} model exports to ONNX with one image per run (no --format "
+                             f"{format}, --dynamic-batch or --batch-size)")  # fmt: skip
         return export_detector(model, path, image_size, opset, export_metadata(model, image_size, 1, extra_metadata))
     net = inference_form(model)
     example = torch.randn(batch_size, channels, image_size, image_size)

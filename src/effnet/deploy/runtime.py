@@ -18,6 +18,7 @@ import torch
 
 from effnet.core.errors import UsageError, WeightsError, first_line
 from effnet.core.extras import require
+from effnet.tasks.registry import DEFAULT_TASK, get_task
 from effnet.weights.io import parse_metadata
 
 
@@ -82,6 +83,7 @@ class ExportedModel:
                 "its preprocessing and class names are unknown"
             )
         self.config, self.preprocessing, self.class_names = parse_metadata(meta, self.path)
+        self.task = meta.get("task") or DEFAULT_TASK
         try:
             self.training = json.loads(meta.get("training", "{}"))  # what it was trained on
             self.input = json.loads(meta["input"])
@@ -106,9 +108,13 @@ class ExportedModel:
     def eval(self) -> ExportedModel:
         return self  # an exported graph is always in inference mode; evaluate() calls this
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits for a batch of any size: a static export runs it in chunks of its own batch
-        size, the last one padded, so eval and quantize need no re-export."""
+    def __call__(self, x):
+        """Outputs for a batch of any size, as the torch model gives them: a static export runs it
+        in chunks of its own batch size, the last one padded, so eval and quantize need no
+        re-export. A detector's graph takes one [0, 1] image at a time: it is called with a list
+        of them and gives a list of {"boxes", "labels", "scores"}."""
+        if isinstance(x, list | tuple) or get_task(self.task).per_image:
+            return [self.detect(image.detach().cpu().numpy()) for image in x]
         self.check_input(tuple(x.shape))
         array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         fixed = self.input["batch_size"]
@@ -123,6 +129,9 @@ class ExportedModel:
             chunks.append(chunk)
         outputs = self._run_chunks(chunks)
         return torch.from_numpy(np.concatenate([out[: fixed - pad] for out, pad in zip(outputs, pads, strict=True)]))
+
+    def detect(self, image: np.ndarray) -> dict[str, torch.Tensor]:
+        raise UsageError(f"{self.path}: a {self.kind} file of a {self.task} model takes a batch, not a list of images")
 
     def _run(self, array: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -153,6 +162,8 @@ class OnnxModel(ExportedModel):
 
     def detect(self, image: np.ndarray) -> dict[str, torch.Tensor]:
         """An exported detector on one (3, H, W) [0, 1] image: {"boxes", "labels", "scores"}."""
+        if self.task != "detection":
+            return super().detect(image)
         names = [o.name for o in self.session.get_outputs()]
         return {k: torch.from_numpy(v) for k, v in zip(names, self.run_all(image), strict=True)}
 

@@ -1,4 +1,4 @@
-"""``effnet serve``: a trained classifier behind HTTP, with dynamic batching and Prometheus metrics.
+"""``effnet serve``: a trained model of any task behind HTTP, with dynamic batching and Prometheus metrics.
 
 Built on Starlette (routing, requests, multipart parsing through python-multipart) served by
 uvicorn. FastAPI would add pydantic schemas to routes whose input is image bytes, and LitServe
@@ -49,6 +49,7 @@ from effnet.core.extras import require
 from effnet.datasets.images import ImageDecodeError, PixelLimitError, decode_rgb
 from effnet.deploy.batching import DynamicBatcher, Overloaded
 from effnet.deploy.engines import inference_form
+from effnet.tasks.registry import entry_of, task_of
 
 IMAGE_TYPES = ("image/", "application/octet-stream")
 
@@ -203,54 +204,55 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class Classifier:
-    """The model side of the server: preprocessing, batching, top-k. Knows nothing of HTTP."""
+class Predictor:
+    """The model side of the server, for a model of any task: its task's input preparation, batching
+    and answer format (the same as ``effnet predict``'s). Knows nothing of HTTP."""
 
     def __init__(self, trained, engine: str, options: ServeOptions):
         model = trained.model
+        self.entry = entry_of(model)
         batch = getattr(model, "input", {}).get("batch_size")  # an export's fixed batch, None if dynamic
-        if batch is not None and options.max_batch > 1:
+        if batch is not None and options.max_batch > 1 and not self.entry.per_image:
             raise UsageError(
                 f"--weights {trained.path}: exported with a static batch of {batch}, so it cannot run dynamic "
                 f"batches; export again with --dynamic-batch, or serve with --max-batch 1"
             )
         self.options, self.engine, self.source = options, engine, str(trained.path)
+        self.task, self.raw = task_of(model), model  # the model as opened: what the entry formats with
         self.config, self.preprocessing = model.config, model.preprocessing
         self.names = list(model.class_names) if model.class_names else [str(i) for i in range(model.config.num_classes)]
-        self.transform = self.preprocessing.transform()
         self.model = inference_form(model)
         self.metrics = Metrics(lambda: self.batcher.depth)
         self.budget = PixelBudget(options.decode_budget_pixels)
         self.batcher = DynamicBatcher(self._run, max_batch=options.max_batch, max_wait_ms=options.max_wait_ms,
                                       capacity=options.queue * options.max_images, workers=options.workers,
-                                      on_batch=self.metrics.on_batch)  # fmt: skip
+                                      on_batch=self.metrics.on_batch, collate=list)  # fmt: skip
 
     @torch.inference_mode()
-    def _run(self, batch: torch.Tensor) -> torch.Tensor:
-        # channels_last, as `effnet predict` runs it: the same memory layout, the same answers
-        return self.model(batch.contiguous(memory_format=torch.channels_last)).float().softmax(-1)
+    def _run(self, inputs: list) -> list:
+        return self.entry.run(self.model, inputs)
 
     def warm_up(self) -> None:
         """One call at batch 1 and one at the largest batch, so no request pays for the engine's
         first-call set-up (allocations, kernel choice)."""
-        size = self.preprocessing.resolution
+        channels, side = self.entry.input_size(self.config)
         for n in sorted({1, self.options.max_batch}):
-            self._run(torch.zeros(n, 3, size, size))
+            self._run([torch.zeros(channels, side, side)] * n)
 
-    def prepare(self, data: bytes, name: str) -> torch.Tensor:
-        """Decode and preprocess one upload (run in a thread: it is CPU work)."""
-        return self.transform(decode_rgb(data, name, max_pixels=self.options.max_pixels))
+    def prepare(self, data: bytes, name: str):
+        """Decode and prepare one upload as the model's input (run in a thread: it is CPU work)."""
+        from torchvision.transforms import v2
 
-    def top(self, probs: torch.Tensor, k: int) -> list[dict]:
-        values, indices = probs.topk(min(k, probs.numel()))
-        return [
-            {"label": self.names[i], "index": int(i), "prob": float(p)}
-            for p, i in zip(values.tolist(), indices.tolist(), strict=True)
-        ]
+        image = decode_rgb(data, name, max_pixels=self.options.max_pixels)
+        return self.entry.prepare(self.raw, image, v2.functional.pil_to_tensor(image))
+
+    def answer(self, output, k: int) -> dict:
+        return self.entry.format(self.raw, output, top_k=k)
 
     def describe(self) -> dict:
         return {
             "name": self.config.name,
+            "task": self.task,
             "classes": self.names,
             "preprocessing": self.preprocessing.to_dict(),
             "engine": self.engine,
@@ -324,26 +326,26 @@ async def _uploads(request, body: bytes, max_files: int) -> list[tuple[str, byte
     return files
 
 
-def _top_k(request, classifier: Classifier) -> int:
+def _top_k(request, predictor: Predictor) -> int:
     """``top_k`` from the query: ASCII digits only (``str.isdigit`` takes "²", which ``int`` does
     not) and at most 6 of them (``int`` refuses 4,300+ digits); more than the classes means all."""
     text = request.query_params.get("top_k", "5")
     if not (text.isascii() and text.isdigit() and len(text) <= 6) or int(text) < 1:
         shown = text if len(text) <= 20 else f"{text[:20]}... ({len(text)} characters)"
         raise RequestError(400, "bad_argument", f"top_k must be a whole number from 1 to 999999, got {shown!r}")
-    return min(int(text), len(classifier.names))
+    return min(int(text), len(predictor.names))
 
 
 class Server:
-    """The Starlette app around one ``Classifier``; ``handle`` bounds the requests in flight and the
+    """The Starlette app around one ``Predictor``; ``handle`` bounds the requests in flight and the
     bytes of bodies held. With ``api_key``, every route but ``/healthz`` and the static page at
     ``/`` wants ``Authorization: Bearer <api_key>`` (401 otherwise)."""
 
-    def __init__(self, classifier: Classifier, api_key: str | None = None):
-        self.classifier, self.in_flight, self.draining = classifier, 0, False
+    def __init__(self, predictor: Predictor, api_key: str | None = None):
+        self.predictor, self.in_flight, self.draining = predictor, 0, False
         self.api_key = api_key.encode() if api_key else None
         self.held = 0  # bytes of request bodies held, read or being read
-        self.max_held = classifier.options.queue * classifier.options.max_body_bytes
+        self.max_held = predictor.options.queue * predictor.options.max_body_bytes
         self.html = resources.files("effnet.deploy").joinpath("page.html").read_text(encoding="utf-8")
         self.app = self._build_app()
 
@@ -363,14 +365,14 @@ class Server:
 
         async def not_found(request, exc):
             kind = "not_found" if exc.status_code == 404 else "bad_method"
-            self.classifier.metrics.errors.labels(kind).inc()
+            self.predictor.metrics.errors.labels(kind).inc()
             return _error(RequestError(exc.status_code, kind, f"{request.method} {request.url.path}: {exc.detail}"))
 
         @contextlib.asynccontextmanager
         async def lifespan(app):
-            self.classifier.batcher.start()
+            self.predictor.batcher.start()
             yield
-            await self.classifier.batcher.stop()
+            await self.predictor.batcher.stop()
 
         return Starlette(routes=routes, exception_handlers={HTTPException: not_found}, lifespan=lifespan)
 
@@ -391,7 +393,7 @@ class Server:
             try:
                 self.check_key(request)
             except RequestError as exc:
-                self.classifier.metrics.errors.labels(exc.kind).inc()
+                self.predictor.metrics.errors.labels(exc.kind).inc()
                 return _error(exc)
             return await endpoint(request)
 
@@ -400,7 +402,7 @@ class Server:
     async def handle(self, endpoint: str, work, request):
         from starlette.responses import JSONResponse
 
-        metrics, options, start = self.classifier.metrics, self.classifier.options, time.perf_counter()
+        metrics, options, start = self.predictor.metrics, self.predictor.options, time.perf_counter()
         held = 0
 
         def hold(size: int) -> None:
@@ -440,26 +442,26 @@ class Server:
         metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
         return response
 
-    async def _classify(self, name: str, data: bytes, k: int) -> list[dict]:
+    async def _classify(self, name: str, data: bytes, k: int) -> dict:
         from starlette.concurrency import run_in_threadpool
 
-        classifier, options = self.classifier, self.classifier.options
+        predictor, options = self.predictor, self.predictor.options
         try:
             pixels = await run_in_threadpool(image_pixels, data, name, options.max_pixels)
-            if pixels is not None and pixels > classifier.budget.total:
+            if pixels is not None and pixels > predictor.budget.total:
                 raise PixelLimitError(name, f"refused, its {pixels:,} pixels are over the decode budget of "
-                                      f"{classifier.budget.total:,} (--decode-budget)")  # fmt: skip
+                                      f"{predictor.budget.total:,} (--decode-budget)")  # fmt: skip
             pixels = pixels or 0  # an unreadable header: decoding fails at once
             try:
-                await classifier.budget.acquire(pixels, options.decode_wait)
+                await predictor.budget.acquire(pixels, options.decode_wait)
             except BudgetTimeout:
                 raise RequestError(503, "decode_busy", f"no decode budget came free within {options.decode_wait:g}"
                                    " s (--decode-budget, --decode-wait); retry later",
                                    {"Retry-After": "1"}) from None  # fmt: skip
             try:
-                tensor = await run_in_threadpool(classifier.prepare, data, name)
+                tensor = await run_in_threadpool(predictor.prepare, data, name)
             finally:
-                classifier.budget.release(pixels)
+                predictor.budget.release(pixels)
         except PixelLimitError as exc:
             raise RequestError(413, "too_many_pixels", str(exc)) from None
         except ImageDecodeError as exc:
@@ -468,34 +470,34 @@ class Server:
             raise RequestError(503, "out_of_memory", "not enough memory to decode the image; retry later",
                                {"Retry-After": "1"}) from None  # fmt: skip
         try:
-            probs = await classifier.batcher.submit(tensor)
+            output = await predictor.batcher.submit(tensor)
         except Overloaded as exc:
             raise RequestError(503, "overloaded", f"{exc}; retry later", {"Retry-After": "1"}) from None
-        return classifier.top(probs, k)
+        return predictor.answer(output, k)
 
     async def predict(self, request, body: bytes) -> dict:
-        k = _top_k(request, self.classifier)
+        k = _top_k(request, self.predictor)
         (name, data), *rest = await _uploads(request, body, 1)
         if rest:
             raise RequestError(400, "too_many_images", "/v1/predict takes one image; use /v1/predict/batch")
-        return {"top": await self._classify(name, data, k)}
+        return await self._classify(name, data, k)
 
     async def predict_batch(self, request, body: bytes) -> dict:
         """Every image's top-k, or its error: one bad image does not cost the others their
         answers (as in ``effnet predict``). All bad: the first error, as a 4xx."""
-        options = self.classifier.options
-        k = _top_k(request, self.classifier)
+        options = self.predictor.options
+        k = _top_k(request, self.predictor)
         uploads = await _uploads(request, body, options.max_images + 1)
         if len(uploads) > options.max_images:
             raise RequestError(413, "too_many_images", f"more than {options.max_images} images (--max-images)")
 
         async def one(name, data):
             try:
-                return {"image": name, "top": await self._classify(name, data, k)}
+                return {"image": name, **await self._classify(name, data, k)}
             except RequestError as exc:
                 if exc.status == 503:
                     raise
-                self.classifier.metrics.errors.labels(exc.kind).inc()
+                self.predictor.metrics.errors.labels(exc.kind).inc()
                 return {"image": name, "error": str(exc), "kind": exc.kind, "status": exc.status}
 
         results = await asyncio.gather(*(one(name, data) for name, data in uploads))
@@ -510,18 +512,18 @@ class Server:
 
         if self.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
-        return JSONResponse({"status": "ready", "model": self.classifier.config.name})
+        return JSONResponse({"status": "ready", "model": self.predictor.config.name})
 
     async def metrics(self, request):
         from prometheus_client import CONTENT_TYPE_LATEST
         from starlette.responses import Response
 
-        return Response(self.classifier.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        return Response(self.predictor.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     async def model(self, request):
         from starlette.responses import JSONResponse
 
-        return JSONResponse(self.classifier.describe())
+        return JSONResponse(self.predictor.describe())
 
     async def page(self, request):
         from starlette.responses import HTMLResponse
@@ -592,12 +594,12 @@ def serve(
               file=sys.stderr, flush=True)  # fmt: skip
     try:
         trained = open_model(weights, engine=engine, **engine_options)
-        classifier = Classifier(trained, engine, options)
-        classifier.warm_up()
+        predictor = Predictor(trained, engine, options)
+        predictor.warm_up()
     except BaseException:
         sock.close()
         raise
-    server_app = Server(classifier, api_key=api_key)
+    server_app = Server(predictor, api_key=api_key)
 
     class _Uvicorn(uvicorn.Server):
         def handle_exit(self, sig, frame):

@@ -21,6 +21,8 @@ class EfficientNet(nn.Module):
     at ``out_indices`` (level i has stride 2**(i+1)); ``feature_info`` describes them.
     """
 
+    task = "classification"  # what the task registry (effnet.tasks.registry) knows it by
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config

@@ -99,7 +99,7 @@ class Proxy:
 
         Returns the best validation top-1 (the figure a search may select on) and, with
         ``test``, the test top-1 of those weights (the figure a study reports)."""
-        from effnet.deploy.evaluate import evaluate_weights
+        from effnet.deploy.evaluate import evaluate
         from effnet.training.classify import ClassificationTrainer
         from effnet.training.config import SHORT_RUN, TrainConfig
 
@@ -123,6 +123,6 @@ class Proxy:
         trainer.fit()
         result = {"val_top1": trainer.best_top1, "train_seconds": round(time.perf_counter() - start, 1)}
         if test and "test" in trainer.data.splits:
-            metrics, _ = evaluate_weights(str(run / "best.safetensors"), split="test")
+            metrics = evaluate(str(run / "best.safetensors"), split="test")
             result["test_top1"] = metrics["top1"]
         return result

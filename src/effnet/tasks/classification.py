@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from effnet.core.errors import UsageError
+from effnet.datasets.loading import ImageDataset, load_data
+from effnet.tasks.entry import EvalData, TaskEntry, check_classes
 
 
 @torch.inference_mode()
@@ -34,18 +35,6 @@ def summarize(confusion: torch.Tensor, top5_hits: int, loss_sum: float, n: int) 
         "per_class": (confusion.diag() / per_class_total).tolist(),
         "confusion": confusion.tolist(),
     }
-
-
-def check_classes(model, classes: list[str], model_name: str, data_name: str) -> None:
-    """The model must predict exactly the data's classes, in the same order: same count is not
-    enough (digits and Fashion-MNIST both have 10)."""
-    if model.config.num_classes != len(classes):
-        raise UsageError(f"{model_name} predicts {model.config.num_classes} classes but {data_name} has {len(classes)}")
-    names = getattr(model, "class_names", None)
-    if names and list(names) != list(classes):
-        raise UsageError(
-            f"{model_name} was trained on classes {list(names)[:4]}... but {data_name} has {list(classes)[:4]}..."
-        )
 
 
 class ClassificationMetrics:
@@ -103,3 +92,28 @@ class ClassificationTask:
 
     def metrics(self) -> ClassificationMetrics:
         return ClassificationMetrics(self.num_classes)
+
+
+class ClassificationEntry(TaskEntry):
+    name = "classification"
+    max_eval_batch = None
+
+    def eval_data(self, model, options: dict, split: str, training: dict, *, origin: str = "the model",
+                  bad_images: str = "error", progress: bool = False, **kwargs) -> EvalData:  # fmt: skip
+        bundle = load_data(**options, bad_images=bad_images, progress=progress)
+        check_classes(model, bundle.classes, origin, f"--data {options['data']}")
+        dataset = ImageDataset(bundle.split(split), model.preprocessing.transform())
+        return EvalData(dataset, None, ClassificationMetrics(model.config.num_classes), bundle.classes)
+
+    def format(self, model, output, *, top_k: int = 5, score_threshold: float = 0.5) -> dict:
+        probs = output.float().softmax(-1)
+        values, indices = probs.topk(min(top_k, probs.numel()))
+        names = model.class_names
+        return {"top": [{"label": names[i] if names else str(i), "index": int(i), "prob": float(p)}
+                        for p, i in zip(values.tolist(), indices.tolist(), strict=True)]}  # fmt: skip
+
+    def summary_line(self, result: dict) -> list[str]:
+        return [f"  {t['prob']:7.2%}  {t['label']} ({t['index']})" for t in result["top"]]
+
+
+ENTRY = ClassificationEntry()

@@ -8,8 +8,10 @@ import io
 
 import numpy as np
 import torch
+from torchvision.utils import draw_bounding_boxes
 
-from effnet.datasets.coco import collate_detection
+from effnet.datasets.coco import DetectionDataset, collate_detection, load_detection
+from effnet.tasks.entry import PALETTE, EvalData, TaskEntry, check_classes
 
 
 def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
@@ -120,3 +122,48 @@ class DetectionTask:
 
     def metrics(self) -> DetectionMetrics:
         return DetectionMetrics(self.classes)
+
+
+class DetectionEntry(TaskEntry):
+    """A torchvision detector takes a list of [0, 1] images of any size and resizes them itself."""
+
+    name = "detection"
+    per_image = True
+
+    def input_size(self, config) -> tuple[int, int]:
+        return config.backbone.in_chans, config.min_size
+
+    def eval_data(self, model, options: dict, split: str, training: dict, *, origin: str = "the model",
+                  annotations: str | None = None, **kwargs) -> EvalData:  # fmt: skip
+        options = {k: v for k, v in options.items() if k != "data_dir"}
+        annotations = annotations or training.get("annotations", "annotations.json")
+        bundle = load_detection(**options, annotations=annotations)
+        check_classes(model, bundle.classes, origin, f"--data {options['data']}")
+        return EvalData(DetectionDataset(bundle.split(split)), collate_detection, DetectionMetrics(bundle.classes),
+                        bundle.classes)  # fmt: skip
+
+    def prepare(self, model, image, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels.float() / 255
+
+    def _names(self, model) -> list[str]:
+        return model.class_names or [str(k) for k in range(1, model.config.num_classes + 1)]
+
+    def format(self, model, output, *, top_k: int = 5, score_threshold: float = 0.5) -> dict:
+        keep = output["scores"] >= score_threshold
+        names = self._names(model)
+        boxes, labels, scores = output["boxes"][keep], output["labels"][keep], output["scores"][keep]
+        return {"detections": [{"label": names[int(lab) - 1], "score": round(float(s), 4),
+                                "box": [round(float(v), 1) for v in box]}
+                               for box, lab, s in zip(boxes, labels, scores, strict=True)]}  # fmt: skip
+
+    def draw(self, model, pixels: torch.Tensor, output, result: dict) -> torch.Tensor:
+        found = result["detections"]
+        if not found:
+            return pixels
+        names = self._names(model)
+        boxes = torch.tensor([d["box"] for d in found])
+        colors = [PALETTE[names.index(d["label"]) % len(PALETTE)] for d in found]
+        return draw_bounding_boxes(pixels, boxes, [f"{d['label']} {d['score']:.2f}" for d in found], colors=colors)
+
+
+ENTRY = DetectionEntry()

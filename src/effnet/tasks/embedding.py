@@ -12,6 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from effnet.datasets.loading import ImageDataset, load_data
+from effnet.tasks.entry import EvalData, TaskEntry
+
 MAX_VAL_PAIRS = 200_000  # validation between epochs samples at most this many pairs
 
 
@@ -119,3 +122,29 @@ class EmbeddingTask:
 
     def metrics(self) -> VerificationMetrics:
         return VerificationMetrics()
+
+
+class EmbeddingEntry(TaskEntry):
+    """Embeddings are scored by verifying every pair of a labelled split (identities, not classes:
+    the split's people need not be the training run's)."""
+
+    name = "embedding"
+
+    def input_size(self, config) -> tuple[int, int]:
+        return config.backbone.in_chans, config.backbone.resolution
+
+    def eval_data(self, model, options: dict, split: str, training: dict, *, origin: str = "the model",
+                  **kwargs) -> EvalData:  # fmt: skip
+        options = {k: v for k, v in options.items() if k != "data_dir"}
+        bundle = load_data(**options)
+        dataset = ImageDataset(bundle.split(split), model.preprocessing.transform())
+        return EvalData(dataset, None, VerificationMetrics(), bundle.classes)
+
+    def format(self, model, output, *, top_k: int = 5, score_threshold: float = 0.5) -> dict:
+        return {"embedding": [round(float(v), 6) for v in output]}
+
+    def summary_line(self, result: dict) -> list[str]:
+        return [f"  {len(result['embedding'])}-d embedding"]
+
+
+ENTRY = EmbeddingEntry()

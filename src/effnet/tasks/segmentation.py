@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
+from torchvision.utils import draw_segmentation_masks
 
-from effnet.datasets.masks import IGNORE
+from effnet.datasets.masks import IGNORE, MaskDataset, load_masks
+from effnet.tasks.entry import PALETTE, EvalData, TaskEntry, check_classes
 
 
 def soft_dice_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -106,3 +109,45 @@ class SegmentationTask:
 
     def metrics(self) -> SegmentationMetrics:
         return SegmentationMetrics(self.classes)
+
+
+class SegmentationEntry(TaskEntry):
+    """A segmenter is evaluated at its training size and predicts at each image's own size."""
+
+    name = "segmentation"
+    native_size = True
+
+    def input_size(self, config) -> tuple[int, int]:
+        return config.backbone.in_chans, config.image_size
+
+    def eval_data(self, model, options: dict, split: str, training: dict, *, origin: str = "the model",
+                  **kwargs) -> EvalData:  # fmt: skip
+        options = {k: v for k, v in options.items() if k != "data_dir"}
+        bundle = load_masks(**options)
+        check_classes(model, bundle.classes, origin, f"--data {options['data']}")
+        pre = model.preprocessing
+        dataset = MaskDataset(bundle.split(split), pre.mean, pre.std, size=training.get("image_size"))
+        return EvalData(dataset, None, SegmentationMetrics(bundle.classes), bundle.classes)
+
+    def prepare(self, model, image, pixels: torch.Tensor) -> torch.Tensor:
+        pre = model.preprocessing
+        return v2.Normalize(pre.mean, pre.std)(pixels.float() / 255)
+
+    def _names(self, model) -> list[str]:
+        return model.class_names or [str(k) for k in range(model.config.num_classes)]
+
+    def format(self, model, output, *, top_k: int = 5, score_threshold: float = 0.5) -> dict:
+        names = self._names(model)
+        counts = torch.bincount(output.argmax(0).flatten(), minlength=len(names))
+        return {"pixels": {names[k]: int(c) for k, c in enumerate(counts) if c}}
+
+    def draw(self, model, pixels: torch.Tensor, output, result: dict) -> torch.Tensor:
+        classes = output.argmax(0)
+        k = len(self._names(model))
+        masks = torch.stack([classes == c for c in range(1, k)])
+        return draw_segmentation_masks(
+            pixels, masks, alpha=0.5, colors=[PALETTE[c % len(PALETTE)] for c in range(k - 1)]
+        )
+
+
+ENTRY = SegmentationEntry()

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from effnet.core.errors import UsageError
 from effnet.datasets.choices import AUGMENTATIONS, BAD_IMAGE_POLICIES
 from effnet.models.scaling import PHI_BASELINES
-from effnet.tasks.choices import DETECTOR_HEADS, TASKS
+from effnet.tasks.choices import DETECTOR_HEADS
+from effnet.tasks.registry import task_names
 
 OPTIMIZERS = ("rmsproptf", "adamw", "sgd")
 SCHEDULES = ("step", "cosine")
@@ -207,7 +208,7 @@ class TrainConfig:
                 f"images, and --augment {self.augment} would train the student on other images"
             )
         choices = (("opt", OPTIMIZERS), ("sched", SCHEDULES), ("amp", AMP), ("augment", AUGMENTATIONS),
-                   ("bad_images", BAD_IMAGE_POLICIES), ("recipe", RECIPES), ("task", TASKS),
+                   ("bad_images", BAD_IMAGE_POLICIES), ("recipe", RECIPES), ("task", task_names()),
                    ("detector", DETECTOR_HEADS))  # fmt: skip
         for name, allowed in choices:
             if getattr(self, name) is not None and getattr(self, name) not in allowed:

@@ -16,7 +16,7 @@ from effnet.core.errors import UsageError
 from effnet.core.fileio import atomic_write
 from effnet.datasets.loading import ordered_loader
 from effnet.models.preprocessing import Preprocessing
-from effnet.tasks.classification import check_classes
+from effnet.tasks.entry import check_classes
 from effnet.training.rundir import RunDir
 from effnet.weights.trained import load_trained
 

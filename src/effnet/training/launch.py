@@ -9,7 +9,11 @@ from effnet.training.config import TrainConfig
 from effnet.training.tasks import TASK_TRAINERS
 
 
+def trainer_class(task: str):
+    """The run trainer of ``task`` (each sets up its data and model on the same trainer core)."""
+    return TASK_TRAINERS.get(task, ClassificationTrainer)
+
+
 def train(cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, quiet: bool = False) -> dict:
     """Train per ``cfg`` into the directory ``run``; returns the last epoch's metrics row."""
-    trainer = TASK_TRAINERS.get(cfg.task, ClassificationTrainer)
-    return trainer.run(cfg, run, resume=resume, quiet=quiet)
+    return trainer_class(cfg.task).run(cfg, run, resume=resume, quiet=quiet)

@@ -28,6 +28,7 @@ from effnet.models.segmentation import OUT_INDICES as SEGMENTATION_LEVELS
 from effnet.models.segmentation import create_segmenter
 from effnet.tasks.detection import DetectionTask
 from effnet.tasks.embedding import EmbeddingTask
+from effnet.tasks.registry import task_of
 from effnet.tasks.segmentation import SegmentationTask
 from effnet.training.config import TrainConfig
 from effnet.training.run import RunTrainer, resolve_for_run
@@ -43,7 +44,7 @@ class TrunkSource:
     def __init__(self, cfg: TrainConfig):
         self.cfg, self.whole, self.state = cfg, None, None
         source = load_trained(cfg.weights).model if cfg.weights else None
-        if source is not None and getattr(source, "task", "classification") == cfg.task:
+        if source is not None and task_of(source) == cfg.task:
             self.whole = source  # a model of this task: fine-tune all of it if the classes fit
         trunk = getattr(source, "trunk", source)
         if trunk is not None:

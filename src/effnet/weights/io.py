@@ -35,6 +35,7 @@ def model_metadata(model: nn.Module, preprocessing: Preprocessing | None = None)
     carry it (``preprocessing`` overrides the model's, for an export at another size)."""
     config: ModelConfig = model.config
     task = getattr(model, "task", None)
+    task = None if task == "classification" else task  # the default: a file without a task is a classifier
     return {
         "format": "effnet",
         "format_version": FORMAT_VERSION,
@@ -211,10 +212,10 @@ def load(
         if model is not None and model != config.name:  # the file's own config decides; say so
             raise UsageError(f"--weights {path} holds {config.name}, not {model}")
         check_size(config, path)  # before building: crafted metadata could ask for a huge model
-        if isinstance(config, ModelConfig):
+        if metadata.get("task") is None:  # a plain classifier
             net = build_model(config, class_names=names, preprocessing=preprocessing)
         else:
-            net = build_task_model(config, names)
+            net = build_task_model(config, names, task=metadata["task"])
             net.preprocessing = preprocessing
         return load_weights(net, state_dict, origin=str(path)).eval()
     if model is None:
