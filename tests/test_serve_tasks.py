@@ -3,15 +3,16 @@ what ``effnet predict`` prints for the same file, on the engine asked for."""
 
 import json
 
-import httpx
 import pytest
 import torch
 from PIL import Image
 
 import effnet
 from effnet.tasks import create_detector, create_embedder, create_segmenter
-from tests.conftest import run_cli
+from tests.conftest import import_required, run_cli
 from tests.test_serve import server
+
+httpx = import_required("httpx")
 
 SIDE = 64
 
@@ -64,7 +65,8 @@ def test_every_task_is_served_as_effnet_predict_answers(tmp_path, task, engine):
         else:
             assert [d["label"] for d in answer[key]] == [d["label"] for d in expected[key]]
             for a, b in zip(answer[key], expected[key], strict=True):
-                assert a["box"] == pytest.approx(b["box"], abs=0.2) and a["score"] == pytest.approx(b["score"], abs=1e-3)
-        batch = httpx.post(f"{url}/v1/predict/batch", files=[("images", ("a.png", image.read_bytes(), "image/png")),
-                                                             ("images", ("b.png", image.read_bytes(), "image/png"))])  # fmt: skip
+                assert a["box"] == pytest.approx(b["box"], abs=0.2)
+                assert a["score"] == pytest.approx(b["score"], abs=1e-3)
+        upload = [("images", (name, image.read_bytes(), "image/png")) for name in ("a.png", "b.png")]
+        batch = httpx.post(f"{url}/v1/predict/batch", files=upload)
         assert batch.status_code == 200 and [set(r) for r in batch.json()["results"]] == [{"image", key}] * 2
