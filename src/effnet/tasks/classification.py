@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from effnet.core.errors import UsageError
 from effnet.datasets.loading import ImageDataset, load_data
 from effnet.tasks.entry import EvalData, TaskEntry, check_classes
 
@@ -97,6 +98,12 @@ class ClassificationTask:
 class ClassificationEntry(TaskEntry):
     name = "classification"
     max_eval_batch = None
+
+    def training_task(self, model, label_smoothing: float = 0.0, **options) -> ClassificationTask:
+        if not hasattr(model, "config"):
+            raise UsageError(f"a {type(model).__name__} does not say how many classes it predicts: give "
+                             f"ClassificationTask(num_classes) instead of the task's name")  # fmt: skip
+        return ClassificationTask(model.config.num_classes, label_smoothing)
 
     def eval_data(self, model, options: dict, split: str, training: dict, *, origin: str = "the model",
                   bad_images: str = "error", progress: bool = False, **kwargs) -> EvalData:  # fmt: skip

@@ -130,6 +130,9 @@ class DetectionEntry(TaskEntry):
     name = "detection"
     per_image = True
 
+    def training_task(self, model, **options) -> DetectionTask:
+        return DetectionTask(self._names(model))
+
     def input_size(self, config) -> tuple[int, int]:
         return config.backbone.in_chans, config.min_size
 

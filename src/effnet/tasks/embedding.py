@@ -130,6 +130,9 @@ class EmbeddingEntry(TaskEntry):
 
     name = "embedding"
 
+    def training_task(self, model, **options) -> EmbeddingTask:
+        return EmbeddingTask()
+
     def input_size(self, config) -> tuple[int, int]:
         return config.backbone.in_chans, config.backbone.resolution
 

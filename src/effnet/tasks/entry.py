@@ -41,6 +41,10 @@ class TaskEntry:
     # the largest evaluation batch (dense outputs and detectors' padded batches cost memory)
     max_eval_batch: int | None = 32
 
+    def training_task(self, model, **options):
+        """The ``Task`` (batch format, loss, metrics; ``effnet.tasks.task``) that trains ``model``."""
+        raise NotImplementedError(f"{self.name} has no training task")
+
     def input_size(self, config) -> tuple[int, int]:
         """(channels, side) of the images a model with ``config`` takes by default."""
         return config.in_chans, config.resolution

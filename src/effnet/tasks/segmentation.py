@@ -117,6 +117,9 @@ class SegmentationEntry(TaskEntry):
     name = "segmentation"
     native_size = True
 
+    def training_task(self, model, dice_weight: float = 1.0, **options) -> SegmentationTask:
+        return SegmentationTask(self._names(model), dice_weight)
+
     def input_size(self, config) -> tuple[int, int]:
         return config.backbone.in_chans, config.image_size
 

@@ -12,7 +12,7 @@ from effnet.core.errors import UsageError
 from effnet.datasets.loading import ImageDataset, load_data
 from effnet.datasets.transforms import train_transform
 from effnet.models.preprocessing import Preprocessing
-from effnet.models.registry import build_model, create_model
+from effnet.models.registry import build_model
 from effnet.tasks.classification import ClassificationTask
 from effnet.training.config import TrainConfig
 from effnet.training.distill import Distillation, load_teacher, teacher_logits, write_teacher_logits
@@ -20,49 +20,20 @@ from effnet.training.progressive import Progression, StagedTransform
 from effnet.training.run import RunTrainer, resolve_for_run
 from effnet.training.rundir import RunDir
 from effnet.training.sampling import SeededAugment
+from effnet.training.source import WeightsSource
 from effnet.training.trainer import Trainer, plan_steps
-from effnet.weights.io import load_weights
-from effnet.weights.trained import load_trained
 
 
-def build_classifier(cfg: TrainConfig, classes: list[str]) -> torch.nn.Module:
+def build_classifier(cfg: TrainConfig, classes: list[str], source: WeightsSource | None = None) -> torch.nn.Module:
     """The model a run trains: a named or phi-scaled member, or the architecture of ``cfg.weights``
-    (a pruned model's exists only there) with this run's head and regularisation; fine-tuned
-    weights keep the padding and BN eps they were trained with and every tensor but a
-    classifier of another shape."""
-    initial = load_trained(cfg.weights).model if cfg.weights else None
-    if cfg.model is None and cfg.phi is None:
-        source = initial.config
-        config = replace(
-            source,
-            num_classes=len(classes),
-            resolution=cfg.image_size or source.resolution,
-            dropout=source.dropout if cfg.dropout is None else cfg.dropout,
-            drop_path_rate=cfg.drop_path_rate,
-            bn_momentum=cfg.bn_momentum,
-        )
-        model = build_model(config, class_names=classes)
-    else:
-        arch = {"padding": initial.config.padding, "bn_eps": initial.config.bn_eps} if initial else {}
-        model = create_model(
-            cfg.model,
-            phi=cfg.phi,
-            width=cfg.width,
-            depth=cfg.depth,
-            num_classes=len(classes),
-            resolution=cfg.image_size,
-            dropout=cfg.dropout,
-            drop_path_rate=cfg.drop_path_rate,
-            bn_momentum=cfg.bn_momentum,
-            class_names=classes,
-            **arch,
-        )
-    if initial is not None:
-        source, own = initial.state_dict(), model.state_dict()
-        for key in ("classifier.weight", "classifier.bias"):
-            if key in source and key in own and source[key].shape != own[key].shape:
-                source[key] = own[key]  # new classes: keep the fresh classifier
-        load_weights(model, source, origin=f"--weights {cfg.weights}")
+    (``WeightsSource``), with this run's classes, image size and dropout, initialised from the
+    file (``WeightsSource.load_into``)."""
+    source = source or WeightsSource(cfg)
+    arch = source.architecture(cfg)
+    dropout = arch.dropout if cfg.dropout is None else cfg.dropout
+    config = replace(arch, num_classes=len(classes), features_only=False, resolution=cfg.image_size or arch.resolution,
+                     dropout=dropout)  # fmt: skip
+    model = source.load_into(build_model(config, class_names=classes))
     size, pre = model.config.resolution, model.preprocessing
     # The eval transform at the training size (no resize margin: the images are the training
     # images' size), kept in the weights so predict and eval preprocess exactly as validation did.

@@ -10,7 +10,6 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-from torch import nn
 
 from effnet.core.errors import UsageError
 from effnet.datasets.coco import DetectionDataset, load_detection
@@ -23,49 +22,16 @@ from effnet.models.detection import OUT_INDICES as DETECTION_LEVELS
 from effnet.models.detection import anchor_sizes_for, create_detector
 from effnet.models.embedding import create_embedder
 from effnet.models.preprocessing import Preprocessing
-from effnet.models.registry import resolve_config
 from effnet.models.segmentation import OUT_INDICES as SEGMENTATION_LEVELS
 from effnet.models.segmentation import create_segmenter
 from effnet.tasks.detection import DetectionTask
 from effnet.tasks.embedding import EmbeddingTask
-from effnet.tasks.registry import task_of
 from effnet.tasks.segmentation import SegmentationTask
 from effnet.training.config import TrainConfig
 from effnet.training.run import RunTrainer, resolve_for_run
 from effnet.training.sampling import SeededAugment
+from effnet.training.source import WeightsSource
 from effnet.training.trainer import Trainer, plan_steps
-from effnet.weights.io import load_weights
-from effnet.weights.trained import load_trained
-
-
-class TrunkSource:
-    """Where a task model's trunk comes from: its architecture and, when fine-tuning, weights."""
-
-    def __init__(self, cfg: TrainConfig):
-        self.cfg, self.whole, self.state = cfg, None, None
-        source = load_trained(cfg.weights).model if cfg.weights else None
-        if source is not None and task_of(source) == cfg.task:
-            self.whole = source  # a model of this task: fine-tune all of it if the classes fit
-        trunk = getattr(source, "trunk", source)
-        if trunk is not None:
-            self.state = trunk.state_dict()
-        arch = {"padding": trunk.config.padding, "bn_eps": trunk.config.bn_eps} if trunk is not None else {}
-        regularise = {"drop_path_rate": cfg.drop_path_rate, "bn_momentum": cfg.bn_momentum}
-        if cfg.model is None and cfg.phi is None:
-            self.config = replace(trunk.config, **regularise)
-        else:
-            self.config = resolve_config(cfg.model, phi=cfg.phi, width=cfg.width, depth=cfg.depth, **arch,
-                                         **regularise)  # fmt: skip
-
-    def load_into(self, model: nn.Module, classes: list[str]) -> nn.Module:
-        """The whole same-task model when its classes are the data's; else the trunk's weights."""
-        if self.whole is not None and self.whole.class_names == classes:
-            load_weights(model, self.whole.state_dict(), origin=f"--weights {self.cfg.weights}")
-        elif self.state is not None:
-            own = model.trunk.state_dict()
-            taken = {k: v for k, v in self.state.items() if k in own}
-            load_weights(model.trunk, taken, origin=f"--weights {self.cfg.weights} (its trunk)")
-        return model
 
 
 class TaskRunTrainer(RunTrainer):
@@ -76,9 +42,9 @@ class TaskRunTrainer(RunTrainer):
         self.data = self._load_data(cfg)
         plan = plan_steps(len(self.data.split("train")), ranks.world, cfg.batch_size, cfg.accum_steps)
         cfg = resolve_for_run(cfg, rundir, plan, resume)
-        source = TrunkSource(cfg)
+        source = WeightsSource(cfg)
         model, task, train_set, val_set = self._build(cfg, source)
-        model = source.load_into(model, model.class_names).to(device)
+        model = source.load_into(model).to(device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         model.trunk.set_memory_efficient(cfg.memory_efficient)
@@ -89,7 +55,7 @@ class TaskRunTrainer(RunTrainer):
     def _load_data(self, cfg: TrainConfig):
         raise NotImplementedError
 
-    def _build(self, cfg: TrainConfig, source: TrunkSource):
+    def _build(self, cfg: TrainConfig, source: WeightsSource):
         raise NotImplementedError
 
 
@@ -112,12 +78,12 @@ class DetectionTrainer(TaskRunTrainer):
         return load_detection(cfg.data, annotations=cfg.annotations, val_split=cfg.val_split, seed=cfg.seed,
                               limit_train=cfg.limit_train)  # fmt: skip
 
-    def _build(self, cfg: TrainConfig, source: TrunkSource):
+    def _build(self, cfg: TrainConfig, source: WeightsSource):
         train_split = self.data.split("train")
         min_size, max_size, sides = detection_scale(train_split, cfg.image_size)
-        trunk = backbone_config(source.config, out_indices=DETECTION_LEVELS)
-        if source.whole is not None and source.whole.class_names == self.data.classes:
-            config = source.whole.config  # continue training a detector of these classes as it is
+        trunk = backbone_config(source.architecture(cfg), out_indices=DETECTION_LEVELS)
+        if source.whole_fits(self.data.classes):
+            config = source.model.config  # continue training a detector of these classes as it is
             model = create_detector(config.backbone, head=config.head, num_classes=len(self.data.classes),
                                     image_size=config.min_size, max_size=config.max_size,
                                     anchor_sizes=config.anchor_sizes, fpn_channels=config.fpn_channels,
@@ -136,13 +102,13 @@ class SegmentationTrainer(TaskRunTrainer):
     def _load_data(self, cfg: TrainConfig):
         return load_masks(cfg.data, val_split=cfg.val_split, seed=cfg.seed, limit_train=cfg.limit_train)
 
-    def _build(self, cfg: TrainConfig, source: TrunkSource):
+    def _build(self, cfg: TrainConfig, source: WeightsSource):
         train_split = self.data.split("train")
         sizes = set(train_split.sizes) | set(self.data.split("val").sizes)
         if cfg.image_size is None and len(sizes) > 1:
             raise UsageError(f"--data {cfg.data}: images of {len(sizes)} sizes; pass --image-size to resize them")
         image_size = cfg.image_size or max(next(iter(sizes)))
-        trunk = backbone_config(source.config, out_indices=SEGMENTATION_LEVELS)
+        trunk = backbone_config(source.architecture(cfg), out_indices=SEGMENTATION_LEVELS)
         model = create_segmenter(trunk, num_classes=len(self.data.classes), image_size=image_size,
                                  class_names=self.data.classes)  # fmt: skip
         pre = model.preprocessing
@@ -157,8 +123,8 @@ class EmbeddingTrainer(TaskRunTrainer):
         return load_data(cfg.data, val_split=cfg.val_split, seed=cfg.seed, limit_train=cfg.limit_train,
                          bad_images=cfg.bad_images)  # fmt: skip
 
-    def _build(self, cfg: TrainConfig, source: TrunkSource):
-        trunk: ModelConfig = source.config
+    def _build(self, cfg: TrainConfig, source: WeightsSource):
+        trunk: ModelConfig = source.architecture(cfg)
         size = cfg.image_size or trunk.resolution
         model = create_embedder(replace(trunk, resolution=size, num_classes=0, features_only=False),
                                 num_classes=len(self.data.classes), margin=cfg.arcface_margin,

@@ -22,7 +22,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from effnet.core.errors import EffnetWarning, RunError
-from effnet.core.fileio import write_failure_is_run_error
+from effnet.core.fileio import atomic_write, write_failure_is_run_error
 from effnet.datasets.loading import ordered_loader
 from effnet.training.checkpoint import load_state, rng_state, save_state, set_rng_state
 from effnet.training.config import TrainConfig
@@ -119,6 +119,7 @@ class Trainer:
         criterion=None,
         on_start=(),
         epoch_setup=None,
+        callbacks=(),
     ):
         self.cfg, self.rundir, self.run, self.task = cfg, rundir, rundir.path, task
         self.model, self.train_set, self.val_set, self.plan = model, train_set, val_set, plan
@@ -126,6 +127,7 @@ class Trainer:
         self.criterion = criterion or (lambda outputs, targets, inputs, extras: task.loss(outputs, targets))
         self.micro_per_epoch, self.steps_per_epoch = plan.micro_per_epoch, plan.steps_per_epoch
         self.epoch_setup, self.epoch_settings = epoch_setup, {}
+        self.callbacks = tuple(callbacks)  # each gets every epoch's row, on the main process
 
         self.optimizer = build_optimizer(self.model, cfg, cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.steps_per_epoch))
@@ -193,8 +195,22 @@ class Trainer:
     def _save_weights(self, name: str, module: torch.nn.Module) -> None:
         if not _all_finite(module):
             raise TrainingError(f"refusing to save non-finite weights to {name}")
+        training = {"training": json.dumps(self.cfg.to_dict())}
         with write_failure_is_run_error(self.run / name):
-            save(module, self.run / name, extra_metadata={"training": json.dumps(self.cfg.to_dict())})
+            if hasattr(module, "config") and hasattr(module, "preprocessing"):
+                save(module, self.run / name, extra_metadata=training)
+            else:  # a module of the user's own (effnet.fit): its tensors, no effnet metadata to rebuild it
+                from safetensors.torch import save as to_bytes
+
+                tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+                atomic_write(self.run / name, lambda f: f.write(to_bytes(tensors, metadata=training)))
+
+    def best_state(self) -> dict[str, torch.Tensor] | None:
+        """The tensors of best.safetensors (the best epoch's model, or its EMA), if one was saved."""
+        from safetensors.torch import load_file
+
+        path = self.run / "best.safetensors"
+        return load_file(str(path)) if path.is_file() else None
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -361,6 +377,8 @@ class Trainer:
             self._save_weights("last.safetensors", self.model)
             reporter.epoch(self.rows)
             self._save_state()
+            for callback in self.callbacks:
+                callback(dict(row))
         barrier(self.dist)
 
     def _best_epoch(self) -> int:
