@@ -20,13 +20,14 @@ import torch
 import torchvision
 
 import effnet
+from effnet.models.fuse import fuse_batchnorm
 
 
 def build(impl: str, name: str) -> torch.nn.Module:
     if impl == "effnet":
         return effnet.create_model(name)
-    if impl == "effnet_fused":  # BatchNorm folded into the convs: effnet.fuse_batchnorm
-        return effnet.fuse_batchnorm(effnet.create_model(name))
+    if impl == "effnet_fused":  # BatchNorm folded into the convs: fuse_batchnorm
+        return fuse_batchnorm(effnet.create_model(name))
     if impl == "timm":
         return timm.create_model(name)
     return getattr(torchvision.models, name)()

@@ -6,6 +6,8 @@ import torch
 import torchvision
 
 import effnet
+from effnet.models.architecture import B0_STAGES, FAMILIES, V2_S_STAGES, scale_stages
+from effnet.models.flops import count_macs, count_params
 from effnet.models.registry import resolve_config
 
 B_NAMES = [f"efficientnet_b{i}" for i in range(8)]
@@ -28,8 +30,8 @@ PAPER_OFF = {"efficientnet_b4": 0.05, "efficientnet_b5": 0.04, "efficientnet_b7"
 
 
 def test_golden_parameter_counts():
-    assert effnet.count_params(resolve_config("efficientnet_b0")) == 5_288_548
-    assert effnet.count_params(resolve_config("efficientnet_b7")) == 66_347_960
+    assert count_params(resolve_config("efficientnet_b0")) == 5_288_548
+    assert count_params(resolve_config("efficientnet_b7")) == 66_347_960
 
 
 @pytest.mark.parametrize("name", B_NAMES)
@@ -37,7 +39,7 @@ def test_params_equal_torchvision(name):
     with torch.device("meta"):
         peer = getattr(torchvision.models, name)()
     expected = sum(p.numel() for p in peer.parameters())
-    assert effnet.count_params(resolve_config(name)) == expected
+    assert count_params(resolve_config(name)) == expected
 
 
 def timm_name(name: str) -> str:
@@ -49,7 +51,7 @@ def timm_name(name: str) -> str:
 def test_params_equal_timm(name):
     with torch.device("meta"):
         peer = timm.create_model(timm_name(name))
-    assert effnet.count_params(resolve_config(name)) == sum(p.numel() for p in peer.parameters())
+    assert count_params(resolve_config(name)) == sum(p.numel() for p in peer.parameters())
 
 
 # The oracle: torchvision's V2 parameter counts.
@@ -58,7 +60,7 @@ def test_v2_params_equal_torchvision(name, expected):
     with torch.device("meta"):
         peer = getattr(torchvision.models, f"efficientnet_v2_{name}")()
     assert sum(p.numel() for p in peer.parameters()) == expected
-    assert effnet.count_params(resolve_config(f"efficientnetv2_{name}")) == expected
+    assert count_params(resolve_config(f"efficientnetv2_{name}")) == expected
 
 
 # The V2 paper's FLOPs (multiply-adds) at the eval sizes; S and L are off by 5-6% with exact
@@ -70,11 +72,11 @@ V2_PAPER_MACS = {"b0": (0.72e9, 0.01), "b1": (1.2e9, 0.01), "b2": (1.7e9, 0.01),
 @pytest.mark.parametrize("variant", V2_PAPER_MACS)
 def test_v2_macs_match_the_paper(variant):
     expected, tolerance = V2_PAPER_MACS[variant]
-    assert effnet.count_macs(resolve_config(f"efficientnetv2_{variant}")) == pytest.approx(expected, rel=tolerance)
+    assert count_macs(resolve_config(f"efficientnetv2_{variant}")) == pytest.approx(expected, rel=tolerance)
 
 
 def test_v2_s_table_is_the_paper_table_4():
-    rows = [(s.block, s.expand_ratio, s.stride, s.out_channels, s.repeats) for s in effnet.V2_S_STAGES]
+    rows = [(s.block, s.expand_ratio, s.stride, s.out_channels, s.repeats) for s in V2_S_STAGES]
     assert rows == [
         ("fused", 1, 1, 24, 2),
         ("fused", 4, 2, 48, 4),
@@ -83,7 +85,7 @@ def test_v2_s_table_is_the_paper_table_4():
         ("mbconv", 6, 1, 160, 9),
         ("mbconv", 6, 2, 256, 15),
     ]
-    arch = effnet.scale_stages(effnet.FAMILIES["efficientnetv2_s"], 1.0, 1.0, 0.2)
+    arch = scale_stages(FAMILIES["efficientnetv2_s"], 1.0, 1.0, 0.2)
     # SE only in the MBConv stages, a quarter of the block's input channels as in V1.
     assert {(b.block, b.se_channels == 0) for b in arch.blocks} == {("fused", True), ("mbconv", False)}
     assert arch.blocks[-1].se_channels == 256 // 4 and arch.stem_channels == 24 and arch.head_channels == 1280
@@ -91,7 +93,7 @@ def test_v2_s_table_is_the_paper_table_4():
 
 @pytest.mark.parametrize("name", B_NAMES)
 def test_macs_match_the_paper(name):
-    macs = effnet.count_macs(resolve_config(name))
+    macs = count_macs(resolve_config(name))
     tolerance = PAPER_OFF.get(name, 0.02)
     assert macs == pytest.approx(PAPER_MACS[name], rel=tolerance)
 
@@ -100,12 +102,12 @@ def test_macs_match_the_paper(name):
 def test_macs_equal_torchvision_metadata(name):
     weights = getattr(torchvision.models, f"EfficientNet_B{name[-1]}_Weights").IMAGENET1K_V1
     side = weights.transforms().crop_size[0]  # torchvision counted at its own eval size
-    macs = effnet.count_macs(resolve_config(name), resolution=side)
+    macs = count_macs(resolve_config(name), resolution=side)
     assert macs / 1e9 == pytest.approx(weights.meta["_ops"], abs=0.0011)
 
 
 def test_macs_roughly_double_per_phi():
-    macs = [effnet.count_macs(resolve_config(phi=phi)) for phi in range(5)]
+    macs = [count_macs(resolve_config(phi=phi)) for phi in range(5)]
     # phi 0 -> 1 costs 2.6x, not 1.92x: ceil() turns stages of 1-2 blocks into 2-3 blocks
     # (16 -> 23 blocks, +44% depth for a 1.2 multiplier). Past that, rounding evens out.
     assert 2.0 < macs[1] / macs[0] < 3.0
@@ -114,7 +116,7 @@ def test_macs_roughly_double_per_phi():
 
 
 def test_b0_table_is_the_paper_table_1():
-    rows = [(s.expand_ratio, s.kernel_size, s.stride, s.out_channels, s.repeats) for s in effnet.B0_STAGES]
+    rows = [(s.expand_ratio, s.kernel_size, s.stride, s.out_channels, s.repeats) for s in B0_STAGES]
     assert rows == [
         (1, 3, 1, 16, 1),
         (6, 3, 2, 24, 2),

@@ -12,6 +12,7 @@ import effnet
 from effnet.compress.prune import prune_expansion_channels, prune_in_place
 from effnet.models.blocks import INVERTED_RESIDUALS
 from effnet.models.flops import count_params
+from effnet.weights.io import load
 from tests.conftest import give_bn_real_statistics, require_component, run_cli
 
 
@@ -40,7 +41,7 @@ def test_pruned_model_is_a_plain_model_equal_to_the_pruned_graph(name, tmp_path)
     assert count_params(pruned.config) < 0.7 * count_params(model.config)
 
     path = effnet.save(pruned, tmp_path / "pruned.safetensors")
-    loaded = effnet.load(path)  # rebuilt from the file alone
+    loaded = load(path)  # rebuilt from the file alone
     with torch.no_grad():
         assert torch.equal(loaded(x), pruned(x))
 
@@ -144,7 +145,7 @@ def test_fake_quantization_puts_weights_and_inputs_on_the_int8_grid():
 def test_quantize_aware_finetuning_writes_int8_from_grid_weights(tmp_path, digits_weights):
     from effnet.compress.qat import quantization_aware_finetune
 
-    model = effnet.load(digits_weights)
+    model = load(digits_weights)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     tuned = quantization_aware_finetune(model, {"data": "digits"}, epochs=1, batch_size=32, limit_train=64)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the input is untouched
@@ -182,7 +183,7 @@ def test_quantize_onnx_rejects_calibration_batches_of_the_wrong_shape(tmp_path, 
     from effnet.core.errors import UsageError
     from effnet.deploy.export import export
 
-    fp32 = export(effnet.load(digits_weights), tmp_path / "fp32.onnx", dynamic_batch=True).path
+    fp32 = export(load(digits_weights), tmp_path / "fp32.onnx", dynamic_batch=True).path
     with pytest.raises(UsageError, match="does not fit"):
         quantize_onnx(fp32, tmp_path / "int8.onnx", [np.zeros((4, 1, 32, 32), np.float32)])
     assert not (tmp_path / "int8.onnx").exists()
@@ -216,7 +217,7 @@ def test_distill_trains_a_student_with_the_teacher(tmp_path, digits_weights):
     assert 0.0 <= json.loads(proc.stdout)["val_top1"] <= 1.0
     config = json.loads((run / "config.json").read_text())
     assert config["teacher"] == str(digits_weights) and config["kd_temperature"] == 2.0 and config["kd_alpha"] == 0.5
-    assert effnet.load(run / "best.safetensors").config.resolution == 24  # the student, not the teacher
+    assert load(run / "best.safetensors").config.resolution == 24  # the student, not the teacher
 
 
 def test_cached_teacher_logits_train_the_same_student(tmp_path):
@@ -250,7 +251,7 @@ def test_cached_teacher_logits_train_the_same_student(tmp_path):
     assert not (tmp_path / "live" / "teacher_logits.safetensors").exists()
     # The same run: the teacher's outputs only differ in float rounding between batch sizes.
     assert cached["train_loss"] == pytest.approx(live["train_loss"], rel=1e-4)
-    a, b = (effnet.load(tmp_path / run / "last.safetensors").state_dict() for run in ("live", "cached"))
+    a, b = (load(tmp_path / run / "last.safetensors").state_dict() for run in ("live", "cached"))
     assert all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-3, atol=1e-5) for k in a)
 
 

@@ -12,6 +12,7 @@ import torch
 import effnet
 from effnet.deploy.export import ExportError, export
 from effnet.deploy.runtime import OnnxModel
+from effnet.models.flops import count_macs
 from effnet.models.registry import resolve_config
 from tests.conftest import give_bn_real_statistics, optional_skipif, run_cli
 
@@ -191,7 +192,7 @@ def test_cli_bench_reports_every_engine(tmp_path):
     assert engines == {"torchvision", "timm", "effnet", "effnet_onnxruntime", "torchvision_onnxruntime",
                        "effnet_openvino", "torchvision_openvino"}  # fmt: skip
     # vs_limit: latency over 2 x MACs x batch at the stated 100 GFLOP/s
-    macs = effnet.count_macs(resolve_config("efficientnet_b0"), 32)
+    macs = count_macs(resolve_config("efficientnet_b0"), 32)
     for r in rows:
         assert r["vs_limit"] == pytest.approx(r["median_ms"] / (2 * macs * r["batch"] / 100e9 * 1e3), rel=1e-3)
     assert {r["batch"] for r in rows} == {1, 2} and all(r["threads"] == 1 for r in rows)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import effnet
+from effnet.models.fuse import fuse_batchnorm
 from tests.conftest import give_bn_real_statistics
 
 
@@ -13,7 +14,7 @@ from tests.conftest import give_bn_real_statistics
 def test_fused_model_matches_unfused(name, padding):
     model = effnet.create_model(name, padding=padding, bn_eps=1e-5)
     give_bn_real_statistics(model, 64)
-    fused = effnet.fuse_batchnorm(model)
+    fused = fuse_batchnorm(model)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()), "the original is left intact"
     x = torch.randn(2, 3, 67, 67)

@@ -7,6 +7,7 @@ import torch
 
 import effnet
 from effnet.models.registry import register
+from effnet.models.scaling import PUBLISHED
 
 SMALL = [n for n in effnet.list_models("efficientnet_*") if n[-1] in "0123" and not n.endswith("l2")]
 SMALL += ["efficientnetv2_b0"]
@@ -127,7 +128,7 @@ def test_bad_arguments_are_usage_errors(kwargs, match):
 
 def test_registry_refuses_duplicates():
     with pytest.raises(ValueError, match="already registered"):
-        register("efficientnet_b0", "efficientnet", effnet.PUBLISHED["efficientnet_b0"])
+        register("efficientnet_b0", "efficientnet", PUBLISHED["efficientnet_b0"])
 
 
 def test_list_models_pattern():

@@ -18,6 +18,8 @@ import effnet
 from effnet.training import ClassificationTrainer as Trainer
 from effnet.training import TrainConfig, TrainingError
 from effnet.training.trainer import _bn_buffers
+from effnet.weights.io import load
+from effnet.weights.pretrained import load_pretrained
 from tests.conftest import free_port, run_cli
 
 # A small compound-scaled B0 on digits at 24 px (the digits are 8x8): ~2 s an epoch on one core.
@@ -104,7 +106,7 @@ def test_run_directory_contents_and_eval(tmp_path):
     assert json.loads((run / "config.json").read_text())["seed"] == 7
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
-    model = effnet.load(run / "best.safetensors")
+    model = load(run / "best.safetensors")
     assert model.class_names == [str(i) for i in range(10)] and model.preprocessing.resolution == 24
 
     plot = tmp_path / "confusion.png"
@@ -237,12 +239,12 @@ def test_torchrun_two_processes(tmp_path):
     row = json.loads(proc.stdout)
     assert row["step"] == 10  # 640 images / 2 processes / batch 32
     assert len(list((run / "tensorboard").iterdir())) == 1  # only rank 0 writes
-    assert effnet.load(run / "last.safetensors").config.num_classes == 10
+    assert load(run / "last.safetensors").config.num_classes == 10
 
 
 def test_fine_tuning_starts_from_pretrained_weights(tmp_path):
     trainer = small_trainer(tmp_path, model="efficientnet_lite0", phi=None, weights="lite0", drop_path_rate=0.0)
-    pretrained = effnet.load_pretrained("lite0").state_dict()
+    pretrained = load_pretrained("lite0").state_dict()
     own = trainer.model.state_dict()
     assert torch.equal(own["stages.3.1.dw_conv.weight"], pretrained["stages.3.1.dw_conv.weight"])
     assert own["classifier.weight"].shape == (10, 1280)  # digits has 10 classes, not 1000

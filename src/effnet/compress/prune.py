@@ -9,7 +9,7 @@ once; we only choose which groups to prune and how many channels. Block outputs 
 stream) are left alone: pruning them couples every block of a stage through the additions.
 
 The result is an ordinary dense EfficientNet whose config lists each block's remaining
-expansion width (``hidden_channels``), so ``effnet.load`` rebuilds it without Torch-Pruning.
+expansion width (``hidden_channels``), so ``effnet.open`` rebuilds it without Torch-Pruning.
 A detector, segmenter or embedder is pruned in its trunk the same way: the channels each level
 hands to the FPN, decoder or embedding head are block outputs, so the heads are untouched.
 """
@@ -107,14 +107,14 @@ def prune_expansion_channels(model, ratio: float, round_to: int = 8):
     hidden = tuple(b.hidden_channels for b in model.modules() if isinstance(b, INVERTED_RESIDUALS))
     config = dataclasses.replace(model.config, hidden_channels=hidden)
     pruned = build_model(config, class_names=model.class_names, preprocessing=model.preprocessing)
-    # Rebuilt from the config alone, as effnet.load will: the weights must fit it exactly.
+    # Rebuilt from the config alone, as effnet.open will: the weights must fit it exactly.
     pruned.load_state_dict(model.state_dict())
     return pruned.train(training)
 
 
 def prune_trunk(model, ratio: float, round_to: int = 8):
     """A copy of a detection, segmentation or embedding ``model`` with its trunk pruned, rebuilt
-    from its config (the trunk's ``hidden_channels``) as ``effnet.load`` will."""
+    from its config (the trunk's ``hidden_channels``) as ``effnet.open`` will."""
     training = model.training
     model = copy.deepcopy(model).cpu().eval()
     prune_in_place(model.trunk, ratio, round_to)

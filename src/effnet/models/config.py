@@ -13,7 +13,7 @@ PADDINGS = ("symmetric", "same")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything ``EfficientNet`` needs; ``effnet.load`` rebuilds a model from this alone."""
+    """Everything ``EfficientNet`` needs; ``effnet.open`` rebuilds a model from this alone."""
 
     name: str  # registry name, or "efficientnet_phi<phi>" for formula-scaled models
     family: str = "efficientnet"  # the stage table: "efficientnet", "lite", "efficientnetv2[_s|_m|_l|_xl]"
