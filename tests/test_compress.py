@@ -12,7 +12,6 @@ import effnet
 from effnet.compress.prune import prune_expansion_channels, prune_in_place
 from effnet.models.blocks import INVERTED_RESIDUALS
 from effnet.models.flops import count_params
-from effnet.weights.io import load
 from tests.conftest import give_bn_real_statistics, require_component, run_cli
 
 
@@ -41,7 +40,7 @@ def test_pruned_model_is_a_plain_model_equal_to_the_pruned_graph(name, tmp_path)
     assert count_params(pruned.config) < 0.7 * count_params(model.config)
 
     path = effnet.save(pruned, tmp_path / "pruned.safetensors")
-    loaded = load(path)  # rebuilt from the file alone
+    loaded = effnet.load(path)  # rebuilt from the file alone
     with torch.no_grad():
         assert torch.equal(loaded(x), pruned(x))
 
@@ -63,14 +62,18 @@ def test_recalibrated_batchnorm_statistics_are_the_data_s():
     assert not model.training  # left in the mode it came in
 
 
+# Chance on digits is 0.1; an untrained model scores about that (0.08-0.10 measured on these splits).
+CHANCE = 0.1
+
+
 @pytest.fixture(scope="module")
 def digits_weights(tmp_path_factory):
-    """A small model trained for one epoch on digits: real weights for the compression commands."""
+    """A small model that has learned digits, so that the compression commands have accuracy to
+    keep or lose: the short recipe's defaults, 2 epochs (measured: 0.910 validation and 0.922 test
+    top-1, ~6 s). The former one epoch on 320 images scored 0.095 on the test split: at chance."""
     run = tmp_path_factory.mktemp("digits") / "run"
-    run_cli(
-        "train", "--phi", "-3", "--data", "digits", "--image-size", "32", "--epochs", "1", "--batch-size",
-        "32", "--limit-train", "320", "--ema-decay", "0", "--bn-momentum", "0.1", "--out", run, "--quiet"
-    ).check()  # fmt: skip
+    run_cli("train", "--phi", "-3", "--data", "digits", "--image-size", "32", "--epochs", "2", "--out", run,
+            "--quiet").check()  # fmt: skip
     return run / "best.safetensors"
 
 
@@ -83,7 +86,10 @@ def test_prune_cli_fine_tunes_and_evaluates(tmp_path, digits_weights):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["macs_after"] < 0.65 * report["macs_before"]
-    assert 0.0 <= report["val_score_finetuned"] <= 1.0 and 0.0 <= report["val_score_recalibrated"] <= 1.0
+    # Pruning half the expansion channels of a 0.91 model leaves it at chance (0.083 measured);
+    # re-estimated BN statistics (0.208) and 10 fine-tuning steps (0.3125) bring part of it back.
+    assert report["val_score_finetuned"] >= CHANCE + 0.1, report
+    assert report["val_score_finetuned"] > report["val_score_pruned"], report
     evaluated = run_cli("eval", "--weights", out, "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["n"] > 0
@@ -145,7 +151,7 @@ def test_fake_quantization_puts_weights_and_inputs_on_the_int8_grid():
 def test_quantize_aware_finetuning_writes_int8_from_grid_weights(tmp_path, digits_weights):
     from effnet.compress.qat import quantization_aware_finetune
 
-    model = load(digits_weights)
+    model = effnet.load(digits_weights)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     tuned = quantization_aware_finetune(model, {"data": "digits"}, epochs=1, batch_size=32, limit_train=64)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the input is untouched
@@ -163,7 +169,9 @@ def test_quantize_aware_finetuning_writes_int8_from_grid_weights(tmp_path, digit
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["scheme"] == "qat" and report["qat_epochs"] == 1 and 0.0 <= report["int8_score"] <= 1.0
+    assert report["scheme"] == "qat" and report["qat_epochs"] == 1
+    # The int8 file keeps the 0.922 of the fp32 model (measured 0.919 after QAT).
+    assert report["int8_score"] >= 0.85 and report["fp32_score"] - report["int8_score"] <= 0.03, report
     assert out.stat().st_size == report["int8_bytes"]
 
 
@@ -183,7 +191,7 @@ def test_quantize_onnx_rejects_calibration_batches_of_the_wrong_shape(tmp_path, 
     from effnet.core.errors import UsageError
     from effnet.deploy.export import export
 
-    fp32 = export(load(digits_weights), tmp_path / "fp32.onnx", dynamic_batch=True).path
+    fp32 = export(effnet.load(digits_weights), tmp_path / "fp32.onnx", dynamic_batch=True).path
     with pytest.raises(UsageError, match="does not fit"):
         quantize_onnx(fp32, tmp_path / "int8.onnx", [np.zeros((4, 1, 32, 32), np.float32)])
     assert not (tmp_path / "int8.onnx").exists()
@@ -207,17 +215,20 @@ def test_distillation_loss_is_hintons():
 
 
 def test_distill_trains_a_student_with_the_teacher(tmp_path, digits_weights):
+    """--alpha 1: the labels carry no weight, so whatever the student learns comes through the
+    teacher's outputs (wrong, misaligned or constant teacher logits leave it at chance). Measured
+    after 40 steps: 0.75 validation top-1 (0.83 with --alpha 0.5, 0.81 alone on the labels)."""
     run = tmp_path / "student"
     proc = run_cli(
         "distill", "--teacher", digits_weights, "--phi", "-4", "--data", "digits", "--image-size", "24",
-        "--epochs", "1", "--batch-size", "32", "--limit-train", "320", "--ema-decay", "0", "--temperature",
-        "2", "--alpha", "0.5", "--out", run, "--quiet", "--json"
+        "--epochs", "1", "--batch-size", "32", "--limit-train", "1280", "--ema-decay", "0", "--temperature",
+        "2", "--alpha", "1.0", "--out", run, "--quiet", "--json"
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert 0.0 <= json.loads(proc.stdout)["val_top1"] <= 1.0
+    assert json.loads(proc.stdout)["val_top1"] >= CHANCE + 0.4
     config = json.loads((run / "config.json").read_text())
-    assert config["teacher"] == str(digits_weights) and config["kd_temperature"] == 2.0 and config["kd_alpha"] == 0.5
-    assert load(run / "best.safetensors").config.resolution == 24  # the student, not the teacher
+    assert config["teacher"] == str(digits_weights) and config["kd_temperature"] == 2.0 and config["kd_alpha"] == 1.0
+    assert effnet.load(run / "best.safetensors").config.resolution == 24  # the student, not the teacher
 
 
 def test_cached_teacher_logits_train_the_same_student(tmp_path):
@@ -251,7 +262,7 @@ def test_cached_teacher_logits_train_the_same_student(tmp_path):
     assert not (tmp_path / "live" / "teacher_logits.safetensors").exists()
     # The same run: the teacher's outputs only differ in float rounding between batch sizes.
     assert cached["train_loss"] == pytest.approx(live["train_loss"], rel=1e-4)
-    a, b = (load(tmp_path / run / "last.safetensors").state_dict() for run in ("live", "cached"))
+    a, b = (effnet.load(tmp_path / run / "last.safetensors").state_dict() for run in ("live", "cached"))
     assert all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-3, atol=1e-5) for k in a)
 
 
@@ -290,9 +301,20 @@ def test_compress_pipeline_measures_every_stage_alike(tmp_path, digits_weights):
     assert stages["prune"]["macs"] < stages["distill"]["macs"]
     assert stages["quantize"]["file_bytes"] < 0.4 * stages["prune"]["file_bytes"]
     for stage in stages.values():
-        assert stage["latency_ms"] > 0 and stage["openvino_latency_ms"] > 0 and 0.0 <= stage["test_top1"] <= 1.0
-    for name in ("distill.safetensors", "prune.safetensors", "quantize.onnx", "report.md", "accuracy_latency.png"):
-        assert (out / name).stat().st_size > 0
+        # Not faster than 2 x MACs at this machine's measured fp32 peak (313 GFLOP/s), nor absurdly slow.
+        floor_ms = 2 * stage["macs"] / 313e9 * 1e3
+        assert floor_ms < stage["latency_ms"] < 1000 and floor_ms < stage["openvino_latency_ms"] < 1000, stage
+    # The original is measured through its ONNX export: the teacher's 0.922 test top-1. The
+    # pipeline's one-epoch distillation on 320 images stays near chance (0.097-0.13 measured), so
+    # only what follows it is held: int8 keeps the pruned model's accuracy.
+    assert stages["original"]["test_top1"] >= 0.85, stages["original"]
+    assert abs(stages["quantize"]["test_top1"] - stages["prune"]["test_top1"]) <= 0.03
+    report = (out / "report.md").read_text()
+    assert all(f"| {name} |" in report for name in stages), report
+    assert (out / "accuracy_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("distill", "prune"):  # the stage files are what the report measured
+        again = json.loads(run_cli("eval", "--weights", out / f"{name}.safetensors", "--json").check().stdout)
+        assert again["top1"] == pytest.approx(stages[name]["test_top1"], abs=1e-9)
     # The stage files are ordinary effnet files: eval reproduces the report's numbers.
     evaluated = run_cli("eval", "--weights", out / "quantize.onnx", "--json")
     assert json.loads(evaluated.stdout)["top1"] == pytest.approx(stages["quantize"]["test_top1"])
