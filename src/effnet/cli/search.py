@@ -62,67 +62,55 @@ def _reporter(quiet: bool):
 
 
 def cmd_search(args) -> int:
-    from effnet.search.latency import fit_phi
-    from effnet.search.study import GridSearch, plot_grid, run_grid, summarize
+    from effnet.search.search import search
 
-    proxy = _proxy(args)
-    if args.objective == "mnas" and args.latency_budget_ms is None:
-        raise UsageError("--objective mnas needs --latency-budget-ms: the latency target T of the reward")
     given = [args.alpha, args.beta, args.gamma]
-    out: dict = {}
-    if all(v is not None for v in given):
-        if args.objective == "mnas":
-            raise UsageError("--objective ranks grid points; with --alpha/--beta/--gamma there is nothing to rank")
-        coefficients = given
-    elif any(v is not None for v in given):
+    if any(v is not None for v in given) and not all(v is not None for v in given):
         raise UsageError("give all three of --alpha, --beta, --gamma (skip the grid search) or none of them")
-    else:
-        spec = GridSearch(
-            proxy, phi=args.phi, target=args.target, tolerance=args.tolerance, grid_step=args.grid_step, seed=args.seed
-        )
-        study = run_grid(
-            spec,
-            args.storage,
-            args.study,
-            heartbeat=args.heartbeat,
-            engine=args.engine,
-            device=args.device,
-            wait=not args.no_wait,
-            progress=_reporter(args.json),
-        )
-        result = summarize(study, args.objective, args.latency_budget_ms)
-        if args.plot and result.trials:
-            plot_grid(result, args.plot)
-        out = result.to_dict()
-        if result.best is None:
-            raise UsageError(f"study {args.study}: no finished grid point yet ({result.pending} pending)")
-        coefficients = [result.best[k] for k in ("alpha", "beta", "gamma")]
-        if not args.json:
-            columns = TRIAL_COLUMNS + ([("mnas_reward", "{:.4f}")] if args.latency_budget_ms else [])
-            print_table(result.trials, columns)
-            best = result.best
-            print(
-                f"best by {args.objective}: alpha={best['alpha']:g} beta={best['beta']:g} gamma={best['gamma']:g} "
-                f"(val top-1 {best['val_top1']:.2%}); {len(result.trials)} points done, {result.pending} pending"
-            )
-    if args.latency_budget_ms is not None:
 
-        def show(m: dict) -> None:
-            if not args.json:
-                print(f"  phi={m['phi']:+.3f}: {m['latency_ms']:.2f} ms, {m['macs'] / 1e6:.1f} M MACs", file=sys.stderr)
-
-        budget = fit_phi(proxy, *coefficients, args.latency_budget_ms, device=args.device, engine=args.engine,
-                         progress=show)  # fmt: skip
-        out["latency_budget"] = budget
+    def show(m: dict) -> None:
         if not args.json:
-            print(
-                f"largest phi within {args.latency_budget_ms} ms on {args.device} ({args.engine}): "
-                f"phi={budget['phi']:.3f} "
-                f"({budget['latency_ms']:.2f} ms; width {budget['width']:.3f}, depth {budget['depth']:.3f}, "
-                f"{budget['resolution']} px, {budget['macs']:,} MACs)"
-            )
+            print(f"  phi={m['phi']:+.3f}: {m['latency_ms']:.2f} ms, {m['macs'] / 1e6:.1f} M MACs", file=sys.stderr)
+
+    out, result = search(
+        _proxy(args),
+        coefficients=tuple(given) if given[0] is not None else None,
+        phi=args.phi,
+        target=args.target,
+        tolerance=args.tolerance,
+        grid_step=args.grid_step,
+        seed=args.seed,
+        storage=args.storage,
+        study=args.study,
+        heartbeat=args.heartbeat,
+        wait=not args.no_wait,
+        objective=args.objective,
+        latency_budget_ms=args.latency_budget_ms,
+        device=args.device,
+        engine=args.engine,
+        plot=args.plot,
+        progress=_reporter(args.json),
+        budget_progress=show,
+    )
     if args.json:
         print(json.dumps(out, indent=2))
+        return 0
+    if result is not None:
+        columns = TRIAL_COLUMNS + ([("mnas_reward", "{:.4f}")] if args.latency_budget_ms else [])
+        print_table(result.trials, columns)
+        best = result.best
+        print(
+            f"best by {args.objective}: alpha={best['alpha']:g} beta={best['beta']:g} gamma={best['gamma']:g} "
+            f"(val top-1 {best['val_top1']:.2%}); {len(result.trials)} points done, {result.pending} pending"
+        )
+    if "latency_budget" in out:
+        budget = out["latency_budget"]
+        print(
+            f"largest phi within {args.latency_budget_ms} ms on {args.device} ({args.engine}): "
+            f"phi={budget['phi']:.3f} "
+            f"({budget['latency_ms']:.2f} ms; width {budget['width']:.3f}, depth {budget['depth']:.3f}, "
+            f"{budget['resolution']} px, {budget['macs']:,} MACs)"
+        )
     return 0
 
 

@@ -46,32 +46,15 @@ TRAIN_HELP = {
 }
 
 
-def read_saved_config(run: Path) -> dict:
-    """RUN/config.json as a dict, or a one-line error naming the file."""
-    path = run / "config.json"
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UsageError(f"{path}: unreadable run settings ({exc}); start a new run with another --out") from None
-    if not isinstance(saved, dict):
-        raise UsageError(f"{path}: not a JSON object of run settings; start a new run with another --out")
-    return saved
-
-
 def cmd_train(args) -> int:
-    from effnet.training.launch import train
+    from effnet.training.launch import run_config, train
 
     given = dataclass_values(args, TrainConfig)
     if given.get("task", "classification") != "classification":
         require("tasks")
     if "phi" in given and "model" not in given:
         given["model"] = None
-    if args.resume and (Path(args.out) / "config.json").is_file():
-        # The saved settings fill in whatever this command does not repeat.
-        cfg = TrainConfig.from_dict({**read_saved_config(Path(args.out)), **given})
-    else:
-        cfg = TrainConfig(**given)
-    row = train(cfg, args.out, resume=args.resume, quiet=args.quiet)
+    row = train(run_config(given, args.out, args.resume), args.out, resume=args.resume, quiet=args.quiet)
     if args.json and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
         print(json.dumps(row, indent=2))
     return 0

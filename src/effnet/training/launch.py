@@ -6,12 +6,22 @@ import os
 
 from effnet.training.classify import ClassificationTrainer
 from effnet.training.config import TrainConfig
+from effnet.training.rundir import RunDir
 from effnet.training.tasks import TASK_TRAINERS
 
 
 def trainer_class(task: str):
     """The run trainer of ``task`` (each sets up its data and model on the same trainer core)."""
     return TASK_TRAINERS.get(task, ClassificationTrainer)
+
+
+def run_config(given: dict, run: str | os.PathLike, resume: bool) -> TrainConfig:
+    """The settings of a run started or resumed from options (``effnet train``'s): resuming, the
+    run's saved settings (RUN/config.json) fill in whatever is not given again."""
+    rundir = RunDir(run)
+    if resume and rundir.is_run():
+        return TrainConfig.from_dict({**rundir.read_config(), **given})
+    return TrainConfig(**given)
 
 
 def train(cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, quiet: bool = False) -> dict:
