@@ -176,6 +176,14 @@ def test_verification_of_separable_and_random_scores():
 
 # --- end to end through the CLI ----------------------------------------------------------------
 
+
+def assert_drawn_on(image, drawn) -> None:
+    """``predict --out`` wrote the input image, at its size, with the answer drawn on it."""
+    source, output = Image.open(image).convert("RGB"), Image.open(drawn).convert("RGB")
+    assert output.size == source.size
+    assert not np.array_equal(np.asarray(output), np.asarray(source))
+
+
 FAST = ("--epochs", "1", "--batch-size", "3", "--phi", "-3", "--quiet")
 
 
@@ -185,12 +193,18 @@ def test_detection_trains_evaluates_predicts_and_resumes_bitwise(tmp_path, det_d
             tmp_path / "a").check()  # fmt: skip
     result = json.loads(run_cli("eval", "--weights", tmp_path / "a" / "best.safetensors", "--json").check().stdout)
     assert result["task"] == "detection" and set(result["per_class_ap"]) >= {"Trouser", "Bag"}
-    assert 0.0 <= result["map"] <= result["ap50"] <= 1.0
+    # COCO's mAP is the mean AP of the classes present in the test canvases (NaN: absent); a
+    # detector trained on 6 canvases for one epoch scores near 0, so the metric is checked, not a
+    # floor (test_tasks_learn holds the learning).
+    present = [ap for ap in result["per_class_ap"].values() if not np.isnan(ap)]
+    assert present and result["map"] == pytest.approx(float(np.mean(present)), abs=1e-6)
+    assert result["map"] <= result["ap50"]
     image, weights = det_data / "test" / "images" / "000000.png", tmp_path / "a" / "best.safetensors"
     proc = run_cli("predict", image, "--weights", weights, "--out", tmp_path / "drawn", "--score-threshold", "0",
                    "--json")  # fmt: skip
     drawn = json.loads(proc.check().stdout)[0]
-    assert Path(drawn["output"]).is_file() and drawn["detections"]
+    assert drawn["detections"]
+    assert_drawn_on(image, drawn["output"])
     exported = json.loads(run_cli("export", "--weights", weights, "--out", tmp_path / "det.onnx", "--json").check()
                           .stdout)  # fmt: skip
     assert exported["relative_diff"] <= exported["tolerance"]
@@ -203,7 +217,7 @@ def test_detection_trains_evaluates_predicts_and_resumes_bitwise(tmp_path, det_d
     assert report["calibration_images"] == 2 and report["size_ratio"] < 0.5
     proc = run_cli("predict", image, "--weights", tmp_path / "int8.onnx", "--out", tmp_path / "drawn8",
                    "--score-threshold", "0", "--json")  # fmt: skip
-    assert Path(json.loads(proc.check().stdout)[0]["output"]).is_file()
+    assert_drawn_on(image, json.loads(proc.check().stdout)[0]["output"])
     # A run stopped right after a mid-epoch checkpoint and resumed equals a run in one go (the
     # RPN/RoI sampling draws from the global RNG, which the resume state carries).
     common = ("--task", "detection", "--data", det_data, "--batch-size", "3", "--phi", "-3", "--quiet", "--epochs",
@@ -232,12 +246,17 @@ def test_segmentation_trains_and_reports_iou(tmp_path, seg_data):
     row = json.loads(run_cli("train", "--task", "segmentation", "--data", seg_data, *FAST, "--augment", "light",
                              "--json", "--out", tmp_path / "r").check().stdout)  # fmt: skip
     assert {"val_miou", "val_foreground_iou", "val_mean_dice", "train_pixel_accuracy"} <= set(row)
-    assert (tmp_path / "r" / "curves.png").is_file() and (tmp_path / "r" / "metrics.csv").is_file()
+    assert (tmp_path / "r" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = (tmp_path / "r" / "metrics.csv").read_text().splitlines()
+    assert len(metrics) == 2 and "val_miou" in metrics[0].split(",")  # a header and the one epoch
     result = json.loads(run_cli("eval", "--weights", tmp_path / "r" / "best.safetensors", "--json").check().stdout)
-    assert len(result["per_class_iou"]) == 11 and 0 <= result["miou"] <= 1
-    proc = run_cli("predict", seg_data / "test" / "images" / "000001.png", "--weights",
-                   tmp_path / "r" / "best.safetensors", "--out", tmp_path / "drawn")  # fmt: skip
-    assert proc.check() and (tmp_path / "drawn" / "000001.png").is_file()
+    # mIoU is the mean IoU of the classes present (NaN: neither in truth nor prediction)
+    assert len(result["per_class_iou"]) == 11
+    assert result["miou"] == pytest.approx(float(np.nanmean(list(result["per_class_iou"].values()))), abs=1e-6)
+    image = seg_data / "test" / "images" / "000001.png"
+    proc = run_cli("predict", image, "--weights", tmp_path / "r" / "best.safetensors", "--out", tmp_path / "drawn")
+    assert proc.check()
+    assert_drawn_on(image, tmp_path / "drawn" / "000001.png")
 
 
 @needs_fmnist
@@ -247,7 +266,11 @@ def test_segmenter_is_pruned_in_its_trunk_quantized_and_its_exports_evaluate_ali
     report = json.loads(run_cli("prune", "--weights", weights, "--ratio", "0.5", "--finetune-epochs", "1",
                                 "--batch-size", "3", "--out", tmp_path / "p.safetensors", "--json")
                         .check().stdout)  # fmt: skip
-    assert report["task"] == "segmentation" and report["metric"] == "mIoU" and 0 <= report["val_score_finetuned"] <= 1
+    assert report["task"] == "segmentation" and report["metric"] == "mIoU"
+    # the report's score is the pruned file's own: evaluated again on the validation canvases
+    pruned_eval = json.loads(run_cli("eval", "--weights", tmp_path / "p.safetensors", "--split", "val", "--json")
+                             .check().stdout)  # fmt: skip
+    assert report["val_score_finetuned"] == pytest.approx(pruned_eval["miou"], abs=1e-6)
     assert report["params_after"] < 0.8 * report["params_before"] and report["macs_ratio"] < 0.7
     pruned = load(tmp_path / "p.safetensors")  # rebuilt from its config alone, without Torch-Pruning
     assert pruned.num_params() == report["params_after"] and pruned.trunk.config.hidden_channels
@@ -258,7 +281,9 @@ def test_segmenter_is_pruned_in_its_trunk_quantized_and_its_exports_evaluate_ali
                                 tmp_path / "int8.onnx", "--json").check().stdout)  # fmt: skip
     # the quantizer's fp32 export is scored by the same code as the torch model: the same mIoU
     assert report["metric"] == "mIoU" and report["fp32_score"] == pytest.approx(torch_eval["miou"], abs=1e-3)
-    assert 0 <= report["int8_score"] <= 1 and report["int8_bytes"] < 0.5 * report["fp32_bytes"]
+    # int8 keeps the fp32 export's mIoU
+    assert abs(report["int8_score"] - report["fp32_score"]) <= 0.05, report
+    assert report["int8_bytes"] < 0.5 * report["fp32_bytes"]
     on_int8 = json.loads(run_cli("eval", "--weights", tmp_path / "int8.onnx", "--json").check().stdout)
     assert on_int8["miou"] == pytest.approx(report["int8_score"])
     proc = run_cli("compress", "--weights", weights, "--out", tmp_path / "c")
@@ -279,7 +304,9 @@ def test_embedding_trains_and_verifies_pairs_in_lfw_format(tmp_path):
     weights = tmp_path / "r" / "best.safetensors"
     result = json.loads(run_cli("eval", "--weights", weights, "--pairs", tmp_path / "pairs.txt", "--json")
                         .check().stdout)  # fmt: skip
-    assert result["pairs"] == 4 and result["same_pairs"] == 2 and 0 <= result["roc_auc"] <= 1
+    assert result["pairs"] == 4 and result["same_pairs"] == 2
+    # the three people differ in brightness: every same pair must score above every other (measured 1.0)
+    assert result["roc_auc"] == 1.0, result
     embedding = json.loads(run_cli("predict", people / "ann" / "ann_0001.png", "--weights", weights, "--json")
                            .check().stdout)[0]["embedding"]  # fmt: skip
     assert len(embedding) == 512 and np.linalg.norm(embedding) == pytest.approx(1.0, abs=1e-4)
