@@ -40,7 +40,7 @@ def test_pruned_model_is_a_plain_model_equal_to_the_pruned_graph(name, tmp_path)
     assert count_params(pruned.config) < 0.7 * count_params(model.config)
 
     path = effnet.save(pruned, tmp_path / "pruned.safetensors")
-    loaded = effnet.load(path)  # rebuilt from the file alone
+    loaded = effnet.open(path)  # rebuilt from the file alone
     with torch.no_grad():
         assert torch.equal(loaded(x), pruned(x))
 
@@ -151,7 +151,7 @@ def test_fake_quantization_puts_weights_and_inputs_on_the_int8_grid():
 def test_quantize_aware_finetuning_writes_int8_from_grid_weights(tmp_path, digits_weights):
     from effnet.compress.qat import quantization_aware_finetune
 
-    model = effnet.load(digits_weights)
+    model = effnet.open(digits_weights)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     tuned = quantization_aware_finetune(model, {"data": "digits"}, epochs=1, batch_size=32, limit_train=64)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the input is untouched
@@ -191,7 +191,7 @@ def test_quantize_onnx_rejects_calibration_batches_of_the_wrong_shape(tmp_path, 
     from effnet.core.errors import UsageError
     from effnet.deploy.export import export
 
-    fp32 = export(effnet.load(digits_weights), tmp_path / "fp32.onnx", dynamic_batch=True).path
+    fp32 = export(effnet.open(digits_weights), tmp_path / "fp32.onnx", dynamic_batch=True).path
     with pytest.raises(UsageError, match="does not fit"):
         quantize_onnx(fp32, tmp_path / "int8.onnx", [np.zeros((4, 1, 32, 32), np.float32)])
     assert not (tmp_path / "int8.onnx").exists()
@@ -230,7 +230,7 @@ def test_distill_trains_a_student_with_the_teacher(tmp_path, digits_weights):
     assert json.loads(proc.stdout)["val_top1"] >= CHANCE + 0.4
     config = json.loads((run / "config.json").read_text())
     assert config["teacher"] == str(digits_weights) and config["kd_temperature"] == 2.0 and config["kd_alpha"] == 1.0
-    assert effnet.load(run / "best.safetensors").config.resolution == 24  # the student, not the teacher
+    assert effnet.open(run / "best.safetensors").config.resolution == 24  # the student, not the teacher
 
 
 def test_cached_teacher_logits_train_the_same_student(tmp_path):
@@ -264,7 +264,7 @@ def test_cached_teacher_logits_train_the_same_student(tmp_path):
     assert not (tmp_path / "live" / "teacher_logits.safetensors").exists()
     # The same run: the teacher's outputs only differ in float rounding between batch sizes.
     assert cached["train_loss"] == pytest.approx(live["train_loss"], rel=1e-4)
-    a, b = (effnet.load(tmp_path / run / "last.safetensors").state_dict() for run in ("live", "cached"))
+    a, b = (effnet.open(tmp_path / run / "last.safetensors").state_dict() for run in ("live", "cached"))
     assert all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-3, atol=1e-5) for k in a)
 
 
