@@ -167,3 +167,19 @@ def test_memory_efficient_training_gives_the_same_gradients():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
     with torch.no_grad():  # inference runs the plain modules
         torch.testing.assert_close(saving.eval()(x), plain.eval()(x))
+
+
+def test_reset_classifier_keeps_the_config_true_through_a_file(tmp_path):
+    model = effnet.create_model(phi=-3, num_classes=1000, resolution=32).eval()
+    body = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("classifier.")}
+    model.reset_classifier(7, class_names=list("abcdefg"))
+    assert model.config.num_classes == 7 and model.classifier.out_features == 7
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    for key, value in body.items():  # only the classifier changed
+        assert torch.equal(model.state_dict()[key], value), key
+    opened = effnet.open(effnet.save(model, tmp_path / "m.safetensors"))
+    assert opened.config == model.config and opened.class_names == list("abcdefg")
+    features = model.reset_classifier(0)(torch.randn(2, 3, 32, 32))
+    assert features.shape == (2, model.num_features) and model.config.num_classes == 0
+    with pytest.raises(effnet.UsageError, match="names"):
+        model.reset_classifier(3, class_names=["a"])

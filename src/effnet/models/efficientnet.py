@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from effnet.core.errors import UsageError
 from effnet.models.architecture import FAMILIES, ResolvedArch, scale_stages
 from effnet.models.blocks import BLOCK_TYPES
 from effnet.models.config import ModelConfig
@@ -121,6 +124,21 @@ class EfficientNet(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def reset_classifier(self, num_classes: int, class_names: list[str] | None = None) -> EfficientNet:
+        """A fresh classifier for ``num_classes`` (0: none, the pooled features come out), as timm's
+        ``reset_classifier``; unlike assigning a new ``nn.Linear``, it keeps ``config`` (and so a
+        saved file) true to the model. Class names are dropped unless given anew."""
+        if self.config.features_only:
+            raise UsageError("a features_only model has no classifier to reset")
+        if num_classes < 0 or (class_names is not None and len(class_names) != num_classes):
+            raise UsageError(f"reset_classifier: {num_classes} classes and {class_names and len(class_names)} names")
+        layer = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        layer.apply(init_weights)
+        self.classifier = layer.to(self.head.conv.weight.device)
+        self.config = replace(self.config, num_classes=num_classes)
+        self.class_names = list(class_names) if class_names is not None else None
+        return self
 
 
 class _ForwardOnceStats:
