@@ -315,6 +315,73 @@ def test_embedding_trains_and_verifies_pairs_in_lfw_format(tmp_path):
     assert proc.returncode == 2 and "no person 'dan'" in proc.stderr and "Traceback" not in proc.stderr
 
 
+# --- each task learns: a short seeded run against the same run untrained ------------------------
+
+
+def trained_and_untrained(tmp_path, *args) -> tuple[dict, dict]:
+    """The same seeded run twice, at --lr 1e-9 (the weights stay as initialised; BN statistics are
+    measured on the data, as any evaluation of the untrained model would need) and at a real lr:
+    the last epoch's rows, untrained first."""
+    rows = []
+    for lr in ("1e-9", "0.004"):
+        torch.manual_seed(0)
+        out = run_cli("train", *args, "--lr", lr, "--quiet", "--json", "--out", tmp_path / f"lr{lr}").check().stdout
+        rows.append(json.loads(out))
+    return rows[0], rows[1]
+
+
+@needs_fmnist
+def test_detection_learns(tmp_path):
+    """FCOS on ImageNet Lite0 (its trunk pretrained, heads new), 40 canvases, 2 epochs (measured:
+    validation mAP 0.000 -> 0.023, AP50 0.000 -> 0.081)."""
+    data = make_fmnist("fmnist-det", tmp_path / "det", counts={"train": 40, "val": 12, "test": 3})
+    before, after = trained_and_untrained(tmp_path, "--task", "detection", "--detector", "fcos", "--model",
+                                          "efficientnet_lite0", "--weights", "lite0", "--data", data, "--epochs", "2",
+                                          "--batch-size", "4")  # fmt: skip
+    assert after["val_ap50"] >= before["val_ap50"] + 0.04, (before, after)
+    assert after["val_map"] >= before["val_map"] + 0.01, (before, after)
+
+
+@needs_fmnist
+def test_segmentation_learns(tmp_path):
+    """U-Net on a phi -3 trunk from scratch, 40 canvases, 2 epochs (measured: validation mIoU
+    0.012 -> 0.087, validation loss 2.54 -> 0.62)."""
+    data = make_fmnist("fmnist-seg", tmp_path / "seg", counts={"train": 40, "val": 12, "test": 3})
+    before, after = trained_and_untrained(tmp_path, "--task", "segmentation", "--data", data, "--epochs", "2",
+                                          "--batch-size", "4", "--phi", "-3")  # fmt: skip
+    assert after["val_miou"] >= before["val_miou"] + 0.04, (before, after)
+    assert after["val_loss"] < 0.5 * before["val_loss"], (before, after)
+
+
+def test_embedding_learns(tmp_path):
+    """ArcFace on a phi -3 trunk: scikit-learn's digits as ten "people" of 20 images each, 3 epochs;
+    120 seeded pairs in LFW's format (measured: ROC-AUC 0.570 untrained -> 0.826)."""
+    from sklearn.datasets import load_digits
+
+    digits, per = load_digits(), 20
+    names = [f"p{d}" for d in range(10)]
+    for d, name in enumerate(names):
+        (tmp_path / "people" / name).mkdir(parents=True)
+        for n, i in enumerate(np.flatnonzero(digits.target == d)[:per], 1):
+            pixels = (digits.images[i] * 255 / 16).astype(np.uint8)
+            image = Image.fromarray(pixels).resize((24, 24), Image.NEAREST).convert("RGB")
+            image.save(tmp_path / "people" / name / f"{name}_{n:04d}.png")
+    rng = np.random.default_rng(0)
+    same = [(names[rng.integers(10)], *(rng.choice(per, 2, replace=False) + 1)) for _ in range(60)]
+    other = [(*rng.choice(10, 2, replace=False), *rng.integers(1, per + 1, 2)) for _ in range(60)]
+    lines = [f"{p}\t{a}\t{b}" for p, a, b in same] + [f"{names[p]}\t{a}\t{names[q]}\t{b}" for p, q, a, b in other]
+    (tmp_path / "pairs.txt").write_text("1\t60\n" + "\n".join(lines) + "\n")
+    scores = []
+    for lr in ("1e-9", "0.004"):
+        torch.manual_seed(0)
+        run_cli("train", "--task", "embedding", "--data", tmp_path / "people", "--image-size", "32", "--epochs", "3",
+                "--batch-size", "8", "--phi", "-3", "--lr", lr, "--quiet", "--out", tmp_path / lr).check()  # fmt: skip
+        result = run_cli("eval", "--weights", tmp_path / lr / "best.safetensors", "--pairs", tmp_path / "pairs.txt",
+                         "--json").check()  # fmt: skip
+        scores.append(json.loads(result.stdout)["roc_auc"])
+    assert scores[1] >= scores[0] + 0.15, scores
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 
