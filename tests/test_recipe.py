@@ -39,7 +39,7 @@ def test_defaults_learn_digits(tmp_path, capsys):
     # The same model, freshly initialised, through the same evaluation: what learning is measured against.
     import effnet as library
 
-    untrained = library.load(run / "best.safetensors")
+    untrained = library.open(run / "best.safetensors")
     untrained.load_state_dict(library.create_model(phi=-3, num_classes=10, resolution=32).state_dict())
     library.save(untrained, tmp_path / "untrained.safetensors")
     before = json.loads(effnet(capsys, "eval", "--weights", tmp_path / "untrained.safetensors", "--data", "digits",
