@@ -20,28 +20,10 @@ import torch
 
 from effnet.cli.main import main
 from effnet.core.errors import EffnetWarning, RunError, UsageError
+from tests.test_bad_input import error_line, run_cli
 
 TINY_TRAIN = ["--phi", "-3", "--data", "digits", "--image-size", "32", "--batch-size", "16", "--quiet",
               "--limit-train", "64", "--epochs", "1"]  # fmt: skip
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def error_line(err: str) -> str:
-    """The one stderr line, an ``effnet: error:`` line without a traceback."""
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("effnet: error:"), lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
