@@ -22,8 +22,9 @@ from effnet.datasets.coco import load_detection
 from effnet.datasets.make import make_fmnist, make_fmnist_pairs
 from effnet.models.embedding import create_embedder
 from effnet.weights.io import load, save
+from tests.conftest import import_required, require_component, requires
 
-needs_fmnist = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="make test installs dataset-fashion-mnist")
+needs_fmnist = requires("Fashion-MNIST", FASHION_MNIST_DIR.is_dir(), "make test installs dataset-fashion-mnist")
 FAST = ("--epochs", "1", "--batch-size", "3", "--phi", "-3", "--quiet")
 
 
@@ -43,7 +44,7 @@ def refused(proc, *needles: str) -> str:
 def det_data(tmp_path_factory) -> Path:
     """FMNIST-Det as `effnet data make fmnist-det` writes it: train/, val/ and test/ folders."""
     if not FASHION_MNIST_DIR.is_dir():
-        pytest.skip("make test installs dataset-fashion-mnist")
+        require_component("Fashion-MNIST", False, "make test installs dataset-fashion-mnist")
     return make_fmnist("fmnist-det", tmp_path_factory.mktemp("d") / "det", counts={"train": 6, "val": 3, "test": 3})
 
 
@@ -135,7 +136,7 @@ def test_images_without_boxes_are_counted_in_a_warning(det_data, tmp_path):
 def pairs_data(tmp_path_factory) -> tuple[Path, Path]:
     """(the people/ folder of `effnet data make fmnist-pairs`, an embedder's weights file)."""
     if not FASHION_MNIST_DIR.is_dir():
-        pytest.skip("make test installs dataset-fashion-mnist")
+        require_component("Fashion-MNIST", False, "make test installs dataset-fashion-mnist")
     root = tmp_path_factory.mktemp("p")
     made = make_fmnist_pairs(root / "pairs", per_class=12)
     embedder = create_embedder("efficientnet_b0", width=0.25, depth=0.25, resolution=32, embedding_dim=8)
@@ -165,8 +166,8 @@ STEM_KEYS = {"effnet": "stem.conv.weight", "torchvision": "features.0.0.weight",
 def peers(tmp_path_factory) -> dict[str, Path]:
     """B0 state dicts (4 classes) as each implementation saves them, plus an image to predict."""
     root = tmp_path_factory.mktemp("peers")
-    timm = pytest.importorskip("timm")
-    lukemelas = pytest.importorskip("efficientnet_pytorch")
+    timm = import_required("timm")
+    lukemelas = import_required("efficientnet_pytorch")
     models = {
         "effnet": lambda: effnet.create_model("efficientnet_b0", num_classes=4),
         "torchvision": lambda: torchvision.models.efficientnet_b0(num_classes=4),

@@ -20,6 +20,7 @@ import torch
 
 from effnet.cli.main import main
 from effnet.core.errors import EffnetWarning, RunError, UsageError
+from tests.conftest import import_required
 from tests.test_bad_input import error_line, run_cli
 
 TINY_TRAIN = ["--phi", "-3", "--data", "digits", "--image-size", "32", "--batch-size", "16", "--quiet",
@@ -69,7 +70,7 @@ def test_export_onto_its_own_weights_is_refused(capsys, weights, how):
 
 def test_export_refuses_an_openvino_bin_onto_its_weights(capsys, tmp_path):
     # an IR is two files: its weights go to the .bin beside the .xml, here a state_dict's file
-    pytest.importorskip("openvino")
+    import_required("openvino")
     from effnet.models.registry import create_model
 
     bin_weights = tmp_path / "model.bin"

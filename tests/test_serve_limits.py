@@ -16,11 +16,11 @@ import time
 import pytest
 from PIL import Image
 
-from tests.conftest import run_cli
+from tests.conftest import import_required, require_component, run_cli
 from tests.test_serve import files, metric, server  # noqa: F401 - files is a fixture
 
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("starlette")
+httpx = import_required("httpx")
+import_required("starlette", "the serve extra (pip install -e '.[dev]') installs it")
 
 MB = 1024 * 1024
 
@@ -191,7 +191,7 @@ def test_odd_top_k_values_get_a_json_400_from_the_server(files):  # noqa: F811
 
 
 def test_openvino_ir_rewritten_or_truncated_while_served_changes_nothing(files, tmp_path):  # noqa: F811
-    pytest.importorskip("openvino")
+    import_required("openvino")
     root, images = files
     shutil.copy(root / "dynamic.xml", tmp_path / "m.xml")
     shutil.copy(root / "dynamic.bin", tmp_path / "m.bin")
@@ -215,8 +215,7 @@ def test_openvino_ir_rewritten_or_truncated_while_served_changes_nothing(files, 
 
 def self_signed(tmp_path):
     """A certificate for 127.0.0.1 and its key, made by Debian's openssl."""
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command")
+    require_component("openssl", shutil.which("openssl") is not None, "Debian's openssl package")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
                     "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
