@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean data
+.PHONY: demo test test-fast install lint bench clean data
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -53,10 +53,18 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/lint-imports
 
+# Everything make test needs installed: the venv with .[dev], and Debian's packages.
+install: $(STAMP) data
+
 # One pytest worker per core (pytest-xdist); conftest.py gives each worker one torch thread.
 # -rs prints every skip and its reason; under CI only optional ones may skip (tests/conftest.py).
+# tests/unit/<package> mirrors src/effnet; tests/e2e runs the commands end to end.
 test: lint data
 	$(PY) -m pytest -q -rs -n 2 --dist worksteal --durations=15
+
+# The everyday tier (under 2 min): the unit tests but those marked slow (over ~2.5 s each).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -rs -n 2 --dist worksteal -m "not slow" tests/unit
 
 bench: $(STAMP)
 	$(PY) benchmarks/inference_speed.py --batch-sizes 1,32 --json benchmarks/inference_speed.json

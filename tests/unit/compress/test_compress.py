@@ -77,6 +77,7 @@ def digits_weights(tmp_path_factory):
     return run / "best.safetensors"
 
 
+@pytest.mark.slow
 def test_prune_cli_fine_tunes_and_evaluates(tmp_path, digits_weights):
     out = tmp_path / "pruned.safetensors"
     proc = run_cli(
@@ -107,6 +108,7 @@ def test_prune_rejects_ratios_outside_0_1(tmp_path, capsys, ratio):
     assert not (tmp_path / "p.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_quantize_writes_int8_that_eval_and_predict_accept(tmp_path, digits_weights):
     out = tmp_path / "int8.onnx"
     proc = run_cli("quantize", "--weights", digits_weights, "--calibration-images", "64", "--out", out, "--json")
@@ -214,6 +216,7 @@ def test_distillation_loss_is_hintons():
     assert got.item() == pytest.approx(0.7 * manual.item() + 0.3 * hard.item(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_distill_trains_a_student_with_the_teacher(tmp_path, digits_weights):
     """--alpha 1: the labels carry no weight, so whatever the student learns comes through the
     teacher's outputs (wrong, misaligned or constant teacher logits leave it at chance). Measured
@@ -233,6 +236,7 @@ def test_distill_trains_a_student_with_the_teacher(tmp_path, digits_weights):
     assert effnet.open(run / "best.safetensors").config.resolution == 24  # the student, not the teacher
 
 
+@pytest.mark.slow
 def test_cached_teacher_logits_train_the_same_student(tmp_path):
     from safetensors.torch import load_file
 
@@ -289,6 +293,7 @@ def test_distill_rejects_a_teacher_with_other_classes(tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_compress_pipeline_measures_every_stage_alike(tmp_path, digits_weights):
     out = tmp_path / "compressed"
     proc = run_cli(

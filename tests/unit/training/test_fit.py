@@ -44,6 +44,7 @@ def accuracy(model, dataset) -> float:
     return hits / len(dataset)
 
 
+@pytest.mark.slow
 def test_fit_trains_a_users_own_module_and_it_learns():
     torch.manual_seed(0)
     train, val = digits(augment=False)
@@ -60,6 +61,7 @@ def test_fit_trains_a_users_own_module_and_it_learns():
     assert result.best_score == pytest.approx(after, abs=1e-6)  # the model holds the best epoch's weights
 
 
+@pytest.mark.slow
 def test_fit_resumes_bitwise_after_an_interruption(tmp_path):
     train, val = digits(augment=True)
     recipe = Recipe(epochs=2, batch_size=64, lr=3e-3, ema_decay=0.9)
@@ -91,6 +93,7 @@ def test_fit_resumes_bitwise_after_an_interruption(tmp_path):
         fit(TinyNet(), "classification", train, val, recipe)
 
 
+@pytest.mark.slow
 def test_fit_on_an_effnet_model_writes_files_effnet_opens(tmp_path):
     data = load_data("digits")
     model = effnet.create_model(phi=-3, num_classes=10, resolution=32, class_names=data.classes)

@@ -78,6 +78,7 @@ def test_mnas_reward_is_accuracy_times_latency_ratio_to_the_minus_0_07():
     assert mnas_reward(0.9, 5.0, 10.0) > 0.9  # faster than the target is rewarded, softly
 
 
+@pytest.mark.slow
 def test_search_resumes_after_kill_9(tmp_path):
     url = f"sqlite:///{tmp_path / 'search.db'}"
     cmd = effnet_cmd("search", *PROXY, *GRID, "--storage", url, "--heartbeat", "1", "--json")
@@ -121,6 +122,7 @@ def test_search_resumes_after_kill_9(tmp_path):
         assert 2 * t["macs"] / 313e9 * 1e3 < t["latency_ms"] < 1000, t
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_sqlite_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'search.db'}"
     cmd = effnet_cmd(
@@ -159,6 +161,7 @@ def test_search_bad_input_is_one_line(tmp_path, capsys, args, message):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_latency_budget_finds_the_largest_phi_that_fits(tmp_path):
     budget = 3.0
     proc = run_cli(
@@ -180,6 +183,7 @@ def test_latency_budget_finds_the_largest_phi_that_fits(tmp_path):
     assert impossible.returncode == 2 and "over --latency-budget-ms" in impossible.stderr
 
 
+@pytest.mark.slow
 def test_scaling_study_matches_macs_and_continues(tmp_path):
     out = tmp_path / "study"
     cmd = ["scaling-study", *PROXY, "--phis", "0,1", "--seeds", "0", "--out", out, "--json"]
@@ -212,6 +216,7 @@ def test_scaling_study_matches_macs_and_continues(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/best.safetensors")} == stamps
 
 
+@pytest.mark.slow
 def test_a_result_outliving_its_declared_death_goes_into_the_retry(tmp_path):
     """A busy machine can delay a worker's heartbeat past the grace period: another worker
     then fails the trial and queues the point again. The late result must land in that retry

@@ -10,7 +10,7 @@ from PIL import Image
 import effnet
 from effnet.tasks import create_detector, create_embedder, create_segmenter
 from tests.conftest import import_required, run_cli
-from tests.test_serve import server
+from tests.e2e.test_serve import server
 
 httpx = import_required("httpx")
 

@@ -27,6 +27,7 @@ def effnet(capsys, *args) -> str:
     return capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_defaults_learn_digits(tmp_path, capsys):
     """Only the model, data, size and epochs given: far above the 10% of chance and of the same
     model untrained (measured 92% against 10%, 20 s on one core)."""

@@ -80,6 +80,7 @@ def toy_task():
     unregister("digit_value")
 
 
+@pytest.mark.slow
 def test_a_new_task_is_one_registration_and_every_command_serves_it(toy_task, tmp_path):
     config = effnet.create_model(phi=-3, num_classes=1, resolution=32).config
     model = build_digit_value(config).eval()

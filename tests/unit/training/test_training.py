@@ -55,6 +55,7 @@ PROGRESSIVE = ["--progressive", "3", "--start-size", "16", "--start-dropout", "0
                "--start-randaug", "3", "--randaug", "9", "--random-erase", "0.5"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_resume_after_kill_is_bitwise_identical(tmp_path):
     # Killed in the second stage: the resumed process must find the stage it was in and move
     # on to the third itself, to the bit.
@@ -94,6 +95,7 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_run_directory_contents_and_eval(tmp_path):
     run = tmp_path / "run"
     proc = run_cli("train", *TINY, "--epochs", "1", "--out", run, "--quiet", "--json")
@@ -230,6 +232,7 @@ def test_bad_images_stop_training_or_are_skipped(tmp_path):
     assert [Path(s["path"]).name for s in skipped] == ["broken.png"]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes(tmp_path):
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),

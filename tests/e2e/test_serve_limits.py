@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import import_required, require_component, run_cli
-from tests.test_serve import files, metric, server  # noqa: F401 - files is a fixture
+from tests.e2e.test_serve import files, metric, server  # noqa: F401 - files is a fixture
 
 httpx = import_required("httpx")
 import_required("starlette", "the serve extra (pip install -e '.[dev]') installs it")

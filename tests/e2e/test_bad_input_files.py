@@ -21,7 +21,7 @@ import torch
 from effnet.cli.main import main
 from effnet.core.errors import EffnetWarning, RunError, UsageError
 from tests.conftest import import_required
-from tests.test_bad_input import error_line, run_cli
+from tests.e2e.test_bad_input import error_line, run_cli
 
 TINY_TRAIN = ["--phi", "-3", "--data", "digits", "--image-size", "32", "--batch-size", "16", "--quiet",
               "--limit-train", "64", "--epochs", "1"]  # fmt: skip

@@ -23,7 +23,9 @@ HUGE = {
 }
 
 
-@pytest.mark.parametrize("name", effnet.list_models())
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "efficientnet_l2" else n for n in effnet.list_models()]
+)
 def test_forward_shape_and_finite(name):
     batch, classes = (1, 1000) if name in HUGE else (2, 7)
     model = effnet.create_model(name, num_classes=classes).eval()

@@ -34,6 +34,7 @@ def ir(small, tmp_path_factory):
     return export(small, tmp_path_factory.mktemp("ir") / "m.xml", format="openvino", dynamic_batch=True).path
 
 
+@pytest.mark.slow
 def test_ir_keeps_the_metadata_and_matches_eager_on_any_batch(small, ir):
     assert ir.with_suffix(".bin").is_file()
     model = OpenVinoModel(ir)
@@ -77,6 +78,7 @@ def test_compiled_cache_is_written_and_reused(ir, tmp_path):
     assert sorted((tmp_path / "cache").iterdir()) == sorted(blobs)  # a second start reads, adds nothing
 
 
+@pytest.mark.slow
 def test_static_export_runs_a_larger_batch_in_chunks(small, tmp_path):
     path = export(small, tmp_path / "s.xml", format="openvino", batch_size=2).path
     model = OpenVinoModel(path)
@@ -90,12 +92,14 @@ def test_static_export_runs_a_larger_batch_in_chunks(small, tmp_path):
         model(torch.randn(1, 1, SIDE, SIDE))
 
 
+@pytest.mark.slow
 def test_onnx_and_int8_files_run_on_openvino_too(small, tmp_path):
     path = export(small, tmp_path / "m.onnx", dynamic_batch=True).path
     x = torch.randn(3, 3, SIDE, SIDE)
     torch.testing.assert_close(OpenVinoModel(path)(x), OnnxModel(path)(x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_cli_predict_and_eval_on_openvino_agree_with_torch(tmp_path):
     run_cli("train", "--phi", "-3", "--data", "digits", "--image-size", "32", "--epochs", "1", "--limit-train", "256",
             "--out", tmp_path / "run", "--quiet").check()  # fmt: skip
@@ -119,6 +123,7 @@ def test_cli_predict_and_eval_on_openvino_agree_with_torch(tmp_path):
     assert proc.returncode == 2 and "runs with --engine openvino" in proc.stderr
 
 
+@pytest.mark.slow
 def test_latency_budget_is_measured_on_the_chosen_engine():
     from effnet.search.latency import measure_latency_ms
 
@@ -162,6 +167,7 @@ def test_broken_ir_files_are_one_line_errors(ir, tmp_path, damage, message):
     one_line_exit_2(run_cli("predict", image, "--weights", xml), message)
 
 
+@pytest.mark.slow
 def test_ir_not_made_by_effnet_is_refused(small, tmp_path):
     import openvino as ov
 

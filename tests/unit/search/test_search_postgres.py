@@ -17,7 +17,7 @@ import pytest
 
 from effnet.search.grid import compound_grid
 from tests.conftest import free_port, import_required, require_component
-from tests.test_search import GRID, PROXY, completed_points, effnet_cmd
+from tests.unit.search.test_search import GRID, PROXY, completed_points, effnet_cmd
 
 WHY = "make test installs Debian's postgresql (apt-get install postgresql)"
 
@@ -80,6 +80,7 @@ def _user_exists(name: str) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_two_workers_resume_a_postgresql_study_after_kill_9(postgres_url):
     import optuna
     import sqlalchemy
