@@ -14,7 +14,7 @@ import pytest
 
 from effnet.core.errors import UsageError
 from effnet.search.grid import compound_grid
-from effnet.search.latency import mnas_reward
+from effnet.search.latency import measure_latency_ms, mnas_reward
 from effnet.search.proxy import Proxy, Shape
 from tests.conftest import run_cli
 
@@ -163,7 +163,14 @@ def test_search_bad_input_is_one_line(tmp_path, capsys, args, message):
 
 @pytest.mark.slow
 def test_latency_budget_finds_the_largest_phi_that_fits(tmp_path):
-    budget = 3.0
+    # The budget comes from this machine: halfway (geometrically) between the proxy's latency at
+    # phi 2 and 6, so a phi over it lies inside the search's range however fast the CPU is (a fixed
+    # 3 ms was met by phi 8 itself on an idle machine).
+    proxy = Proxy(data="digits", base_width=0.25, base_depth=0.25, image_size=16, limit_train=256, epochs=1)
+    low, high = (measure_latency_ms(proxy.config(proxy.compound(1.2, 1.1, 1.15, phi), num_classes=10))
+                 for phi in (2.0, 6.0))  # fmt: skip
+    assert high > 1.3 * low, (low, high)  # a budget between them separates phis
+    budget = round(math.sqrt(low * high), 3)
     proc = run_cli(
         "search", *PROXY, "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--latency-budget-ms", budget, "--json"
     )
