@@ -36,6 +36,26 @@ def trials(url, study="effnet-search"):
     return optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
 
 
+def kill_mid_point(cmd, read_trials, timeout: float = 240):
+    """Start the search ``cmd``, kill -9 it while it trains a point (one COMPLETE, its one RUNNING);
+    the trials as they were at the kill (``read_trials()``), or None if it finished first."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, before = time.monotonic() + timeout, None
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            now = read_trials()
+        except Exception:  # the study does not exist yet
+            continue
+        states = Counter(t.state.name for t in now)
+        if states["COMPLETE"] >= 1 and states["RUNNING"] == 1:
+            os.kill(proc.pid, signal.SIGKILL)
+            before = read_trials()
+            break
+    proc.wait()
+    return before
+
+
 def completed_points(all_trials):
     return Counter(
         tuple(t.params[k] for k in ("alpha", "beta", "gamma")) for t in all_trials if t.state.name == "COMPLETE"
@@ -82,20 +102,7 @@ def test_mnas_reward_is_accuracy_times_latency_ratio_to_the_minus_0_07():
 def test_search_resumes_after_kill_9(tmp_path):
     url = f"sqlite:///{tmp_path / 'search.db'}"
     cmd = effnet_cmd("search", *PROXY, *GRID, "--storage", url, "--heartbeat", "1", "--json")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, before = time.monotonic() + 240, None
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-        try:
-            now = trials(url)
-        except Exception:  # the study does not exist yet
-            continue
-        states = Counter(t.state.name for t in now)
-        if states["COMPLETE"] >= 1 and states["RUNNING"] == 1:
-            os.kill(proc.pid, signal.SIGKILL)
-            before = trials(url)
-            break
-    proc.wait()
+    before = kill_mid_point(cmd, lambda: trials(url))
     assert before is not None, "the search finished before it could be killed mid-point"
     done_before = {t.number for t in before if t.state.name == "COMPLETE"}
     killed = next(t for t in before if t.state.name == "RUNNING")

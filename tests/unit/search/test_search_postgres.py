@@ -6,10 +6,8 @@ every grid point trained exactly once more than the killed one."""
 import glob
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 
 from effnet.search.grid import compound_grid
 from tests.conftest import free_port, import_required, require_component
-from tests.unit.search.test_search import GRID, PROXY, completed_points, effnet_cmd
+from tests.unit.search.test_search import GRID, PROXY, completed_points, effnet_cmd, kill_mid_point
 
 WHY = "make test installs Debian's postgresql (apt-get install postgresql)"
 
@@ -93,20 +91,7 @@ def test_two_workers_resume_a_postgresql_study_after_kill_9(postgres_url):
     points = compound_grid(2.0, 0.6, 0.5)
 
     # One worker, killed with kill -9 while it trains a point (the only RUNNING trial is its own).
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, before = time.monotonic() + 120, None
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-        try:
-            now = pg_trials(storage)
-        except Exception:  # the study does not exist yet
-            continue
-        states = Counter(t.state.name for t in now)
-        if states["COMPLETE"] >= 1 and states["RUNNING"] == 1:
-            os.kill(proc.pid, signal.SIGKILL)
-            before = pg_trials(storage)
-            break
-    proc.wait()
+    before = kill_mid_point(cmd, lambda: pg_trials(storage), timeout=120)
     assert before is not None, "the search finished before it could be killed mid-point"
     done_before = {t.number for t in before if t.state.name == "COMPLETE"}
     killed = next(t for t in before if t.state.name == "RUNNING")
