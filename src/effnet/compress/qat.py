@@ -12,18 +12,18 @@ sit on the int8 grid; ``quantize`` then calibrates and quantizes it like any oth
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from effnet.core.errors import EffnetWarning, UsageError
+from effnet.core.errors import UsageError
 from effnet.datasets.loading import ImageDataset, load_data
 from effnet.datasets.transforms import train_transform
 from effnet.models.fuse import fuse_batchnorm
+from effnet.tasks.classification import ClassificationTask
 from effnet.tasks.entry import check_classes
+from effnet.training.fit import Recipe, fit
 
 
 class PerChannelInt8(nn.Module):
@@ -69,10 +69,9 @@ def quantization_aware_finetune(
     seed: int = 0,
     quiet: bool = True,
 ) -> nn.Module:
-    """Fine-tune a BN-folded copy of ``model`` with int8 rounding in the loop (AdamW, cosine,
-    light augmentation); returns the folded float model with its weights on the int8 grid."""
-    from tqdm import tqdm
-
+    """Fine-tune a BN-folded copy of ``model`` with int8 rounding in the loop on the trainer core
+    (``effnet.training.fit``: AdamW, cosine, light augmentation, the best validation epoch kept);
+    returns the folded float model with its weights on the int8 grid."""
     if epochs < 1:
         raise UsageError(f"--qat-epochs must be at least 1, got {epochs}")
     if not (math.isfinite(lr) and lr > 0):
@@ -80,13 +79,7 @@ def quantization_aware_finetune(
     bundle = load_data(**data_options, limit_train=limit_train)
     check_classes(model, bundle.classes, "the model", f"--data {data_options['data']}")
     train_set = ImageDataset(bundle.split("train"), train_transform(model.preprocessing, "light"))
-    if len(train_set) < batch_size:
-        warnings.warn(
-            f"{len(train_set)} training images are fewer than one batch; batch size {len(train_set)}",
-            EffnetWarning,
-            stacklevel=2,
-        )
-        batch_size = len(train_set)
+    val_set = ImageDataset(bundle.split("val"), model.preprocessing.transform())
 
     net = fuse_batchnorm(model)  # a copy: the caller's model is left as it was
     net.requires_grad_(True)
@@ -95,27 +88,9 @@ def quantization_aware_finetune(
     for layer in layers:
         parametrize.register_parametrization(layer, "weight", PerChannelInt8())
         hooks.append(layer.register_forward_pre_hook(InputUint8()))
-
-    torch.manual_seed(seed)
-    loader = torch.utils.data.DataLoader(
-        train_set, batch_size=batch_size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed)
-    )
-    if len(loader) == 0:
-        raise UsageError(f"{len(train_set)} training images are fewer than one batch of {batch_size}")
-    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
-    total = epochs * len(loader)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
-    net.train()
-    with tqdm(total=total, desc="quantization-aware fine-tuning", unit="step", disable=quiet) as bar:
-        for _ in range(epochs):
-            for images, labels in loader:
-                loss = F.cross_entropy(net(images), labels, label_smoothing=0.1)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-                bar.update(1)
+    recipe = Recipe(epochs=epochs, batch_size=batch_size, opt="adamw", lr=lr, sched="cosine", warmup_epochs=0.0,
+                    weight_decay=0.0, ema_decay=0.0, seed=seed)  # fmt: skip
+    fit(net, ClassificationTask(len(bundle.classes), label_smoothing=0.1), train_set, val_set, recipe, quiet=quiet)
 
     for hook in hooks:
         hook.remove()
