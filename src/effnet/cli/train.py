@@ -46,10 +46,30 @@ TRAIN_HELP = {
 }
 
 
+def read_settings(path: str) -> dict:
+    """``--config FILE``: a JSON object of training settings, nested by part (as RUN/config.json
+    writes them) or flat; every key must be a setting."""
+    from effnet.training.config import flatten
+
+    try:
+        settings = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"--config {path}: not a readable JSON file ({exc})") from None
+    if not isinstance(settings, dict):
+        raise UsageError(f"--config {path}: not a JSON object of settings")
+    flat = flatten(settings, f"--config {path}")
+    unknown = sorted(set(flat) - set(TrainConfig.__dataclass_fields__))
+    if unknown:
+        raise UsageError(f"--config {path}: unknown settings {', '.join(unknown)}")
+    return flat
+
+
 def cmd_train(args) -> int:
     from effnet.training.launch import run_config, train
 
     given = dataclass_values(args, TrainConfig)
+    if args.config:  # the file's settings, under what the command line gives
+        given = {**read_settings(args.config), **given}
     if given.get("task", "classification") != "classification":
         require("tasks")
     if "phi" in given and "model" not in given:
@@ -74,6 +94,7 @@ def cmd_distill(args) -> int:
 
 
 def _run_options(p) -> None:
+    p.add_argument("--config", help="a JSON file of settings (nested as RUN/config.json, or flat); flags override it")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last state")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")

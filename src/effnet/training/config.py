@@ -90,9 +90,50 @@ def ema_for_steps(total_steps: int) -> float:
     return min(0.9999, 1.0 - 10.0 / total_steps)
 
 
+# The five parts of a run's settings, each field in exactly one (a test checks the partition):
+# what is trained, on what data with which augmentation, for which task (its loss and options),
+# how it is optimised (effnet.training.fit's Recipe), and where it runs (fit's Runtime).
+# RUN/config.json and `effnet train --config FILE` hold them nested; the flags and the training
+# provenance inside weights files keep the flat names.
+PARTS = {
+    "model": ("model", "phi", "width", "depth", "weights", "image_size", "dropout", "drop_path_rate", "bn_momentum",
+              "memory_efficient"),
+    "data": ("data", "data_dir", "val_split", "limit_train", "bad_images", "augment", "randaug", "random_erase",
+             "progressive", "start_size", "start_dropout", "start_randaug"),
+    "task": ("task", "annotations", "detector", "arcface_margin", "arcface_scale", "label_smoothing", "teacher",
+             "kd_temperature", "kd_alpha", "cache_teacher"),
+    "recipe": ("epochs", "batch_size", "recipe", "opt", "lr", "sched", "warmup_epochs", "decay_rate", "decay_epochs",
+               "weight_decay", "ema_decay", "clip_grad", "accum_steps", "seed", "amp"),
+    "runtime": ("device", "workers", "channels_last", "checkpoint_every"),
+}  # fmt: skip
+
+
+def is_nested(d: dict) -> bool:
+    """Settings grouped by part (a flat dict has "recipe" as a string, never a dict)."""
+    return any(isinstance(d.get(part), dict) for part in PARTS)
+
+
+def flatten(d: dict, origin: str = "settings") -> dict:
+    """Nested settings ({"model": {...}, "recipe": {...}, ...}) as flat ones; flat ones as they are.
+    A key that is not a part, or a setting under the wrong part, is named."""
+    if not is_nested(d):
+        return dict(d)
+    flat = {}
+    for part, values in d.items():
+        if part not in PARTS or not isinstance(values, dict):
+            raise UsageError(f"{origin}: {part!r} is not one of the parts {', '.join(PARTS)}")
+        for key, value in values.items():
+            if key not in PARTS[part]:
+                home = next((p for p, names in PARTS.items() if key in names), None)
+                where = f" (it belongs to {home!r})" if home else ""
+                raise UsageError(f"{origin}: {part}.{key} is not a setting of {part!r}{where}")
+            flat[key] = value
+    return flat
+
+
 @dataclass
 class TrainConfig:
-    """Everything needed to repeat a run; written to RUN/config.json."""
+    """Everything needed to repeat a run; written to RUN/config.json, grouped by ``PARTS``."""
 
     task: str = "classification"  # or detection, segmentation, embedding (effnet.tasks)
     model: str | None = "efficientnet_b0"  # None with --weights: the file's architecture (e.g. pruned)
@@ -245,8 +286,12 @@ class TrainConfig:
                 raise UsageError(f"--{start.replace('_', '-')} {first} is larger than the end, "
                                  f"--{end.replace('_', '-')} {last}")  # fmt: skip
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self, nested: bool = False) -> dict:
+        """The settings, flat (the flags' names) or grouped by part (``PARTS``)."""
+        flat = asdict(self)
+        if not nested:
+            return flat
+        return {part: {k: flat[k] for k in names} for part, names in PARTS.items()}
 
     def resolved(self, steps_per_epoch: int, global_batch: int) -> TrainConfig:
         """Every setting left at None filled from the recipe, for a run of ``steps_per_epoch``
@@ -269,5 +314,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """From flat or nested settings; keys of settings this version no longer has are left out
+        (a run written by an older effnet still resumes)."""
         known = {f.name for f in fields(cls)}
+        if is_nested(d):
+            d = {k: v for values in d.values() if isinstance(values, dict) for k, v in values.items()}
         return cls(**{k: v for k, v in d.items() if k in known})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from effnet.training.classify import ClassificationTrainer
-from effnet.training.config import TrainConfig
+from effnet.training.config import TrainConfig, flatten
 from effnet.training.rundir import RunDir
 from effnet.training.tasks import TASK_TRAINERS
 
@@ -20,7 +20,7 @@ def run_config(given: dict, run: str | os.PathLike, resume: bool) -> TrainConfig
     run's saved settings (RUN/config.json) fill in whatever is not given again."""
     rundir = RunDir(run)
     if resume and rundir.is_run():
-        return TrainConfig.from_dict({**rundir.read_config(), **given})
+        return TrainConfig.from_dict({**flatten(rundir.read_config(), str(rundir.config_path)), **given})
     return TrainConfig(**given)
 
 

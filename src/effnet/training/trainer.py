@@ -150,7 +150,7 @@ class Trainer:
                     write(rundir)
             self._save_state()  # a run killed before its first checkpoint can still resume
             with write_failure_is_run_error(self.run / CONFIG_FILE):
-                rundir.write_config(cfg.to_dict())  # last: from here on the folder is a run
+                rundir.write_config(cfg.to_dict(nested=True))  # last: from here on the folder is a run
 
     @property
     def best_top1(self) -> float:

@@ -231,7 +231,7 @@ def test_distill_trains_a_student_with_the_teacher(tmp_path, digits_weights):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["val_top1"] >= CHANCE + 0.4
-    config = json.loads((run / "config.json").read_text())
+    config = json.loads((run / "config.json").read_text())["task"]
     assert config["teacher"] == str(digits_weights) and config["kd_temperature"] == 2.0 and config["kd_alpha"] == 1.0
     assert effnet.open(run / "best.safetensors").config.resolution == 24  # the student, not the teacher
 

@@ -35,7 +35,7 @@ def test_defaults_learn_digits(tmp_path, capsys):
     effnet(capsys, "train", "--phi", "-3", "--data", "digits", "--image-size", "32", "--epochs", "2", "--quiet",
            "--out", run)  # fmt: skip
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["recipe"] == "short" and cfg["opt"] == "adamw"
+    assert cfg["recipe"]["recipe"] == "short" and cfg["recipe"]["opt"] == "adamw"  # grouped by part
     result = json.loads(effnet(capsys, "eval", "--weights", run / "best.safetensors", "--split", "test", "--json"))
     # The same model, freshly initialised, through the same evaluation: what learning is measured against.
     import effnet as library

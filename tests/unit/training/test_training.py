@@ -105,7 +105,7 @@ def test_run_directory_contents_and_eval(tmp_path):
     names = {p.name for p in run.iterdir()}
     assert {"config.json", "metrics.csv", "best.safetensors", "last.safetensors", "curves.png", "state.pt"} <= names
     assert any((run / "tensorboard").iterdir())
-    assert json.loads((run / "config.json").read_text())["seed"] == 7
+    assert json.loads((run / "config.json").read_text())["recipe"]["seed"] == 7
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
     model = load(run / "best.safetensors")
@@ -257,12 +257,13 @@ def test_fine_tuning_starts_from_pretrained_weights(tmp_path):
 
 
 def test_a_run_saved_before_recipes_resumes(tmp_path):
-    """RUN/config.json from before --recipe existed (every setting explicit, no "recipe" key)."""
+    """RUN/config.json from before --recipe existed (flat, as every run before the parts; every setting
+    explicit, no "recipe" key)."""
     run = tmp_path / "run"
     args = ["train", "--phi", "-3", "--data", "digits", "--image-size", "16", "--limit-train", "64",
             "--batch-size", "16", "--epochs", "1", "--quiet", "--out", run]  # fmt: skip
     run_cli(*args).check()
-    saved = json.loads((run / "config.json").read_text())
+    saved = TrainConfig.from_dict(json.loads((run / "config.json").read_text())).to_dict()
     del saved["recipe"]
     (run / "config.json").write_text(json.dumps(saved))
     resumed = run_cli(*args, "--resume")
