@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 
 import numpy as np
 import torch
 from torchvision.utils import draw_bounding_boxes
 
 from effnet.datasets.coco import DetectionDataset, collate_detection, load_detection
+from effnet.models.backbone import backbone_config
+from effnet.models.detection import OUT_INDICES, anchor_sizes_for, create_detector
 from effnet.tasks.entry import PALETTE, EvalData, TaskEntry, check_classes
 
 
@@ -124,6 +127,20 @@ class DetectionTask:
         return DetectionMetrics(self.classes)
 
 
+def detection_scale(split, image_size: int | None) -> tuple[int, int, list[float]]:
+    """(min_size, max_size, object sides at that scale): torchvision resizes each image's short side
+    to min_size (the data's median unless --image-size), its long side to at most max_size."""
+    shorts = np.array([min(w, h) for w, h in split.sizes], float)
+    longs = np.array([max(w, h) for w, h in split.sizes], float)
+    min_size = image_size or int(np.median(shorts))
+    max_size = int(math.ceil(min(4 * min_size, max(min_size, float(np.max(longs / shorts)) * min_size))))
+    sides = []
+    for (w, h), boxes in zip(split.sizes, split.boxes, strict=True):
+        scale = min_size / min(w, h)
+        sides += (np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])) * scale).tolist()
+    return max(32, min_size), max(32, max_size), sides
+
+
 class DetectionEntry(TaskEntry):
     """A torchvision detector takes a list of [0, 1] images of any size and resizes them itself."""
 
@@ -135,6 +152,27 @@ class DetectionEntry(TaskEntry):
 
     def input_size(self, config) -> tuple[int, int]:
         return config.backbone.in_chans, config.min_size
+
+    def training_data(self, cfg):
+        return load_detection(cfg.data, annotations=cfg.annotations, val_split=cfg.val_split, seed=cfg.seed,
+                              limit_train=cfg.limit_train)  # fmt: skip
+
+    def training_setup(self, cfg, data, trunk, continuing=None):
+        train_split = data.split("train")
+        if continuing is not None:
+            config = continuing.config  # continue training a detector of these classes as it is
+            model = create_detector(config.backbone, head=config.head, num_classes=len(data.classes),
+                                    image_size=config.min_size, max_size=config.max_size,
+                                    anchor_sizes=config.anchor_sizes, fpn_channels=config.fpn_channels,
+                                    class_names=data.classes)  # fmt: skip
+        else:
+            min_size, max_size, sides = detection_scale(train_split, cfg.image_size)
+            model = create_detector(backbone_config(trunk, out_indices=OUT_INDICES), head=cfg.detector,
+                                    num_classes=len(data.classes), image_size=min_size, max_size=max_size,
+                                    anchor_sizes=anchor_sizes_for(cfg.detector, sides, min_size),
+                                    class_names=data.classes)  # fmt: skip
+        train_set = DetectionDataset(train_split, flip=cfg.augment in ("light", "paper"))
+        return model, DetectionTask(data.classes), train_set, DetectionDataset(data.split("val"))
 
     def eval_data(self, model, options: dict, split: str, training: dict, *, origin: str = "the model",
                   annotations: str | None = None, **kwargs) -> EvalData:  # fmt: skip

@@ -8,11 +8,16 @@ over folds. ROC-AUC and TAR at FAR = 1e-2 need no threshold and are computed ove
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from effnet.datasets.loading import ImageDataset, load_data
+from effnet.datasets.transforms import train_transform
+from effnet.models.embedding import create_embedder
+from effnet.models.preprocessing import Preprocessing
 from effnet.tasks.entry import EvalData, TaskEntry
 
 MAX_VAL_PAIRS = 200_000  # validation between epochs samples at most this many pairs
@@ -135,6 +140,21 @@ class EmbeddingEntry(TaskEntry):
 
     def input_size(self, config) -> tuple[int, int]:
         return config.backbone.in_chans, config.backbone.resolution
+
+    def training_data(self, cfg):
+        return load_data(cfg.data, val_split=cfg.val_split, seed=cfg.seed, limit_train=cfg.limit_train,
+                         bad_images=cfg.bad_images)  # fmt: skip
+
+    def training_setup(self, cfg, data, trunk, continuing=None):
+        size = cfg.image_size or trunk.resolution
+        model = create_embedder(replace(trunk, resolution=size, num_classes=0, features_only=False),
+                                num_classes=len(data.classes), margin=cfg.arcface_margin, scale=cfg.arcface_scale,
+                                class_names=data.classes)  # fmt: skip
+        pre = model.preprocessing
+        model.preprocessing = Preprocessing(size, size, pre.interpolation, pre.mean, pre.std)
+        train_set = ImageDataset(data.split("train"), train_transform(model.preprocessing, cfg.augment))
+        val_set = ImageDataset(data.split("val"), model.preprocessing.transform())
+        return model, EmbeddingTask(), train_set, val_set
 
     def eval_data(self, model, options: dict, split: str, training: dict, *, origin: str = "the model",
                   **kwargs) -> EvalData:  # fmt: skip

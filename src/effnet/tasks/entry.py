@@ -45,6 +45,17 @@ class TaskEntry:
         """The ``Task`` (batch format, loss, metrics; ``effnet.tasks.task``) that trains ``model``."""
         raise NotImplementedError(f"{self.name} has no training task")
 
+    def training_data(self, cfg):
+        """The run's data (``cfg``: a ``TrainConfig``): an object whose ``split("train"|"val")``
+        the other training hooks read and whose ``classes`` name the model's outputs."""
+        raise NotImplementedError(f"effnet train has no set-up for {self.name} (its entry's training_data)")
+
+    def training_setup(self, cfg, data, trunk, continuing=None):
+        """(model, ``Task``, train dataset, val dataset) of a run: the model on an EfficientNet
+        ``trunk`` config (from --model/--phi or --weights), or ``continuing``'s architecture: a
+        model of this task trained on the same classes (``--weights``), continued as it is."""
+        raise NotImplementedError(f"effnet train has no set-up for {self.name} (its entry's training_setup)")
+
     def input_size(self, config) -> tuple[int, int]:
         """(channels, side) of the images a model with ``config`` takes by default."""
         return config.in_chans, config.resolution

@@ -23,6 +23,7 @@ class Registration:
     metric: str  # the name of the task's score: what ``score`` holds in every report
     where: str | object  # "module:attribute" of its TaskEntry, or the entry itself
     summary: str = ""
+    needs_folder: bool = False  # trains on a data folder only (not the built-in digits, fashion-mnist)
     _entry: object | None = field(default=None, repr=False)
 
     def entry(self):
@@ -38,7 +39,8 @@ class Registration:
 _TASKS: dict[str, Registration] = {}
 
 
-def register(name: str, *, metric: str, where: str | object, summary: str = "", model=None) -> Registration:
+def register(name: str, *, metric: str, where: str | object, summary: str = "", model=None,
+             needs_folder: bool = False) -> Registration:  # fmt: skip
     """Add a task. ``where`` is ``"package.module:ENTRY"`` (imported on first use) or a
     ``TaskEntry`` object; ``model``, a ``(config type, build(config, class_names))`` pair, lets
     ``effnet.open`` rebuild the task's models from their files (the built-in tasks' models are
@@ -49,7 +51,7 @@ def register(name: str, *, metric: str, where: str | object, summary: str = "", 
         from effnet.models.task_models import register_model
 
         register_model(name, *model)
-    _TASKS[name] = Registration(name, metric, where, summary)
+    _TASKS[name] = Registration(name, metric, where, summary, needs_folder)
     return _TASKS[name]
 
 
@@ -94,11 +96,11 @@ def entry_of(model):
 
 register("classification", metric="top1", where="effnet.tasks.classification:ENTRY",
          summary="one label per image: top-1/top-5 accuracy")  # fmt: skip
-register("detection", metric="mAP", where="effnet.tasks.detection:ENTRY",
+register("detection", needs_folder=True, metric="mAP", where="effnet.tasks.detection:ENTRY",
          summary="boxes and labels (torchvision heads on an EfficientNet FPN): COCO mAP")  # fmt: skip
-register("segmentation", metric="mIoU", where="effnet.tasks.segmentation:ENTRY",
+register("segmentation", needs_folder=True, metric="mIoU", where="effnet.tasks.segmentation:ENTRY",
          summary="a class per pixel (U-Net decoder): mIoU, Dice")  # fmt: skip
-register("embedding", metric="ROC-AUC", where="effnet.tasks.embedding:ENTRY",
+register("embedding", needs_folder=True, metric="ROC-AUC", where="effnet.tasks.embedding:ENTRY",
          summary="unit vectors for similarity (ArcFace): verification ROC-AUC")  # fmt: skip
 
 register_task = register

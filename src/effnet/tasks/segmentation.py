@@ -9,7 +9,10 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 from torchvision.utils import draw_segmentation_masks
 
+from effnet.core.errors import UsageError
 from effnet.datasets.masks import IGNORE, MaskDataset, load_masks
+from effnet.models.backbone import backbone_config
+from effnet.models.segmentation import OUT_INDICES, create_segmenter
 from effnet.tasks.entry import PALETTE, EvalData, TaskEntry, check_classes
 
 
@@ -122,6 +125,23 @@ class SegmentationEntry(TaskEntry):
 
     def input_size(self, config) -> tuple[int, int]:
         return config.backbone.in_chans, config.image_size
+
+    def training_data(self, cfg):
+        return load_masks(cfg.data, val_split=cfg.val_split, seed=cfg.seed, limit_train=cfg.limit_train)
+
+    def training_setup(self, cfg, data, trunk, continuing=None):
+        train_split = data.split("train")
+        sizes = set(train_split.sizes) | set(data.split("val").sizes)
+        if cfg.image_size is None and len(sizes) > 1:
+            raise UsageError(f"--data {cfg.data}: images of {len(sizes)} sizes; pass --image-size to resize them")
+        image_size = cfg.image_size or max(next(iter(sizes)))
+        model = create_segmenter(backbone_config(trunk, out_indices=OUT_INDICES), num_classes=len(data.classes),
+                                 image_size=image_size, class_names=data.classes)  # fmt: skip
+        pre = model.preprocessing
+        augment = cfg.augment in ("light", "paper")
+        train_set = MaskDataset(train_split, pre.mean, pre.std, augment=augment, size=cfg.image_size)
+        val_set = MaskDataset(data.split("val"), pre.mean, pre.std, size=cfg.image_size)
+        return model, SegmentationTask(data.classes), train_set, val_set
 
     def eval_data(self, model, options: dict, split: str, training: dict, *, origin: str = "the model",
                   **kwargs) -> EvalData:  # fmt: skip

@@ -12,7 +12,7 @@ from effnet.core.errors import UsageError
 from effnet.datasets.choices import AUGMENTATIONS, BAD_IMAGE_POLICIES
 from effnet.models.scaling import PHI_BASELINES
 from effnet.tasks.choices import DETECTOR_HEADS
-from effnet.tasks.registry import task_names
+from effnet.tasks.registry import registration, task_names
 
 OPTIMIZERS = ("rmsproptf", "adamw", "sgd")
 SCHEDULES = ("step", "cosine")
@@ -239,7 +239,11 @@ class TrainConfig:
         self._check_progressive()
         if self.task != "classification" and self.teacher:
             raise UsageError(f"distillation is for classification; --task {self.task} cannot take a teacher")
-        if self.task != "classification" and self.data in ("digits", "fashion-mnist"):
+        if (
+            self.task in task_names()
+            and registration(self.task).needs_folder
+            and self.data in ("digits", "fashion-mnist")
+        ):
             raise UsageError(f"--task {self.task} needs --data FOLDER (see effnet data make)")
         if self.cache_teacher and not self.teacher:
             raise UsageError("--cache-teacher needs a teacher (effnet distill --teacher FILE)")

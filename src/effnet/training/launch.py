@@ -7,12 +7,13 @@ import os
 from effnet.training.classify import ClassificationTrainer
 from effnet.training.config import TrainConfig, flatten
 from effnet.training.rundir import RunDir
-from effnet.training.tasks import TASK_TRAINERS
+from effnet.training.tasks import TaskRunTrainer
 
 
 def trainer_class(task: str):
-    """The run trainer of ``task`` (each sets up its data and model on the same trainer core)."""
-    return TASK_TRAINERS.get(task, ClassificationTrainer)
+    """The run trainer of ``task``: classification's own (distillation, progressive learning), or
+    the one every other registered task shares (its entry sets up data and model)."""
+    return ClassificationTrainer if task == "classification" else TaskRunTrainer
 
 
 def run_config(given: dict, run: str | os.PathLike, resume: bool) -> TrainConfig:
