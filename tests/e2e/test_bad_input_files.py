@@ -255,3 +255,28 @@ def test_a_run_without_its_first_checkpoint_starts(capsys, tmp_path, run, resume
     state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
     assert state["epoch"] == 1
     assert (folder / "best.safetensors").is_file()
+
+
+def test_predict_out_never_overwrites_an_input_image(capsys, tmp_path):
+    """A segmenter's pictures go to <out>/<stem>.png: an --out that is the images' own folder, or
+    two inputs of one stem, would overwrite an input or each other; both are refused before any
+    file is written."""
+    from PIL import Image
+
+    import effnet
+    from effnet.tasks import create_segmenter
+
+    weights = effnet.save(create_segmenter(phi=-3, num_classes=2, image_size=32).eval(), tmp_path / "seg.safetensors")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    png, jpg = photos / "cat.png", photos / "other" / "cat.jpg"
+    jpg.parent.mkdir()
+    Image.new("RGB", (32, 32), "red").save(png)
+    Image.new("RGB", (32, 32), "blue").save(jpg)
+    before = png.read_bytes()
+    rc, _, err = run_cli(capsys, "predict", png, "--weights", weights, "--out", photos)
+    assert rc == 2 and "would overwrite the input image" in error_line(err) and png.read_bytes() == before
+    rc, _, err = run_cli(capsys, "predict", png, jpg, "--weights", weights, "--out", tmp_path / "drawn")
+    assert rc == 2 and "would both be drawn to" in error_line(err) and not (tmp_path / "drawn").exists()
+    rc, _, _ = run_cli(capsys, "predict", png, "--weights", weights, "--out", tmp_path / "drawn")
+    assert rc == 0 and (tmp_path / "drawn" / "cat.png").is_file()
