@@ -5,6 +5,11 @@ raw pixels, pooled ImageNet Lite0 features, and a softmax-trained classifier's p
 
     python benchmarks/tasks/embedding.py --work /tmp/emb --per-class 3000 --epochs 3 \
         --out benchmarks/tasks/embedding_proxy.json
+
+The ArcFace probes take its margin, scale and learning rate (the baselines do not change):
+
+    python benchmarks/tasks/embedding.py --work /tmp/emb --per-class 3000 --epochs 3 \
+        --arcface-margin 0.2 --arcface-scale 16 --lr 1e-3 --out benchmarks/tasks/embedding_arcface_m0.2_s16.json
 """
 
 from __future__ import annotations
@@ -50,8 +55,15 @@ def main() -> None:
     p.add_argument("--weights", default="lite0")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--arcface-margin", type=float, help="default: effnet train's")
+    p.add_argument("--arcface-scale", type=float, help="default: effnet train's")
+    p.add_argument("--lr", type=float, help="the ArcFace run's learning rate (default: the recipe's)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
+    probe = []  # the ArcFace run's own options
+    for flag, value in (("--arcface-margin", args.arcface_margin), ("--arcface-scale", args.arcface_scale),
+                        ("--lr", args.lr)):  # fmt: skip
+        probe += [flag, value] if value is not None else []
 
     data = args.work / "fmnist-pairs"
     if not data.exists():
@@ -59,7 +71,7 @@ def main() -> None:
     common = ["--model", args.model, "--weights", args.weights, "--data", data / "train" / "people", "--image-size",
               args.image_size, "--epochs", args.epochs, "--json", "--quiet"]  # fmt: skip
     arc_run, soft_run = args.work / "arcface", args.work / "softmax"
-    _, arc_s = timed("train", "--task", "embedding", *common, "--out", arc_run)
+    _, arc_s = timed("train", "--task", "embedding", *common, *probe, "--out", arc_run)
     _, soft_s = timed("train", *common, "--out", soft_run)
     arcface, _ = timed("eval", "--weights", arc_run / "best.safetensors", "--pairs", data / "test" / "pairs.txt",
                        "--json")  # fmt: skip
@@ -78,7 +90,8 @@ def main() -> None:
     results["softmax_pooled"] = verify(pooled(softmax, softmax.preprocessing.transform(), unique), index, pairs)
     summary = {k: {m: v[m] for m in ("accuracy", "roc_auc", "tar_at_far_1e-2")} for k, v in results.items()}
     out = {"per_class": args.per_class, "model": args.model, "weights": args.weights, "image_size": args.image_size,
-           "epochs": args.epochs, "train_seconds": {"arcface": round(arc_s, 1), "softmax": round(soft_s, 1)},
+           "epochs": args.epochs, "arcface_options": [str(v) for v in probe],
+           "train_seconds": {"arcface": round(arc_s, 1), "softmax": round(soft_s, 1)},
            "summary": summary, "results": results}  # fmt: skip
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(summary, indent=1))
