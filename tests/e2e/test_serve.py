@@ -264,23 +264,32 @@ def test_port_in_use_is_one_line(files):
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
-@requires("chromium and chromium-driver", os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER),
-          "make test installs Debian's chromium and chromium-driver")  # fmt: skip
-def test_page_uploads_an_image_and_shows_the_top_5_in_a_real_browser(files, tmp_path):
+needs_chromium = requires("chromium and chromium-driver", os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER),
+                          "make test installs Debian's chromium and chromium-driver")  # fmt: skip
+
+
+def browser():
+    """Debian's headless chromium through selenium and the packaged chromedriver."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    root, images = files
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=900,800"):
         options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@needs_chromium
+def test_page_uploads_an_image_and_shows_the_top_5_in_a_real_browser(files, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    root, images = files
     with server("--weights", root / "dynamic.onnx") as (url, _):
         expected = httpx.post(f"{url}/v1/predict?top_k=5", content=images[0].read_bytes(),
                               headers={"content-type": "image/jpeg"}).json()["top"]  # fmt: skip
-        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        driver = browser()
         try:
             driver.get(url + "/")
             WebDriverWait(driver, 30).until(lambda d: "classes" in d.find_element(By.ID, "model").text)

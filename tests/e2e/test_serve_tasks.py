@@ -10,7 +10,7 @@ from PIL import Image
 import effnet
 from effnet.tasks import create_detector, create_embedder, create_segmenter
 from tests.conftest import import_required, run_cli
-from tests.e2e.test_serve import server
+from tests.e2e.test_serve import browser, needs_chromium, server
 
 httpx = import_required("httpx")
 
@@ -70,3 +70,35 @@ def test_every_task_is_served_as_effnet_predict_answers(tmp_path, task, engine):
         upload = [("images", (name, image.read_bytes(), "image/png")) for name in ("a.png", "b.png")]
         batch = httpx.post(f"{url}/v1/predict/batch", files=upload)
         assert batch.status_code == 200 and [set(r) for r in batch.json()["results"]] == [{"image", key}] * 2
+
+
+@needs_chromium
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+def test_the_page_shows_boxes_and_pixel_shares(tmp_path, task):
+    """The page in a real browser: a detector's boxes as rows (and drawn on the picture), a
+    segmenter's share of pixels per class, as the API answers them."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    torch.manual_seed(0)
+    build, key = MODELS[task]
+    weights = effnet.save(build().eval(), tmp_path / f"{task}.safetensors")
+    image = _photo(tmp_path / "photo.png")
+    with server("--weights", weights) as (url, _):
+        answer = httpx.post(f"{url}/v1/predict", content=image.read_bytes(), headers={"Content-Type": "image/png"})
+        items = answer.json()[key]
+        expected = ([(d["label"], f"{d['score']:.2f}") for d in items] if task == "detection" else
+                    [(name, f"{100 * n / SIDE**2:.1f}%") for name, n in items.items()])  # fmt: skip
+        driver = browser()
+        try:
+            driver.get(url + "/")
+            WebDriverWait(driver, 30).until(lambda d: task in d.find_element(By.ID, "model").text)
+            driver.find_element(By.ID, "file").send_keys(str(image))
+            rows = lambda d: d.find_elements(By.CSS_SELECTOR, "#results .row")  # noqa: E731
+            WebDriverWait(driver, 30).until(lambda d: len(rows(d)) == len(expected))
+            shown = [(r.find_element(By.CLASS_NAME, "label").text, r.find_element(By.CLASS_NAME, "prob").text)
+                     for r in rows(driver)]  # fmt: skip
+            assert shown == expected and expected
+            assert driver.find_element(By.ID, "preview").is_displayed()
+        finally:
+            driver.quit()

@@ -71,11 +71,11 @@ def predict(model, paths: list[str], top_k: int = 5, *, out_dir: str | Path | No
     if out_dir is not None and not draws(entry):
         raise UsageError(f"--out draws boxes and masks; a {task_of(model)} model's predictions are printed")
     targets = output_paths(paths, out_dir) if out_dir is not None else {}
-    net = inference_form(model).eval()
+    net, prepare = inference_form(model).eval(), entry.preparer(model)
     results, errors = [], []
     for path, image in decode_each(paths, errors):
         pixels = v2.functional.pil_to_tensor(image)  # uint8 CHW, what the drawing functions take
-        (output,) = entry.run(net, [entry.prepare(model, image, pixels)])
+        (output,) = entry.run(net, [prepare(image, pixels)])
         result = entry.format(model, output, top_k=top_k, score_threshold=score_threshold)
         target = targets.get(path)
         if target is not None:

@@ -221,7 +221,7 @@ class Predictor:
         self.task, self.raw = task_of(model), model  # the model as opened: what the entry formats with
         self.config, self.preprocessing = model.config, model.preprocessing
         self.names = list(model.class_names) if model.class_names else [str(i) for i in range(model.config.num_classes)]
-        self.model = inference_form(model)
+        self.model, self._prepare = inference_form(model), self.entry.preparer(model)
         self.metrics = Metrics(lambda: self.batcher.depth)
         self.budget = PixelBudget(options.decode_budget_pixels)
         self.batcher = DynamicBatcher(self._run, max_batch=options.max_batch, max_wait_ms=options.max_wait_ms,
@@ -244,7 +244,7 @@ class Predictor:
         from torchvision.transforms import v2
 
         image = decode_rgb(data, name, max_pixels=self.options.max_pixels)
-        return self.entry.prepare(self.raw, image, v2.functional.pil_to_tensor(image))
+        return self._prepare(image, v2.functional.pil_to_tensor(image))
 
     def answer(self, output, k: int) -> dict:
         return self.entry.format(self.raw, output, top_k=k)

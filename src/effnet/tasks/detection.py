@@ -183,8 +183,8 @@ class DetectionEntry(TaskEntry):
         return EvalData(DetectionDataset(bundle.split(split)), collate_detection, DetectionMetrics(bundle.classes),
                         bundle.classes)  # fmt: skip
 
-    def prepare(self, model, image, pixels: torch.Tensor) -> torch.Tensor:
-        return pixels.float() / 255
+    def preparer(self, model):
+        return lambda image, pixels: pixels.float() / 255  # the detector resizes and normalises itself
 
     def _names(self, model) -> list[str]:
         return model.class_names or [str(k) for k in range(1, model.config.num_classes + 1)]

@@ -1,8 +1,8 @@
 """What every command needs to know about a task, beyond the trainer's ``Task`` (loss and metrics):
 the input a model of the task takes, the data it is evaluated on, and how one image's output
-becomes a JSON-able prediction and a picture. A task module defines one ``TaskEntry`` subclass
-and registers it (``effnet.tasks.registry``); eval, predict, export, quantize and serve use
-nothing else of it."""
+becomes a JSON-able prediction and a picture, and how a run of it is set up. A task module defines
+one ``TaskEntry`` subclass and registers it (``effnet.tasks.registry``); train, eval, predict,
+export, quantize, prune and serve use nothing else of it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from PIL import Image
 
 from effnet.core.errors import UsageError
 
@@ -36,8 +35,6 @@ class TaskEntry:
     # True when the model takes a list of images of any size and runs them one by one (a
     # detector's graph holds its own resize): no stacked batches, one image per exported run
     per_image: bool = False
-    # True when predict runs each image at its own size (a segmenter's masks are per pixel)
-    native_size: bool = False
     # the largest evaluation batch (dense outputs and detectors' padded batches cost memory)
     max_eval_batch: int | None = 32
 
@@ -67,9 +64,11 @@ class TaskEntry:
         ``origin`` names the model in messages."""
         raise NotImplementedError
 
-    def prepare(self, model, image: Image.Image, pixels: torch.Tensor):
-        """One decoded image (PIL, and its uint8 CHW tensor) as the model's input for it."""
-        return model.preprocessing.transform()(image)
+    def preparer(self, model):
+        """A function from one decoded image (PIL, and its uint8 CHW tensor) to the model's input
+        for it; made once per model, called per image (predict, serve)."""
+        transform = model.preprocessing.transform()
+        return lambda image, pixels: transform(image)
 
     def run(self, model, inputs: list):
         """Outputs of ``model`` for prepared inputs, one per input."""

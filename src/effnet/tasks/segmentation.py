@@ -118,7 +118,6 @@ class SegmentationEntry(TaskEntry):
     """A segmenter is evaluated at its training size and predicts at each image's own size."""
 
     name = "segmentation"
-    native_size = True
 
     def training_task(self, model, dice_weight: float = 1.0, **options) -> SegmentationTask:
         return SegmentationTask(self._names(model), dice_weight)
@@ -152,9 +151,9 @@ class SegmentationEntry(TaskEntry):
         dataset = MaskDataset(bundle.split(split), pre.mean, pre.std, size=training.get("image_size"))
         return EvalData(dataset, None, SegmentationMetrics(bundle.classes), bundle.classes)
 
-    def prepare(self, model, image, pixels: torch.Tensor) -> torch.Tensor:
-        pre = model.preprocessing
-        return v2.Normalize(pre.mean, pre.std)(pixels.float() / 255)
+    def preparer(self, model):
+        normalize = v2.Normalize(model.preprocessing.mean, model.preprocessing.std)
+        return lambda image, pixels: normalize(pixels.float() / 255)  # at the image's own size: a class per pixel
 
     def _names(self, model) -> list[str]:
         return model.class_names or [str(k) for k in range(model.config.num_classes)]

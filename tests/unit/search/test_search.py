@@ -272,3 +272,13 @@ def test_a_result_outliving_its_declared_death_goes_into_the_retry(tmp_path):
         assert not _record(study, storage, second, {"val_top1": 0.7}, 0.7)
     states = Counter(t.state for t in study.get_trials(deepcopy=False))
     assert states == {TrialState.COMPLETE: 1, TrialState.FAIL: 2, TrialState.RUNNING: 1}
+
+
+def test_search_api_refuses_what_the_cli_refuses():
+    from effnet.search.search import search
+
+    proxy = Proxy(data="digits", base_width=0.25, base_depth=0.25, image_size=16, limit_train=64, epochs=1)
+    with pytest.raises(UsageError, match="--latency-budget-ms"):
+        search(proxy, objective="mnas")
+    with pytest.raises(UsageError, match="nothing to rank"):
+        search(proxy, coefficients=(1.2, 1.1, 1.15), objective="mnas", latency_budget_ms=5.0)

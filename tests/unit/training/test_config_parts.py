@@ -66,3 +66,18 @@ def test_bad_config_files_are_one_line(tmp_path, content, message):
     result = run_cli("train", "--config", path, "--phi", "-3", "--out", tmp_path / "run")
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert str(path) in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_run_config_merges_a_resumed_runs_settings_under_the_given_ones(tmp_path):
+    from effnet.training.launch import run_config
+    from effnet.training.rundir import RunDir
+
+    run = tmp_path / "run"
+    assert run_config({"phi": -3, "model": None, "epochs": 4}, run, resume=True).epochs == 4  # no run yet
+    saved = TrainConfig(phi=-3, model=None, data="digits", epochs=3, lr=0.01)
+    RunDir(run).path.mkdir()
+    RunDir(run).write_config(saved.to_dict(nested=True))
+    assert run_config({}, run, resume=True) == saved  # nothing repeated: the run's own settings
+    merged = run_config({"epochs": 5}, run, resume=True)
+    assert merged.epochs == 5 and merged.lr == 0.01 and merged.phi == -3
+    assert run_config({"phi": -2, "model": None}, run, resume=False).epochs == TrainConfig.epochs  # a new run
