@@ -179,11 +179,12 @@ def test_without_its_registration_a_toy_file_is_refused_in_one_line(tmp_path):
 def test_a_registered_task_trains_with_effnet_train_and_learns(toy_task, tmp_path):
     torch.manual_seed(0)
     run = tmp_path / "run"
-    common = ["--phi", "-3", "--data", "digits", "--image-size", "32", "--seed", "0", "--quiet"]
+    common = ["--phi", "-3", "--data", "digits", "--image-size", "16", "--seed", "0", "--quiet"]
     trained = run_cli("train", "--task", "digit_value", *common, "--epochs", "3", "--out", run, "--json").check()
     assert "val_mae" in json.loads(trained.stdout)
-    untrained = tmp_path / "untrained"  # the same seeded run with a learning rate that moves nothing
-    run_cli("train", "--task", "digit_value", *common, "--epochs", "1", "--lr", "1e-9", "--out", untrained).check()
+    untrained = tmp_path / "untrained"  # the same seeded model with a learning rate that moves nothing
+    run_cli("train", "--task", "digit_value", *common, "--epochs", "1", "--lr", "1e-9", "--limit-train", "64",
+            "--out", untrained).check()  # fmt: skip
     mae = {name: json.loads(run_cli("eval", "--weights", folder / "best.safetensors", "--json").check().stdout)["mae"]
            for name, folder in (("trained", run), ("untrained", untrained))}  # fmt: skip
     # digits 0-9: an untrained net's outputs sit near 0, about 4.5 off; three epochs learn the values
