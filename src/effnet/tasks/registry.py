@@ -55,16 +55,12 @@ def register(name: str, *, metric: str, where: str | object, summary: str = "", 
     return _TASKS[name]
 
 
-register_task = None  # set below: the name effnet exports ``register`` under
-
-
 def unregister(name: str) -> None:
     """Remove a task (tests register toy tasks and take them away again)."""
     if _TASKS.pop(name, None) is not None:
-        import sys
+        from effnet.models.task_models import unregister_model  # imported here: this module stays torch-free
 
-        if "effnet.models.task_models" in sys.modules:
-            sys.modules["effnet.models.task_models"].unregister_model(name)
+        unregister_model(name)
 
 
 def task_names() -> tuple[str, ...]:
@@ -103,4 +99,4 @@ register("segmentation", needs_folder=True, metric="mIoU", where="effnet.tasks.s
 register("embedding", needs_folder=True, metric="ROC-AUC", where="effnet.tasks.embedding:ENTRY",
          summary="unit vectors for similarity (ArcFace): verification ROC-AUC")  # fmt: skip
 
-register_task = register
+register_task = register  # the name the top level (effnet.register_task) exports it under
