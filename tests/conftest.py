@@ -1,9 +1,12 @@
+import atexit
 import contextlib
 import dataclasses
 import importlib
 import io
 import os
+import shutil
 import socket
+import tempfile
 
 import pytest
 import torch
@@ -13,6 +16,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # one thread, or two workers' thread pools would fight over the two cores.
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
+
+# Pretrained weights are cached under EFFNET_HOME: the suite gets its own, empty at the start,
+# shared by the xdist workers (they inherit the environment of the process that imports this
+# first), removed at the end. Nothing reaches the network unless a test turns EFFNET_OFFLINE off
+# for its own local server.
+if "EFFNET_HOME" not in os.environ:
+    os.environ["EFFNET_HOME"] = tempfile.mkdtemp(prefix="effnet-test-home-")
+    atexit.register(shutil.rmtree, os.environ["EFFNET_HOME"], True)
+os.environ.setdefault("EFFNET_OFFLINE", "1")
 
 
 def free_port() -> int:

