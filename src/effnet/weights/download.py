@@ -14,12 +14,14 @@ renamed only when complete). Three environment variables steer it:
 
 from __future__ import annotations
 
+import http.client
 import importlib
 import os
 import shutil
 from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
+from urllib.request import Request, urlopen
 
 from effnet.core.errors import UsageError, WeightsError, first_line
 from effnet.weights.cache import sha256_of
@@ -78,16 +80,27 @@ def package_file(entry: WeightsEntry) -> Path:
 
 
 def _from_url(url: str, dest: Path) -> Path:
+    """torch.hub's downloader (a temporary file, renamed when the transfer ends). It does not
+    notice a connection that closes early, so the size announced by a HEAD request is checked."""
     from torch.hub import download_url_to_file
 
     try:
+        with urlopen(Request(url, method="HEAD", headers={"User-Agent": "effnet"}), timeout=30) as head:
+            announced = head.headers.get("Content-Length")
         download_url_to_file(url, str(dest), progress=True)
     except HTTPError as exc:
         raise WeightsError(f"{url}: the server answered {exc.code} {exc.reason}") from None
-    except (URLError, OSError, ConnectionError) as exc:
-        if isinstance(exc, OSError) and exc.errno is not None and not isinstance(exc, ConnectionError):
+    except (URLError, OSError, http.client.HTTPException) as exc:
+        if _local(exc):
             raise  # a local file-system error: the caller turns it into its own message
         raise WeightsError(f"{url}: the download failed ({first_line(exc)}); run the command again to retry") from None
+    size = dest.stat().st_size
+    if announced is not None and size != int(announced) and not looks_like_html(dest):
+        dest.unlink()
+        raise WeightsError(
+            f"{url}: the download failed (the connection closed after {size:,} of {int(announced):,} bytes); "
+            "run the command again to retry"
+        )
     return dest
 
 
@@ -102,26 +115,35 @@ def _from_hub(entry: WeightsEntry, workdir: Path) -> Path:
             local_dir=workdir,
             endpoint=os.environ.get("HF_ENDPOINT") or None,  # read now, not when huggingface_hub was imported
         )
-    except HfHubHTTPError as exc:
-        raise WeightsError(f"{entry.url}: the hub answered {first_line(exc)}") from None
-    except (LocalEntryNotFoundError, OSError, ConnectionError) as exc:
-        if isinstance(exc, OSError) and exc.errno is not None and not isinstance(exc, ConnectionError):
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
+        # huggingface_hub has already resumed a cut-off transfer by itself (a Range request) as
+        # long as the server answered; when it gives up it removes its partial file, so the next
+        # call starts the file again.
+        if _local(exc) and not isinstance(exc, HfHubHTTPError):
             raise
         raise WeightsError(
-            f"{entry.url}: the download failed ({first_line(exc)}); run the command again to resume it"
+            f"{entry.url}: the download failed ({first_line(exc)}); run the command again to retry"
         ) from None
     return Path(path)
+
+
+def _local(exc: BaseException) -> bool:
+    """An error of this machine's files (no space, no permission), not of the network."""
+    return isinstance(exc, OSError) and exc.errno is not None and not isinstance(exc, ConnectionError | URLError)
 
 
 _HTML_STARTS = (b"<!doctype", b"<html", b"<head", b"<?xml", b"<body")
 
 
+def looks_like_html(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(512).lstrip().lower().startswith(_HTML_STARTS)
+
+
 def check_file(entry: WeightsEntry, path: Path, origin: str, expected: str | None = None) -> str:
     """The file's sha256, after checking it is weights at all and, where a hash is known, the
     published one. ``expected`` overrides the entry's hash (an imported release file)."""
-    with open(path, "rb") as f:
-        head = f.read(512).lstrip().lower()
-    if head.startswith(_HTML_STARTS):
+    if looks_like_html(path):
         raise WeightsError(
             f"{origin} is an HTML page, not a weights file: a mirror (EFFNET_MIRROR) must serve each file "
             f"under BASE_URL/<host>/<path> of its source URL ({entry.url})"

@@ -63,10 +63,12 @@ def fetch(name: str, *, force: bool = False) -> Fetched:
             return Fetched(entry.tag, path, False)
         workdir = cache.download_dir(entry.tag)
         with cache.writable():
-            source, origin = fetch_source(entry, workdir)
-            path = _convert_into_cache(entry, source, origin, previous=cache.read_record(entry.tag))
-        if entry.kind != "package":
-            discard(workdir)  # the converted file is the cache; the download is not kept twice
+            source, origin = fetch_source(entry, workdir)  # a cut-off download stays in workdir, to resume
+            try:
+                path = _convert_into_cache(entry, source, origin, previous=cache.read_record(entry.tag))
+            finally:  # converted, or refused (a wrong hash): the download is not kept either way
+                if entry.kind != "package":
+                    discard(workdir)
         return Fetched(entry.tag, path, True)
 
 
