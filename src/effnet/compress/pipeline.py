@@ -34,7 +34,7 @@ from effnet.tasks.registry import task_of
 from effnet.training.classify import train
 from effnet.training.config import SHORT_RUN, TrainConfig
 from effnet.weights.io import load, read_metadata
-from effnet.weights.trained import load_trained
+from effnet.weights.trained import load_trained, require_model_file
 
 
 @dataclass
@@ -86,8 +86,7 @@ def compress(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out {out} exists and is not an empty directory")
-    if not str(weights).endswith(".safetensors"):
-        raise UsageError(f"--weights {weights}: give an effnet .safetensors file")
+    require_model_file(weights)
     if "prune" in steps:
         check_ratio(prune_ratio)
     trained = load_trained(weights)

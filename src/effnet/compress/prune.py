@@ -36,7 +36,7 @@ from effnet.tasks.registry import registration, task_of
 from effnet.training.config import SHORT_RUN, TrainConfig
 from effnet.training.launch import trainer_class
 from effnet.weights.io import load, save
-from effnet.weights.trained import load_trained
+from effnet.weights.trained import load_trained, require_model_file
 
 
 def check_ratio(ratio: float) -> float:
@@ -163,8 +163,7 @@ def prune(
     refuse_overwrite(out_path, [weights], "--out")
     if finetune_epochs < 0:
         raise UsageError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
-    if not str(weights).endswith(".safetensors"):
-        raise UsageError(f"--weights {weights}: give an effnet .safetensors file")
+    require_model_file(weights)
     trained = load_trained(weights)
     model, training = trained.model, trained.provenance.training
     task = task_of(model)

@@ -32,7 +32,7 @@ from effnet.deploy.evaluate import evaluate
 from effnet.deploy.export import export
 from effnet.deploy.runtime import OnnxModel, onnx_metadata, read_onnx
 from effnet.tasks.registry import entry_of, registration, task_of
-from effnet.weights.trained import Trained, load_trained
+from effnet.weights.trained import Trained, load_trained, require_model_file
 
 
 class _Calibration:
@@ -153,8 +153,7 @@ def quantize(
     out_path = Path(out)
     if out_path.suffix != ".onnx" or out_path.is_dir():
         raise UsageError(f"--out {out}: give an .onnx file to write")
-    if not str(weights).endswith(".safetensors"):
-        raise UsageError(f"--weights {weights}: give an effnet .safetensors file")
+    require_model_file(weights)
     if calibration_images < 1:
         raise UsageError(f"--calibration-images must be at least 1, got {calibration_images}")
     if scheme not in SCHEMES:

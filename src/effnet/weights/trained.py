@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch import nn
 
@@ -86,6 +87,17 @@ class Trained:
     model: nn.Module
     provenance: Provenance
     path: str
+
+
+def require_model_file(weights: str | os.PathLike) -> None:
+    """Commands that change a model (prune, quantize, compress) start from an effnet file or a
+    pretrained tag, not from an export or a peer's checkpoint."""
+    weights = str(weights)
+    if weights.endswith(".safetensors") or is_tag(weights) or weights in DEFAULTS:
+        return
+    if os.path.exists(weights) or os.sep in weights or Path(weights).suffix in (".onnx", ".xml", *PICKLE_SUFFIXES):
+        raise UsageError(f"--weights {weights}: give an effnet .safetensors file or a pretrained tag")
+    raise UsageError(f"--weights {weights!r} is neither a .safetensors file nor a pretrained tag{suggest(weights)}")
 
 
 def load_trained(weights: str | os.PathLike, model: str | None = None, **create_kwargs) -> Trained:
