@@ -20,22 +20,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent / "tasks"))
 from common import timed  # noqa: E402 - the task benchmarks' runner of effnet commands
 
+from effnet.core.machine import cpu_flags  # noqa: E402
+
 RUNS = {
     "b0_digits": ["--model", "efficientnet_b0", "--data", "digits", "--epochs", "2", "--image-size", "32"],
     "phi-3_digits": ["--phi", "-3", "--data", "digits", "--epochs", "2", "--image-size", "32"],
 }
 FMNIST = ["--model", "efficientnet_b0", "--data", "fashion-mnist", "--limit-train", "8000", "--epochs", "2",
           "--image-size", "64"]  # fmt: skip
-
-
-def cpu_flags() -> list[str]:
-    """The flags that decide CPU speed here (AVX-512, VNNI, BF16, AMX)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni")))
 
 
 def main() -> None:

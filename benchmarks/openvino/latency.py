@@ -26,6 +26,7 @@ import torch
 
 import effnet
 from effnet.compress.quantize import quantize_onnx
+from effnet.core.machine import cpu_flags
 from effnet.deploy.bench import _rows, bench, build_engines, peak_gflops, time_interleaved
 from effnet.deploy.export import export
 from effnet.deploy.openvino import OpenVinoModel
@@ -36,12 +37,6 @@ from effnet.models.registry import resolve_config
 B0_ENGINES = ["torchvision", "effnet", "effnet_onnxruntime", "torchvision_onnxruntime", "effnet_openvino",
               "torchvision_openvino"]  # fmt: skip
 FAMILY = ["efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_lite0"]
-
-
-def cpu_flags() -> list[str]:
-    wanted = {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8"}
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return sorted(wanted & set(text.split()))
 
 
 def parity(name: str, scratch: Path) -> dict:
