@@ -34,7 +34,9 @@ def build_classifier(cfg: TrainConfig, classes: list[str], source: WeightsSource
     config = replace(arch, num_classes=len(classes), features_only=False, resolution=cfg.image_size or arch.resolution,
                      dropout=dropout)  # fmt: skip
     model = source.load_into(build_model(config, class_names=classes))
-    size, pre = model.config.resolution, model.preprocessing
+    # Fine-tuning keeps the weights' own normalisation and interpolation (e.g. [-1, 1] inputs for
+    # Lite and AdvProp weights): the family's default would feed them inputs they never saw.
+    size, pre = model.config.resolution, (source.model or model).preprocessing
     # The eval transform at the training size (no resize margin: the images are the training
     # images' size), kept in the weights so predict and eval preprocess exactly as validation did.
     model.preprocessing = Preprocessing(resolution=size, resize=size, interpolation=pre.interpolation, mean=pre.mean,

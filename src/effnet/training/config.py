@@ -18,6 +18,9 @@ OPTIMIZERS = ("rmsproptf", "adamw", "sgd")
 SCHEDULES = ("step", "cosine")
 AMP = ("none", "bf16")
 RECIPES = ("auto", "paper", "short")
+# What a run from pretrained weights trains (effnet.training.finetune): all, the task head on a
+# frozen trunk, all but the stem and the first K stages, or only biases and norms (BitFit).
+FINETUNE_MODES = ("full", "linear", "freeze:K", "bitfit")
 
 # Learning rate per 256 images for each optimizer, when neither --lr nor a recipe sets it.
 BASE_LR = {"rmsproptf": 0.016, "adamw": 1e-3, "sgd": 0.1}
@@ -93,19 +96,34 @@ def ema_for_steps(total_steps: int) -> float:
 # The five parts of a run's settings, each field in exactly one (a test checks the partition):
 # what is trained, on what data with which augmentation, for which task (its loss and options),
 # how it is optimised (effnet.training.fit's Recipe), and where it runs (fit's Runtime).
+# `finetune` is the model's: it says which of the model's tensors train, it needs the model's
+# `weights`, and `effnet.fit`, which takes a module the user built and froze as they wished,
+# has no use for it. `lr_decay` is the recipe's: like the schedule it only scales learning rates
+# (per part), and fit applies it to any EfficientNet (or task model on one) it is given.
 # RUN/config.json and `effnet train --config FILE` hold them nested; the flags and the training
 # provenance inside weights files keep the flat names.
 PARTS = {
-    "model": ("model", "phi", "width", "depth", "weights", "image_size", "dropout", "drop_path_rate", "bn_momentum",
-              "memory_efficient"),
+    "model": ("model", "phi", "width", "depth", "weights", "finetune", "image_size", "dropout", "drop_path_rate",
+              "bn_momentum", "memory_efficient"),
     "data": ("data", "data_dir", "val_split", "limit_train", "bad_images", "augment", "randaug", "random_erase",
              "progressive", "start_size", "start_dropout", "start_randaug"),
     "task": ("task", "annotations", "detector", "arcface_margin", "arcface_scale", "label_smoothing", "teacher",
              "kd_temperature", "kd_alpha", "cache_teacher"),
-    "recipe": ("epochs", "batch_size", "recipe", "opt", "lr", "sched", "warmup_epochs", "decay_rate", "decay_epochs",
-               "weight_decay", "ema_decay", "clip_grad", "accum_steps", "seed", "amp"),
+    "recipe": ("epochs", "batch_size", "recipe", "opt", "lr", "lr_decay", "sched", "warmup_epochs", "decay_rate",
+               "decay_epochs", "weight_decay", "ema_decay", "clip_grad", "accum_steps", "seed", "amp"),
     "runtime": ("device", "workers", "channels_last", "checkpoint_every"),
 }  # fmt: skip
+
+
+def finetune_mode(text: str) -> tuple[str, int | None]:
+    """``--finetune``'s value as (mode, K): ("freeze", K) for ``freeze:K``, (mode, None) else."""
+    name, sep, k = str(text).partition(":")
+    if name == "freeze" and sep and k.isdigit():
+        return name, int(k)
+    if not sep and name in FINETUNE_MODES:
+        return name, None
+    raise UsageError(f"--finetune must be one of {', '.join(FINETUNE_MODES)} (K: how many stages after the stem "
+                     f"stay frozen), got {text!r}")  # fmt: skip
 
 
 def is_nested(d: dict) -> bool:
@@ -142,6 +160,10 @@ class TrainConfig:
     width: float | None = None
     depth: float | None = None
     weights: str | None = None  # initialise from a weights file or pretrained tag (fine-tuning)
+    # What of the pretrained model trains (FINETUNE_MODES; effnet.training.finetune): a linear
+    # probe or a few top stages need far less data and time than the whole model, and keep more
+    # of what the weights learnt when the new data set is small.
+    finetune: str = "full"
     data: str = "digits"  # fashion-mnist, digits, or an image folder
     data_dir: str | None = None
     annotations: str = "annotations.json"  # detection: the COCO file's name in the data folder(s)
@@ -172,6 +194,9 @@ class TrainConfig:
     seed: int = 0
     opt: str | None = None
     lr: float | None = None  # None: the recipe's lr per 256 images x global batch / 256
+    # Layer-wise lr decay (BEiT): the head trains at lr, the last stage at lr x D, the one before
+    # at lr x D^2, ..., the stem at the least; pretrained low-level features move least. 1: off.
+    lr_decay: float = 1.0
     sched: str | None = None
     warmup_epochs: float | None = None  # capped at a fifth of the run, so short runs still decay
     decay_rate: float = 0.97
@@ -227,6 +252,7 @@ class TrainConfig:
             ("decay_epochs", self.decay_epochs > 0.0),
             ("image_size", self.image_size is None or 8 <= self.image_size <= 4096),
             ("lr", self.lr is None or (math.isfinite(self.lr) and self.lr > 0)),
+            ("lr_decay", 0.0 < self.lr_decay <= 1.0),
             ("clip_grad", self.clip_grad is None or self.clip_grad > 0),
             ("kd_temperature", math.isfinite(self.kd_temperature) and self.kd_temperature > 0),
             ("kd_alpha", 0.0 <= self.kd_alpha <= 1.0),
@@ -237,6 +263,7 @@ class TrainConfig:
             if not ok:
                 raise UsageError(f"--{name.replace('_', '-')}={getattr(self, name)!r} is out of range")
         self._check_progressive()
+        self._check_finetune()
         if self.task != "classification" and self.teacher:
             raise UsageError(f"distillation is for classification; --task {self.task} cannot take a teacher")
         if (
@@ -258,6 +285,14 @@ class TrainConfig:
         for name, allowed in choices:
             if getattr(self, name) is not None and getattr(self, name) not in allowed:
                 raise UsageError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+    def _check_finetune(self) -> None:
+        mode, _ = finetune_mode(self.finetune)
+        if mode != "full" and not self.weights:
+            raise UsageError(f"--finetune {self.finetune} trains part of a pretrained model: give --weights FILE or a "
+                             "pretrained tag")  # fmt: skip
+        if mode == "linear" and self.lr_decay != 1.0:
+            raise UsageError("--lr-decay has nothing to decay under --finetune linear: only the task head trains")
 
     def _check_progressive(self) -> None:
         for name in ("randaug", "start_randaug"):

@@ -38,6 +38,7 @@ class Recipe:
     recipe: str = "short"
     opt: str | None = None
     lr: float | None = None
+    lr_decay: float = 1.0  # layer-wise lr decay over an EfficientNet's parts (stem, stages, head); 1: off
     sched: str | None = None
     warmup_epochs: float | None = None
     decay_rate: float = 0.97

@@ -12,13 +12,13 @@ import math
 import torch
 
 from effnet.training.config import TrainConfig
+from effnet.training.finetune import param_groups
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    # Weight decay on conv/linear weights only: decaying BN scales and biases only hurts.
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """The optimizer over the trainable parameters only (a frozen one is never held, so it has no
+    state and nothing, weight decay included, can move it); groups: ``finetune.param_groups``."""
+    groups = param_groups(model, cfg, lr)
     if cfg.opt == "rmsproptf":
         from timm.optim import RMSpropTF
 

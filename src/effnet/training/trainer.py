@@ -27,6 +27,7 @@ from effnet.datasets.loading import ordered_loader
 from effnet.training.checkpoint import load_state, rng_state, save_state, set_rng_state
 from effnet.training.config import TrainConfig
 from effnet.training.distributed import Dist, barrier, finite_everywhere, sum_over_ranks
+from effnet.training.finetune import apply_finetune, frozen_pairs
 from effnet.training.recipe import build_optimizer, lr_lambda, tf_ema_avg_fn
 from effnet.training.report import EpochReporter
 from effnet.training.rundir import CONFIG_FILE, STATE_FILE, RunDir
@@ -129,11 +130,16 @@ class Trainer:
         self.epoch_setup, self.epoch_settings = epoch_setup, {}
         self.callbacks = tuple(callbacks)  # each gets every epoch's row, on the main process
 
+        # Before the optimizer and DDP, which both take only the parameters that still train.
+        self.finetune = apply_finetune(self.model, cfg.finetune)
         self.optimizer = build_optimizer(self.model, cfg, cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.steps_per_epoch))
         self.ema = (
             AveragedModel(self.model, avg_fn=tf_ema_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema_decay else None
         )
+        self._ema_frozen = frozen_pairs(self.model, self.ema.module, self.finetune) if self.ema else []
+        if ranks.main and not quiet:
+            print(self.finetune.describe(), file=sys.stderr, flush=True)
         self.net = self.model
         if ranks.world > 1:
             ids = [device.index] if device.type == "cuda" else None
@@ -249,6 +255,9 @@ class Trainer:
         self.scheduler.step()
         if self.ema:
             self.ema.update_parameters(self.model)
+            with torch.no_grad():  # averaging a constant moves it by rounding: frozen tensors stay to the bit
+                for averaged, own in self._ema_frozen:
+                    averaged.copy_(own)
         return loss_sum, counts
 
     def fit(self) -> dict:
@@ -264,6 +273,7 @@ class Trainer:
     def _run_epoch(self, reporter) -> None:
         cfg = self.cfg
         self.net.train()  # evaluation at the end of the last epoch left it in eval mode
+        self.finetune.hold_frozen()  # but frozen parts stay in eval mode: their BN statistics do not move
         if self.epoch_setup is not None:
             self.epoch_settings = self.epoch_setup(self.epoch)
         start = time.perf_counter()
@@ -353,6 +363,7 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "epoch_seconds": round(seconds, 2),
             "images_per_second": round(seen_here * self.dist.world / max(seconds, 1e-9), 1),
+            **self.finetune.summary(),
             **self.epoch_settings,
         }
         if self.dist.main:
