@@ -105,3 +105,13 @@ def test_offline_with_nothing_cached_says_how_to_get_the_weights(empty_cache):
 def test_weights_fetch_of_an_unknown_tag_suggests(empty_cache):
     result = run_cli("weights", "fetch", "efficientnet_lite0.tf_in1")
     assert result.returncode == 2 and "did you mean efficientnet_lite0.tf_in1k" in result.stderr
+
+
+@pytest.mark.slow
+def test_train_from_a_tag_without_model_takes_the_tags_member(tmp_path):
+    # --weights lite1 alone: the run's model is Lite1 (the tag's member), its head new for digits.
+    result = run_cli("train", "--weights", "lite1", "--data", "digits", "--limit-train", "32", "--image-size", "32",
+                     "--epochs", "1", "--quiet", "--json", "--out", tmp_path / "run").check()  # fmt: skip
+    assert json.loads(result.stdout)["trainable_params"] == 4_148_490  # Lite1 with a 10-class head
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"]["weights"] == "lite1" and config["model"]["model"] is None

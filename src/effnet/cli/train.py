@@ -76,8 +76,8 @@ def cmd_train(args) -> int:
         given = {**read_settings(args.config), **given}
     if given.get("task", "classification") != "classification":
         require("tasks")
-    if "phi" in given and "model" not in given:
-        given["model"] = None
+    if ("phi" in given or "weights" in given) and "model" not in given:
+        given["model"] = None  # the architecture is --phi's, or the weights' own (a tag: its member)
     row = train(run_config(given, args.out, args.resume), args.out, resume=args.resume, quiet=args.quiet)
     if args.json and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
         print(json.dumps(row, indent=2))

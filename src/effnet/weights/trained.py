@@ -113,7 +113,7 @@ def load_trained(weights: str | os.PathLike, model: str | None = None, **create_
     if not os.path.exists(weights):
         if os.sep in weights or weights.endswith((".safetensors", ".onnx", ".xml", *PICKLE_SUFFIXES)):
             raise UsageError(f"--weights {weights}: no such file")
-        raise UsageError(f"--weights {weights!r} is neither a file nor a pretrained weights tag{suggest(weights)}")
+        raise UsageError(f"--weights {weights!r} is neither a file nor a pretrained tag{suggest(weights)}")
     net = load(weights, model=model, **create_kwargs)
     metadata = read_metadata(weights) if weights.endswith(".safetensors") else {}
     return Trained(net, Provenance.from_metadata(metadata, weights), weights)
