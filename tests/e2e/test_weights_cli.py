@@ -110,8 +110,8 @@ def test_weights_fetch_of_an_unknown_tag_suggests(empty_cache):
 @pytest.mark.slow
 def test_train_from_a_tag_without_model_takes_the_tags_member(tmp_path):
     # --weights lite1 alone: the run's model is Lite1 (the tag's member), its head new for digits.
-    result = run_cli("train", "--weights", "lite1", "--data", "digits", "--limit-train", "32", "--batch-size", "16", "--image-size", "32",
-                     "--epochs", "1", "--quiet", "--json", "--out", tmp_path / "run").check()  # fmt: skip
+    args = "--weights lite1 --data digits --limit-train 32 --batch-size 16 --image-size 32 --epochs 1 --quiet --json"
+    result = run_cli("train", *args.split(), "--out", tmp_path / "run").check()
     assert json.loads(result.stdout)["trainable_params"] == 4_148_490  # Lite1 with a 10-class head
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["model"]["weights"] == "lite1" and config["model"]["model"] is None
