@@ -4,7 +4,7 @@ Every run is the real command a user types: `effnet train` on the folder that
 `make_data.py` writes (900 images to train on, 100 to select the best epoch by), then
 `effnet eval --split test` of its best weights on the official 10,000 test images. One table:
 pretrained full fine-tuning of Lite0/Lite1/Lite2 beside training from scratch at the same CPU
-budget (same member, size and epochs), and each `--finetune` mode with its trainable-parameter
+budget (same member, size and epochs), and each `--finetune` mode (linear, freeze:K, bitfit, lora:R) with its trainable-parameter
 count and time per epoch. Runs one after another in this process's shadow: run it alone.
 
     python benchmarks/transfer/make_data.py --out /tmp/fmnist-1k
@@ -45,6 +45,7 @@ RUNS = {
     "lite0 freeze:5": run("efficientnet_lite0", "lite0", "--finetune", "freeze:5"),
     "lite0 bitfit": run("efficientnet_lite0", "lite0", "--finetune", "bitfit", lr="0.005"),
     "lite0 linear": run("efficientnet_lite0", "lite0", "--finetune", "linear", lr="0.005"),
+    "lite0 lora:8": run("efficientnet_lite0", "lite0", "--finetune", "lora:8", lr="0.002"),
     "lite1 full": run("efficientnet_lite1", "lite1"),
     "lite2 full": run("efficientnet_lite2", "lite2"),
 }

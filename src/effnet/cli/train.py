@@ -23,7 +23,8 @@ TRAIN_HELP = {
     "depth": "override the model's depth multiplier",
     "weights": "initialise from an effnet weights file or a pretrained tag (lite0); a new classifier if classes differ",
     "finetune": "with --weights: full (everything trains), linear (only the classifier or task head), freeze:K "
-    "(stem and the first K stages frozen) or bitfit (biases and norms, plus the head); default: full",
+    "(stem and the first K stages frozen), bitfit (biases and norms, plus the head) or lora:R (bitfit plus a rank-R "
+    "update of every 1x1 conv, merged into the saved weights); default: full",
     "lr_decay": "layer-wise lr decay D in (0, 1]: head at --lr, last stage x D, the one before x D^2, ..., the stem "
     "least; default: 1 (off)",
     "data": "fashion-mnist, digits, or an image folder (train/ and val/ inside, or one class tree)",

@@ -19,8 +19,9 @@ SCHEDULES = ("step", "cosine")
 AMP = ("none", "bf16")
 RECIPES = ("auto", "paper", "short")
 # What a run from pretrained weights trains (effnet.training.finetune): all, the task head on a
-# frozen trunk, all but the stem and the first K stages, or only biases and norms (BitFit).
-FINETUNE_MODES = ("full", "linear", "freeze:K", "bitfit")
+# frozen trunk, all but the stem and the first K stages, only biases and norms (BitFit), or those
+# plus a rank-R update of every 1x1 conv (LoRA).
+FINETUNE_MODES = ("full", "linear", "freeze:K", "bitfit", "lora:R")
 
 # Learning rate per 256 images for each optimizer, when neither --lr nor a recipe sets it.
 BASE_LR = {"rmsproptf": 0.016, "adamw": 1e-3, "sgd": 0.1}
@@ -116,14 +117,17 @@ PARTS = {
 
 
 def finetune_mode(text: str) -> tuple[str, int | None]:
-    """``--finetune``'s value as (mode, K): ("freeze", K) for ``freeze:K``, (mode, None) else."""
+    """``--finetune``'s value as (mode, N): ("freeze", K) for ``freeze:K``, ("lora", R) for
+    ``lora:R``, (mode, None) else."""
     name, sep, k = str(text).partition(":")
     if name == "freeze" and sep and k.isdigit():
+        return name, int(k)
+    if name == "lora" and sep and k.isdigit() and int(k) > 0:
         return name, int(k)
     if not sep and name in FINETUNE_MODES:
         return name, None
     raise UsageError(f"--finetune must be one of {', '.join(FINETUNE_MODES)} (K: how many stages after the stem "
-                     f"stay frozen), got {text!r}")  # fmt: skip
+                     f"stay frozen; R >= 1: the rank of each 1x1 conv's update), got {text!r}")  # fmt: skip
 
 
 def is_nested(d: dict) -> bool:

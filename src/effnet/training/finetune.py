@@ -11,21 +11,31 @@ is ``model.trunk`` and its neck and heads are the task head. The task head alway
 * ``freeze:K``: the stem and the first K stages are frozen, the rest trains.
 * ``bitfit``: in the trunk only biases and normalisation parameters train (Zaken et al., 2022);
   its BatchNorm layers stay in train mode, so their running statistics follow the new data.
+* ``lora:R``: bitfit plus a trained rank-R update ``up @ down`` of every 1x1 conv's frozen weight
+  (LoRA, Hu et al., 2022; ``up`` starts at zero, so the run starts from the pretrained model).
+  The 1x1 convs (expand, project, squeeze-excitation, head) hold ~93% of an EfficientNet's
+  weights, and LoRA adapts all of them where bitfit can only shift and scale their outputs; the
+  3x3/5x5 stem and depthwise convs stay frozen. The update is a ``torch.nn.utils.parametrize``
+  parametrization while the run trains (its resume state holds the factors); every weights file
+  the run saves has it merged in (``merged``), so it is a plain effnet file of the same size.
 
 A frozen part is frozen whole: its parameters get ``requires_grad=False`` (no gradient is
 computed for them and the optimizer never holds them) and the module stays in eval mode through
 training, so its BatchNorm statistics do not move and drop-path inside it is off (the features
 the trained layers see are the pretrained model's, deterministic). Nothing of this is saved in a
-weights file: the mode is a setting of the run (``config.json``, the weights' training metadata)
+weights file (LoRA's factors are merged into the weights they update): the mode is a setting of the run (``config.json``, the weights' training metadata)
 and is applied again, identically, when a run resumes.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from effnet.core.errors import UsageError
 from effnet.training.config import TrainConfig, finetune_mode
@@ -80,12 +90,64 @@ class FinetunePlan:
         return f"parameters: {self.trainable:,} of {self.total:,} train ({share:.2f}%; --finetune {self.mode})"
 
 
+class LowRankUpdate(nn.Module):
+    """A 1x1 conv's weight W as W + up @ down (LoRA), as a parametrization of ``conv.weight``.
+
+    ``down`` starts as nn.Linear's default (Kaiming-uniform) and ``up`` at zero, as in the LoRA
+    paper and the peft library, with the update's scale alpha / R = 1."""
+
+    def __init__(self, conv: nn.Conv2d, rank: int):
+        super().__init__()
+        out_ch, in_ch = conv.out_channels, conv.in_channels
+        self.down = nn.Parameter(torch.empty(rank, in_ch, dtype=conv.weight.dtype, device=conv.weight.device))
+        nn.init.kaiming_uniform_(self.down, a=math.sqrt(5))
+        self.up = nn.Parameter(torch.zeros(out_ch, rank, dtype=conv.weight.dtype, device=conv.weight.device))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + (self.up @ self.down).view_as(weight)
+
+
+def _pointwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1
+
+
+def add_low_rank_updates(model: nn.Module, rank: int) -> int:
+    """Parametrize every 1x1 conv of the trunk with a rank-``rank`` update; the factors' size."""
+    added = 0
+    for _, part in trunk_parts(model):
+        for module in [m for m in part.modules() if _pointwise(m)]:
+            update = LowRankUpdate(module, rank)
+            parametrize.register_parametrization(module, "weight", update)
+            added += update.down.numel() + update.up.numel()
+    return added
+
+
+def merged(module: nn.Module) -> nn.Module:
+    """``module`` itself, or where LoRA parametrizes it, a copy with every update merged into its
+    weight: the tensors and keys of the plain model, what a weights file holds."""
+    if not any(parametrize.is_parametrized(m) for m in module.modules()):
+        return module
+    plain = copy.deepcopy(module)
+    for m in [m for m in plain.modules() if parametrize.is_parametrized(m)]:  # listed first: the loop edits the tree
+        with torch.no_grad():
+            tensors = {name: getattr(m, name).detach().clone() for name in m.parametrizations}
+        # Not parametrize.remove_parametrizations: a deepcopy keeps the original's generated
+        # class, and removal deletes the property from that class, breaking the module that
+        # trains (and its EMA). The copy goes back to its plain class instead.
+        del m._modules["parametrizations"]
+        m.__class__ = type(m).__bases__[0]
+        for name, tensor in tensors.items():
+            m.register_parameter(name, nn.Parameter(tensor, requires_grad=False))
+    return plain
+
+
 def apply_finetune(model: nn.Module, mode: str = "full") -> FinetunePlan:
     """Freeze what ``mode`` leaves out (see the module's docstring). ``full`` touches nothing, so
     a module whose owner froze parts of it (``effnet.fit``) keeps them frozen."""
     name, k = finetune_mode(mode)
     frozen_modules: list[nn.Module] = []
     frozen_params: list[nn.Parameter] = []
+    added = 0
     if name in ("linear", "freeze"):
         parts = trunk_parts(model)
         if name == "freeze":
@@ -95,7 +157,7 @@ def apply_finetune(model: nn.Module, mode: str = "full") -> FinetunePlan:
             parts = parts[: 1 + k]  # the stem and the first K stages
         frozen_modules = [module for _, module in parts]
         frozen_params = [p for module in frozen_modules for p in module.parameters()]
-    elif name == "bitfit":
+    elif name in ("bitfit", "lora"):
         for _, part in trunk_parts(model):
             for module in part.modules():
                 if isinstance(module, NORMS):
@@ -103,7 +165,10 @@ def apply_finetune(model: nn.Module, mode: str = "full") -> FinetunePlan:
                 frozen_params += [p for pname, p in module.named_parameters(recurse=False) if pname != "bias"]
     for p in frozen_params:
         p.requires_grad_(False)
+    if name == "lora":  # after freezing: the parametrization keeps the frozen weight as its `original`
+        added = add_low_rank_updates(model, k)
     trainable, total = count_params(model)
+    total -= added  # the share is of the model a user keeps: the saved file has the factors merged
     if trainable == 0:
         raise UsageError(f"--finetune {mode} leaves nothing of {type(model).__name__} to train")
     plan = FinetunePlan(mode, tuple(frozen_modules), trainable, total)

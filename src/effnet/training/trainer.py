@@ -27,7 +27,7 @@ from effnet.datasets.loading import ordered_loader
 from effnet.training.checkpoint import load_state, rng_state, save_state, set_rng_state
 from effnet.training.config import TrainConfig
 from effnet.training.distributed import Dist, barrier, finite_everywhere, sum_over_ranks
-from effnet.training.finetune import apply_finetune, frozen_pairs
+from effnet.training.finetune import apply_finetune, frozen_pairs, merged
 from effnet.training.recipe import build_optimizer, lr_lambda, tf_ema_avg_fn
 from effnet.training.report import EpochReporter
 from effnet.training.rundir import CONFIG_FILE, STATE_FILE, RunDir
@@ -199,6 +199,7 @@ class Trainer:
             setattr(self, key, value)
 
     def _save_weights(self, name: str, module: torch.nn.Module) -> None:
+        module = merged(module)  # LoRA's factors folded into the weights they update: a plain file
         if not _all_finite(module):
             raise TrainingError(f"refusing to save non-finite weights to {name}")
         training = {"training": json.dumps(self.cfg.to_dict())}

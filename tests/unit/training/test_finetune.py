@@ -1,4 +1,4 @@
-"""Fine-tuning pretrained weights (--finetune full|linear|freeze:K|bitfit, --lr-decay): exactly the
+"""Fine-tuning pretrained weights (--finetune full|linear|freeze:K|bitfit|lora:R, --lr-decay): exactly the
 tensors a mode trains move, the rest stay to the bit (BN statistics included), the optimizer holds
 only what trains, resume stays bitwise, the saved file is a plain effnet file, and the run keeps the
 weights' own preprocessing. A phi -4 model at 16 px on 64 digits: 4 steps a run."""
@@ -134,6 +134,30 @@ def test_bitfit_trains_biases_norms_and_the_classifier(weights, tmp_path):
     assert json.loads((run / "config.json").read_text())["model"]["finetune"] == "bitfit"
 
 
+def test_lora_trains_low_rank_updates_of_the_1x1_convs_and_saves_them_merged(weights, tmp_path):
+    trainer, last, best, start = trained(weights, tmp_path / "run", finetune="lora:2")
+    model = trainer.model
+    pointwise = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)]
+    factors = sum(2 * (m.in_channels + m.out_channels) for m in pointwise)
+    plain = load(weights)
+    bitfit = sum(p.numel() for n, p in plain.named_parameters() if n.startswith("classifier.") or p.ndim == 1)
+    assert trainer.finetune.trainable == factors + bitfit and trainer.finetune.total == plain.num_params()
+    held = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert held == {id(p) for p in model.parameters() if p.requires_grad}
+
+    # the saved files are plain: the keys of the model without LoRA, every 1x1 conv's weight moved
+    # (its update merged in), the stem's and the depthwise convs' weights to the bit
+    assert set(last) == set(best) == set(start)
+    convs = {k for k in start if start[k].ndim == 4}
+    ones = {k for k in convs if start[k].shape[2:] == (1, 1) and not k.startswith("classifier.")}
+    assert len(ones) == len(pointwise) and moved(start, last) & convs == ones
+    assert not moved(start, best) & (convs - ones)
+    x = torch.randn(2, 3, SIDE, SIDE)
+    with torch.no_grad():
+        saved = load(tmp_path / "run" / "last.safetensors").eval()
+        torch.testing.assert_close(saved(x), model.eval()(x), rtol=1e-4, atol=1e-5)  # merged == parametrized
+
+
 def test_lr_decay_gives_each_part_its_learning_rate(weights, tmp_path):
     trainer = ClassificationTrainer(config(weights, lr_decay=0.5, weight_decay=0.05), tmp_path / "run", quiet=True)
     trainer.rundir.unlock()
@@ -197,8 +221,9 @@ class CrashAt(torch.utils.data.Dataset):
 
 
 @pytest.mark.slow
-def test_resume_with_frozen_stages_is_bitwise(weights, tmp_path):
-    settings = dict(finetune="freeze:3", lr_decay=0.7, epochs=2, checkpoint_every=1)
+@pytest.mark.parametrize("mode", ["freeze:3", "lora:2"])
+def test_resume_with_frozen_stages_is_bitwise(weights, tmp_path, mode):
+    settings = dict(finetune=mode, lr_decay=0.7, epochs=2, checkpoint_every=1)
     _, last, best, _ = trained(weights, tmp_path / "straight", **settings)
 
     broken = ClassificationTrainer(config(weights, **settings), tmp_path / "resumed", quiet=True)
@@ -210,11 +235,12 @@ def test_resume_with_frozen_stages_is_bitwise(weights, tmp_path):
     assert (resumed.epoch, resumed.step_in_epoch) == (1, 1)
     held = {id(p) for group in resumed.optimizer.param_groups for p in group["params"]}
     assert held == {id(p) for p in resumed.model.parameters() if p.requires_grad} != set()
-    assert not any(p.requires_grad for p in resumed.model.stages[2].parameters())
+    frozen = mode.startswith("freeze")
+    assert any(p.requires_grad for p in resumed.model.stages[2].parameters()) != frozen
     modes = record_bn_modes(resumed.model)
     resumed.fit()
     resumed.rundir.unlock()
-    assert modes["stages.2.0.dw_bn"] and not any(modes["stages.2.0.dw_bn"])  # frozen: eval mode after resume too
+    assert modes["stages.2.0.dw_bn"] and all(modes["stages.2.0.dw_bn"]) != frozen  # frozen: eval mode after resume
     assert modes["stages.3.0.dw_bn"] and all(modes["stages.3.0.dw_bn"])
     for name, straight in (("last", last), ("best", best)):
         again = load_file(str(tmp_path / "resumed" / f"{name}.safetensors"))
@@ -250,7 +276,8 @@ def test_bad_finetune_settings_are_one_line_and_write_nothing(weights, tmp_path)
     common = ["--phi", -4, "--data", "digits", "--image-size", SIDE, "--limit-train", 64, "--epochs", 1, "--quiet"]
     cases = [
         (["--finetune", "linear"], "--finetune linear trains part of a pretrained model: give --weights"),
-        (["--weights", weights, "--finetune", "lora"], f"--finetune must be one of {', '.join(FINETUNE_MODES)}"),
+        (["--weights", weights, "--finetune", "adapter"], f"--finetune must be one of {', '.join(FINETUNE_MODES)}"),
+        (["--weights", weights, "--finetune", "lora:0"], "got 'lora:0'"),
         (["--weights", weights, "--finetune", "freeze:8"], "the trunk has 7 stages, so K must be 0 to 7"),
         (["--weights", weights, "--finetune", "freeze:-1"], "got 'freeze:-1'"),
         (["--weights", weights, "--lr-decay", "0"], "--lr-decay=0.0 is out of range"),
