@@ -23,8 +23,9 @@ A frozen part is frozen whole: its parameters get ``requires_grad=False`` (no gr
 computed for them and the optimizer never holds them) and the module stays in eval mode through
 training, so its BatchNorm statistics do not move and drop-path inside it is off (the features
 the trained layers see are the pretrained model's, deterministic). Nothing of this is saved in a
-weights file (LoRA's factors are merged into the weights they update): the mode is a setting of the run (``config.json``, the weights' training metadata)
-and is applied again, identically, when a run resumes.
+weights file (LoRA's factors are merged into the weights they update): the mode is a setting of
+the run (``config.json``, the weights' training metadata) and is applied again, identically, when
+a run resumes.
 """
 
 from __future__ import annotations
