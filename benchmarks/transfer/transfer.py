@@ -5,7 +5,8 @@ Every run is the real command a user types: `effnet train` on the folder that
 `effnet eval --split test` of its best weights on the official 10,000 test images. One table:
 pretrained full fine-tuning of Lite0/Lite1/Lite2 beside training from scratch at the same CPU
 budget (same member, size and epochs), and each `--finetune` mode (linear, freeze:K, bitfit,
-lora:R) with its trainable-parameter count and time per epoch. Runs one after another in this process's shadow: run it alone.
+lora:R) with its trainable-parameter count and time per epoch. Runs one after another in this
+process's shadow: run it alone.
 
     python benchmarks/transfer/make_data.py --out /tmp/fmnist-1k
     python benchmarks/transfer/transfer.py --data /tmp/fmnist-1k --work /tmp/transfer \\
