@@ -116,29 +116,37 @@ def add_low_rank_updates(model: nn.Module, rank: int) -> int:
     """Parametrize every 1x1 conv of the trunk with a rank-``rank`` update; the factors' size."""
     added = 0
     for _, part in trunk_parts(model):
-        for module in [m for m in part.modules() if _pointwise(m)]:
+        for module in [m for m in part.modules() if _pointwise(m) and not parametrize.is_parametrized(m)]:
             update = LowRankUpdate(module, rank)
             parametrize.register_parametrization(module, "weight", update)
             added += update.down.numel() + update.up.numel()
     return added
 
 
+def _low_ranked(module: nn.Module) -> bool:
+    """A conv whose weight LoRA parametrizes (not another parametrization: QAT's int8 rounding in
+    ``effnet.compress.qat`` trains through the same trainer and keeps its own)."""
+    return parametrize.is_parametrized(module, "weight") and any(
+        isinstance(p, LowRankUpdate) for p in module.parametrizations["weight"]
+    )
+
+
 def merged(module: nn.Module) -> nn.Module:
     """``module`` itself, or where LoRA parametrizes it, a copy with every update merged into its
     weight: the tensors and keys of the plain model, what a weights file holds."""
-    if not any(parametrize.is_parametrized(m) for m in module.modules()):
+    if not any(_low_ranked(m) for m in module.modules()):
         return module
     plain = copy.deepcopy(module)
-    for m in [m for m in plain.modules() if parametrize.is_parametrized(m)]:  # listed first: the loop edits the tree
+    for m in [m for m in plain.modules() if _low_ranked(m)]:  # listed first: the loop edits the tree
         with torch.no_grad():
-            tensors = {name: getattr(m, name).detach().clone() for name in m.parametrizations}
+            weight = m.weight.detach().clone()
         # Not parametrize.remove_parametrizations: a deepcopy keeps the original's generated
         # class, and removal deletes the property from that class, breaking the module that
-        # trains (and its EMA). The copy goes back to its plain class instead.
+        # trains (and its EMA). The copy goes back to its plain class instead (LoRA is the
+        # module's only parametrization: add_low_rank_updates makes it so).
         del m._modules["parametrizations"]
         m.__class__ = type(m).__bases__[0]
-        for name, tensor in tensors.items():
-            m.register_parameter(name, nn.Parameter(tensor, requires_grad=False))
+        m.register_parameter("weight", nn.Parameter(weight, requires_grad=False))
     return plain
 
 
