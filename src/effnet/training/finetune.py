@@ -99,10 +99,10 @@ class LowRankUpdate(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, rank: int):
         super().__init__()
-        out_ch, in_ch = conv.out_channels, conv.in_channels
-        self.down = nn.Parameter(torch.empty(rank, in_ch, dtype=conv.weight.dtype, device=conv.weight.device))
+        like = {"dtype": conv.weight.dtype, "device": conv.weight.device}
+        self.down = nn.Parameter(torch.empty(rank, conv.in_channels, **like))
         nn.init.kaiming_uniform_(self.down, a=math.sqrt(5))
-        self.up = nn.Parameter(torch.zeros(out_ch, rank, dtype=conv.weight.dtype, device=conv.weight.device))
+        self.up = nn.Parameter(torch.zeros(conv.out_channels, rank, **like))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return weight + (self.up @ self.down).view_as(weight)
@@ -139,7 +139,7 @@ def merged(module: nn.Module) -> nn.Module:
     plain = copy.deepcopy(module)
     for m in [m for m in plain.modules() if _low_ranked(m)]:  # listed first: the loop edits the tree
         with torch.no_grad():
-            weight = m.weight.detach().clone()
+            weight = m.weight.clone()  # W + up @ down, computed by the parametrization
         # Not parametrize.remove_parametrizations: a deepcopy keeps the original's generated
         # class, and removal deletes the property from that class, breaking the module that
         # trains (and its EMA). The copy goes back to its plain class instead (LoRA is the
