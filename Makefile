@@ -19,6 +19,15 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --no-deps "stardist==0.9.2"
 	touch $(STAMP)
 
+# The torch-free runtime (runtime/, the effnet-runtime package) in a venv of its own, without
+# torch: its tests run exported files there, as a board would (tests/e2e/test_runtime_package.py).
+RUNTIME_VENV := .venv-runtime
+$(RUNTIME_VENV)/.installed: runtime/pyproject.toml $(wildcard runtime/src/effnet_runtime/*.py)
+	rm -rf $(RUNTIME_VENV)
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/pip install -q ./runtime
+	touch $@
+
 # Debian's packages: Fashion-MNIST, chromium with its driver for the test of effnet serve's page
 # in a real headless browser, and PostgreSQL for the search's shared study on a real server. Where
 # apt-get is missing the tests that need them skip, except under CI (CI set), where they fail.
@@ -49,17 +58,17 @@ demo: $(STAMP)
 
 # ruff, and import-linter's contracts (pyproject.toml): the layers point down, no import cycles.
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src runtime tests benchmarks
+	$(VENV)/bin/ruff format --check src runtime tests benchmarks
 	$(VENV)/bin/lint-imports
 
-# Everything make test needs installed: the venv with .[dev], and Debian's packages.
-install: $(STAMP) data
+# Everything make test needs installed: the venvs (.[dev]; the torch-free runtime), Debian's packages.
+install: $(STAMP) $(RUNTIME_VENV)/.installed data
 
 # One pytest worker per core (pytest-xdist); conftest.py gives each worker one torch thread.
 # -rs prints every skip and its reason; under CI only optional ones may skip (tests/conftest.py).
 # tests/unit/<package> mirrors src/effnet; tests/e2e runs the commands end to end.
-test: lint data
+test: lint data $(RUNTIME_VENV)/.installed
 	$(PY) -m pytest -q -rs -n 2 --dist worksteal --durations=15
 
 # The everyday tier (under 2 min): the unit tests but those marked slow (over ~2.5 s each).
@@ -72,4 +81,4 @@ bench: $(STAMP)
 		> benchmarks/deploy_latency.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(RUNTIME_VENV) .pytest_cache .ruff_cache

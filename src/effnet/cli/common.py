@@ -78,9 +78,10 @@ def add_engine_options(p, *, engine: bool = True, threads: bool = True, cache: b
 
     if engine:
         p.add_argument("--engine", choices=ENGINES,
-                       help="torch, onnxruntime or openvino (default: .onnx ONNX Runtime, .xml OpenVINO)")  # fmt: skip
+                       help="default: by the file (.onnx ONNX Runtime, .xml OpenVINO, .tflite LiteRT, .pte ExecuTorch, "
+                       "else torch)")  # fmt: skip
     if threads:
-        p.add_argument("--threads", type=positive_int, help="ONNX Runtime's/OpenVINO's threads (default: torch's)")
+        p.add_argument("--threads", type=positive_int, help="the runtime's threads (default: torch's)")
     p.add_argument("--ov-hint", choices=OPENVINO_HINTS, default="latency",
                    help="OpenVINO: latency (one request, all threads) or throughput (streams)")  # fmt: skip
     p.add_argument("--ov-precision", choices=OPENVINO_PRECISIONS, default="f32",

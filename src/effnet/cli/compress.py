@@ -81,8 +81,8 @@ def cmd_quantize(args) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(
-            f"int8 file {report['int8_bytes']:,} bytes = {report['size_ratio']:.2f}x the fp32 export "
-            f"({report['scheme']}, {report['calibration_images']} calibration images, {report['method']})"
+            f"int8 {report['format']} file {report['int8_bytes']:,} bytes = {report['size_ratio']:.2f}x the fp32 "
+            f"export ({report['scheme']}, {report['calibration_images']} calibration images, {report['method']})"
         )
         if "int8_score" in report:
             print(
@@ -94,11 +94,12 @@ def cmd_quantize(args) -> int:
 
 
 def _add_quantize_parser(sub) -> None:
-    p = sub.add_parser("quantize", help="int8 ONNX (ONNX Runtime static QDQ, per-channel weights), calibrated")
+    p = sub.add_parser("quantize", help="int8 ONNX, LiteRT or ExecuTorch (per-channel weights), calibrated")
     p.add_argument("--weights", required=True, help="an effnet .safetensors file")
     p.add_argument("--data", help="calibration and evaluation data (default: what the weights were trained on)")
     p.add_argument("--method", default="ptq", choices=SCHEMES,
-                   help="ptq: post-training; qat: fine-tune with int8 rounding in the loop first")  # fmt: skip
+                   help="ptq: post-training; qat: fine-tune with int8 rounding in the loop first; dynamic: "
+                   "LiteRT's dynamic-range int8, no calibration")  # fmt: skip
     p.add_argument("--qat-epochs", type=int, default=1)
     p.add_argument("--qat-lr", type=float, default=1e-4, help="AdamW learning rate of the QAT fine-tuning")
     p.add_argument("--limit-train", type=int, help="QAT fine-tunes on this many training images only")
@@ -108,7 +109,8 @@ def _add_quantize_parser(sub) -> None:
     p.add_argument("--split", default="test", choices=["val", "test"], help="where fp32 and int8 are compared")
     p.add_argument("--no-eval", action="store_true", help="skip the fp32/int8 comparison")
     p.add_argument("--seed", type=int, default=0, help="which training images calibrate")
-    p.add_argument("--out", required=True, help="the int8 .onnx file")
+    p.add_argument("--out", required=True, help="the int8 file: .onnx (ONNX Runtime QDQ), .tflite (LiteRT) or .pte "
+                   "(ExecuTorch, XNNPACK), the last two by PT2E")  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_quantize, extras=("train", "deploy"))
 

@@ -1,5 +1,6 @@
 """The names compression offers on the command line, free of heavy imports (see deploy.choices)."""
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
-SCHEMES = ("ptq", "qat")  # post-training, or quantization-aware fine-tuning first
+# post-training, quantization-aware fine-tuning first, or (LiteRT) dynamic-range with no calibration
+SCHEMES = ("ptq", "qat", "dynamic")
 STEPS = ("distill", "prune", "quantize")  # effnet compress --steps

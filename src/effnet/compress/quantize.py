@@ -24,13 +24,16 @@ import torch
 
 from effnet.compress.choices import CALIBRATION_METHODS as METHODS
 from effnet.compress.choices import SCHEMES
+from effnet.compress.pt2e import write_int8
 from effnet.compress.qat import quantization_aware_finetune
 from effnet.core.errors import UsageError, first_line
+from effnet.core.extras import require
 from effnet.core.fileio import atomic_write
 from effnet.datasets.loading import ordered_loader
+from effnet.deploy.engines import open_exported
 from effnet.deploy.evaluate import evaluate
 from effnet.deploy.export import export
-from effnet.deploy.runtime import OnnxModel, onnx_metadata, read_onnx
+from effnet.deploy.runtime import onnx_metadata, read_onnx
 from effnet.tasks.registry import entry_of, registration, task_of
 from effnet.weights.trained import Trained, load_trained, require_model_file
 
@@ -151,8 +154,16 @@ def quantize(
     ``evaluate_split``, the fp32 export of ``weights`` and the int8 file are evaluated by the same
     code (``effnet eval``'s) and the report compares them."""
     out_path = Path(out)
-    if out_path.suffix != ".onnx" or out_path.is_dir():
-        raise UsageError(f"--out {out}: give an .onnx file to write")
+    format = {".onnx": "onnx", ".tflite": "litert", ".pte": "executorch"}.get(out_path.suffix.lower())
+    if format is None or out_path.is_dir():
+        raise UsageError(f"--out {out}: give an .onnx, .tflite (LiteRT) or .pte (ExecuTorch) file to write")
+    if format != "onnx":
+        require(format)
+        if method != "minmax" or keep_fp32:
+            raise UsageError(f"--calibration-method and --keep-fp32 are ONNX Runtime's; {format} is quantized by "
+                             "PT2E with its own observers")  # fmt: skip
+    if scheme == "dynamic" and format != "litert":
+        raise UsageError("--method dynamic is LiteRT's dynamic-range int8 (an --out .tflite file)")
     require_model_file(weights)
     if calibration_images < 1:
         raise UsageError(f"--calibration-images must be at least 1, got {calibration_images}")
@@ -161,33 +172,46 @@ def quantize(
     trained = load_trained(weights)
     model = trained.model
     entry, task = entry_of(model), task_of(model)
-    if task != "classification" and scheme != "ptq":
+    if format != "onnx" and entry.per_image:
+        raise UsageError(f"{weights} holds a {task} model, which exports to ONNX only")
+    if task != "classification" and scheme == "qat":
         raise UsageError(f"--method {scheme}: quantization-aware fine-tuning is for classifiers; {weights} holds a "
                          f"{task} model (use --method ptq)")  # fmt: skip
     options = trained.provenance.data_options(data, origin=weights)
     # what it was trained on travels into the exports, so eval of them needs no --data
     provenance = {"training": json.dumps(trained.provenance.training)} if trained.provenance.training else None
-    batches = calibration_batches(model, options, calibration_images, seed=seed, training=trained.provenance.training)
+    batches = []
+    if scheme != "dynamic":
+        training = trained.provenance.training
+        batches = calibration_batches(model, options, calibration_images, seed=seed, training=training)
+    suffix = out_path.suffix.lower()
     with tempfile.TemporaryDirectory(prefix="effnet-quantize-") as scratch:
 
         def export_fp32(net, name: str) -> Path:
             path = Path(scratch) / name
-            # a detector's graph runs one image at a time; the others take any batch
-            export(net, path, dynamic_batch=not entry.per_image, extra_metadata=provenance)
+            # a detector's graph runs one image at a time; the others take any batch (the mobile
+            # formats: batch 1, as on the device)
+            dynamic = format == "onnx" and not entry.per_image
+            export(net, path, format=format, dynamic_batch=dynamic, extra_metadata=provenance)
             return path
 
-        fp32 = source = export_fp32(model, "fp32.onnx")
+        fp32 = export_fp32(model, f"fp32{suffix}")
+        tuned = model
         if scheme == "qat":
             tuned = quantization_aware_finetune(
                 model, options, epochs=qat_epochs, lr=qat_lr, limit_train=limit_train, seed=seed, quiet=quiet
             )
-            source = export_fp32(tuned, "qat-fp32.onnx")
-        int8 = Path(scratch) / "int8.onnx"
-        quantize_onnx(source, int8, batches, method=method, keep_fp32=keep_fp32)
+        int8 = Path(scratch) / f"int8{suffix}"
+        if format == "onnx":
+            source = export_fp32(tuned, "qat-fp32.onnx") if scheme == "qat" else fp32
+            quantize_onnx(source, int8, batches, method=method, keep_fp32=keep_fp32)
+        else:
+            write_int8(tuned, int8, format, batches, dynamic=scheme == "dynamic", extra_metadata=provenance)
         report = {
+            "format": format,
             "scheme": scheme,
             **({"qat_epochs": qat_epochs, "qat_lr": qat_lr} if scheme == "qat" else {}),
-            "method": method,
+            "method": method if format == "onnx" else "pt2e",
             "calibration_images": len(batches) if entry.per_image else sum(len(b) for b in batches),
             "fp32_bytes": fp32.stat().st_size,
             "int8_bytes": int8.stat().st_size,
@@ -196,7 +220,7 @@ def quantize(
         if evaluate_split:
             report["metric"] = registration(task).metric
             for name, path in (("fp32", fp32), ("int8", int8)):
-                opened = Trained(OnnxModel(path), trained.provenance, str(weights))
+                opened = Trained(open_exported(path), trained.provenance, str(weights))
                 report[f"{name}_score"] = evaluate(opened, data, split=evaluate_split)["score"]
             report["score_drop"] = report["fp32_score"] - report["int8_score"]
         atomic_write(out_path, lambda f: f.write(int8.read_bytes()))

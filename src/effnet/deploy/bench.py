@@ -1,5 +1,6 @@
 """Inference latency side by side: the peers' eager models, ours eager, ours and torchvision's
-exports on ONNX Runtime and on OpenVINO, all in one process, interleaved.
+exports on ONNX Runtime and on OpenVINO, ours on the mobile runtimes (LiteRT, ExecuTorch), all
+in one process, interleaved.
 
 The machine is shared and noisy, so every engine is timed in the same rounds (one call of each
 per round, in rotating order), and the figures that carry over are the ratios to torchvision
@@ -28,7 +29,9 @@ from effnet.core.errors import UsageError
 from effnet.core.figures import pyplot, save_figure
 from effnet.deploy.choices import BENCH_ENGINES as ENGINES
 from effnet.deploy.export import export, onnx_program
+from effnet.deploy.litert import LiteRTModel
 from effnet.deploy.openvino import OpenVinoModel, Runner, compile_properties, read_model
+from effnet.deploy.pte import ExecuTorchModel
 from effnet.deploy.runtime import OnnxModel, open_session
 from effnet.models.flops import count_macs
 from effnet.models.fuse import fuse_batchnorm
@@ -125,6 +128,9 @@ def build_engines(name: str, image_size: int, threads: int, scratch: Path, engin
         result = export(ours, scratch / f"{name}.xml", format="openvino", image_size=image_size, dynamic_batch=True)
         runner = OpenVinoModel(result.path, **properties).runner
         out["effnet_openvino"] = lambda x, runner=runner: runner.run_batch(x.numpy())
+    for format in ("litert", "executorch"):
+        if f"effnet_{format}" in engines:
+            out[f"effnet_{format}"] = _mobile_runner(ours, format, image_size, threads, scratch)
     if tv is not None and "torchvision_openvino" in engines:
         # torchvision's ONNX export (the same file as its ONNX Runtime row) compiled by OpenVINO
         path = scratch / f"torchvision_{name}.onnx"
@@ -132,6 +138,23 @@ def build_engines(name: str, image_size: int, threads: int, scratch: Path, engin
         runner = Runner(read_model(path), compile_properties(**properties, cache_dir=None), path)
         out["torchvision_openvino"] = lambda x, runner=runner: runner.run_batch(x.numpy())
     return out
+
+
+def _mobile_runner(model: torch.nn.Module, format: str, image_size: int, threads: int, scratch: Path) -> Callable:
+    """A LiteRT or ExecuTorch export run as on the device: a fixed batch, so one file per batch
+    size, exported (and checked) on its first call, which the warm-up rounds make."""
+    opened: dict[int, Callable] = {}
+    suffix = {"litert": ".tflite", "executorch": ".pte"}[format]
+    engine = {"litert": LiteRTModel, "executorch": ExecuTorchModel}[format]
+
+    def run(x: torch.Tensor):
+        if len(x) not in opened:
+            path = scratch / f"{model.config.name}_b{len(x)}{suffix}"
+            export(model, path, format=format, image_size=image_size, batch_size=len(x))
+            opened[len(x)] = engine(path, threads=threads)._run
+        return opened[len(x)](x.numpy())
+
+    return run
 
 
 def peak_gflops(threads: int, side: int = 2048, seconds: float = 1.0) -> float:

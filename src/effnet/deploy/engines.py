@@ -13,10 +13,12 @@ import torch
 from torch import nn
 
 from effnet.core.errors import UsageError
-from effnet.deploy.choices import ENGINES
+from effnet.deploy.choices import ENGINE_BY_SUFFIX, ENGINES, MOBILE_FORMATS
 from effnet.deploy.export import export
 from effnet.deploy.export import inference_form as export_form
+from effnet.deploy.litert import LiteRTModel
 from effnet.deploy.openvino import OpenVinoModel
+from effnet.deploy.pte import ExecuTorchModel
 from effnet.deploy.runtime import OnnxModel
 from effnet.models.efficientnet import EfficientNet
 from effnet.tasks.registry import entry_of, task_of
@@ -46,18 +48,45 @@ def openvino_engine(model: nn.Module, **options) -> OpenVinoModel:
         return OpenVinoModel(result.path, **options)
 
 
+def mobile_engine(model: nn.Module, format: str, threads: int | None = None) -> LiteRTModel | ExecuTorchModel:
+    """Serve an in-memory model with LiteRT or ExecuTorch: export (batch 1, checked) and load.
+    Larger batches run one image at a time, as on the device."""
+    if entry_of(model).per_image:
+        raise UsageError(f"a {task_of(model)} model exports to ONNX only; --engine {format} cannot run it")
+    suffix = {"litert": ".tflite", "executorch": ".pte"}[format]
+    with tempfile.TemporaryDirectory(prefix=f"effnet-{format}-") as scratch:
+        result = export(model, Path(scratch) / f"model{suffix}", format=format)
+        return (LiteRTModel if format == "litert" else ExecuTorchModel)(result.path, threads=threads)
+
+
 def engine_for(weights: str, engine: str | None) -> str:
     """The engine that runs ``weights``: ``engine`` if given, else by the file's kind (``.onnx``:
-    ONNX Runtime, ``.xml``: OpenVINO, anything else: torch)."""
+    ONNX Runtime, ``.xml``: OpenVINO, ``.tflite``: LiteRT, ``.pte``: ExecuTorch, anything else:
+    torch)."""
     suffix = Path(str(weights)).suffix.lower()
-    engine = engine or {".onnx": "onnxruntime", ".xml": "openvino"}.get(suffix, "torch")
+    engine = engine or ENGINE_BY_SUFFIX.get(suffix, "torch")
     if engine not in ENGINES:
         raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if suffix == ".xml" and engine != "openvino":
-        raise UsageError(f"--weights {weights} is an OpenVINO IR; it runs with --engine openvino")
-    if suffix == ".onnx" and engine == "torch":
+    if suffix == ".onnx" and engine not in ("onnxruntime", "openvino"):
         raise UsageError(f"--weights {weights} is an ONNX file; it runs with --engine onnxruntime or openvino")
+    if suffix in (".xml", ".tflite", ".pte") and engine != ENGINE_BY_SUFFIX[suffix]:
+        kind = {".xml": "an OpenVINO IR", ".tflite": "a LiteRT file", ".pte": "an ExecuTorch program"}[suffix]
+        raise UsageError(f"--weights {weights} is {kind}; it runs with --engine {ENGINE_BY_SUFFIX[suffix]}")
     return engine
+
+
+def open_exported(path: str | os.PathLike, engine: str | None = None, *, threads: int | None = None,
+                  model: str | None = None, **ov_options):  # fmt: skip
+    """An exported file on its engine (default: by its suffix, ``engine_for``); ``model`` names
+    the architecture of a mobile file without effnet metadata."""
+    engine = engine_for(str(path), engine)
+    if engine == "openvino":
+        return OpenVinoModel(path, threads, **ov_options)
+    if engine == "litert":
+        return LiteRTModel(path, threads=threads, model=model)
+    if engine == "executorch":
+        return ExecuTorchModel(path, threads=threads, model=model)
+    return OnnxModel(path, threads=threads)
 
 
 def open_model(
@@ -66,20 +95,18 @@ def open_model(
 ) -> Trained:  # fmt: skip
     """A model of any task and its provenance: the one way every command opens a model.
 
-    ``weights`` is a pretrained tag (``lite0``), a weights file, an ``.onnx`` export or an
-    OpenVINO ``.xml``; files without effnet metadata need ``model``. ``engine``: ``torch``,
-    ``onnxruntime`` or ``openvino`` (default: by the file's kind, ``engine_for``). Torch weights
+    ``weights`` is a pretrained tag (``lite0``), a weights file, an ``.onnx`` export, an
+    OpenVINO ``.xml``, a LiteRT ``.tflite`` or an ExecuTorch ``.pte``; files without effnet
+    metadata need ``model``. ``engine``: ``torch``, ``onnxruntime``, ``openvino``, ``litert`` or
+    ``executorch`` (default: by the file's kind, ``engine_for``). Torch weights
     run on an exported engine are exported on the fly (and checked against eager, as
     ``effnet export`` does). ``threads`` applies to both runtimes; ``hint``, ``precision`` and
     ``cache_dir`` are OpenVINO's (``effnet.deploy.openvino``)."""
     engine = engine_for(weights, engine)
-    exported = Path(str(weights)).suffix.lower() in (".onnx", ".xml")
+    exported = Path(str(weights)).suffix.lower() in ENGINE_BY_SUFFIX
     ov_options = {"hint": hint, "precision": precision, "cache_dir": cache_dir}
     if exported:
-        if engine == "openvino":
-            net = OpenVinoModel(weights, threads, **ov_options)
-        else:
-            net = OnnxModel(weights, threads=threads)
+        net = open_exported(weights, engine, threads=threads, model=model, **ov_options)
         if model is not None and model != net.config.name:
             raise UsageError(f"--weights {weights} holds {net.config.name}, not {model}")
         return Trained(net, Provenance.from_training(net.training, str(weights)), str(weights))
@@ -88,6 +115,8 @@ def open_model(
         trained.model = onnx_engine(trained.model, threads)
     elif engine == "openvino":
         trained.model = openvino_engine(trained.model, threads=threads, **ov_options)
+    elif engine in MOBILE_FORMATS:
+        trained.model = mobile_engine(trained.model, engine, threads)
     return trained
 
 

@@ -1,4 +1,5 @@
-"""Export the inference form of a model to ONNX or TorchScript, checked against eager.
+"""Export the inference form of a model to ONNX, OpenVINO IR, TorchScript, LiteRT (.tflite) or
+ExecuTorch (.pte), checked against eager.
 
 What is exported is what serves best: BatchNorm folded into the convolutions, PyTorch's
 native SiLU (no custom autograd function can end up in the graph), and a fixed image size,
@@ -24,8 +25,10 @@ from torch import nn
 from effnet.core.errors import RunError, UsageError, first_line
 from effnet.core.extras import require
 from effnet.core.fileio import atomic_write
-from effnet.deploy.choices import DEFAULT_OPSET, FORMAT_SUFFIXES, FORMATS
+from effnet.deploy.choices import DEFAULT_OPSET, FORMAT_SUFFIXES, FORMATS, MOBILE_FORMATS
+from effnet.deploy.litert import LiteRTModel, write_tflite
 from effnet.deploy.openvino import OpenVinoModel, write_ir
+from effnet.deploy.pte import ExecuTorchModel, write_pte
 from effnet.deploy.runtime import OnnxModel
 from effnet.models.fuse import fuse_batchnorm
 from effnet.tasks.registry import entry_of, task_of
@@ -49,6 +52,7 @@ class ExportResult:
     batch_size: int | None  # None: dynamic
     max_abs_diff: float
     output_scale: float
+    tolerance: float = TOLERANCE  # of the output scale
 
     @property
     def relative_diff(self) -> float:
@@ -56,7 +60,7 @@ class ExportResult:
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("format", "image_size", "batch_size", "max_abs_diff", "output_scale")}
-        return {"path": str(self.path), **d, "relative_diff": self.relative_diff, "tolerance": TOLERANCE}
+        return {"path": str(self.path), **d, "relative_diff": self.relative_diff, "tolerance": self.tolerance}
 
 
 def input_spec(model: nn.Module) -> tuple[int, int]:
@@ -114,12 +118,17 @@ def export(
 ) -> ExportResult:
     """Export ``model`` to ``path`` and check it against eager on one input; ``extra_metadata``
     joins the model's (``effnet export`` passes the weights file's ``training`` provenance).
-    ``format`` defaults to the one ``path``'s suffix names (.onnx, .xml, .pt)."""
+    ``format`` defaults to the one ``path``'s suffix names (.onnx, .xml, .pt, .tflite, .pte)."""
     format = format_for(path) if format is None else format
-    if format in ("onnx", "openvino"):
-        require("deploy", *(("openvino",) if format == "openvino" else ()))
     if format not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if format in ("onnx", "openvino"):
+        require("deploy", *(("openvino",) if format == "openvino" else ()))
+    if format in MOBILE_FORMATS:
+        require(format)
+        if dynamic_batch:
+            raise UsageError(f"--format {format} exports a fixed batch (--batch-size); --dynamic-batch is for ONNX "
+                             "and OpenVINO")  # fmt: skip
     suffix = Path(path).suffix.lower()
     for other, suffixes in FORMAT_SUFFIXES.items():
         if other != format and suffix in suffixes:
@@ -158,6 +167,10 @@ def export(
             # OpenVINO converts our checked ONNX graph; the IR is checked against eager in turn
             _write_onnx(net, example, Path(scratch) / "model.onnx", metadata, dynamic_batch, opset)
             write_ir(Path(scratch) / "model.onnx", tmp, metadata)
+        elif format == "litert":
+            write_tflite(net, example, tmp, metadata)
+        elif format == "executorch":
+            write_pte(net, example, tmp, metadata)
         else:
             _write_torchscript(net, example, tmp, metadata)
         # Check on a batch size other than the example's when the batch is dynamic, so a
@@ -393,6 +406,10 @@ def run_exported(path: str | os.PathLike, format: str, x: torch.Tensor) -> torch
         return OnnxModel(path)(x)
     if format == "openvino":
         return OpenVinoModel(path)(x)
+    if format == "litert":
+        return LiteRTModel(path)(x)
+    if format == "executorch":
+        return ExecuTorchModel(path)(x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = torch.jit.load(str(path))

@@ -165,6 +165,7 @@ class OpenVinoModel(ExportedModel):
     work. ``cache_dir`` keeps compiled blobs between starts."""
 
     kind = "OpenVINO"
+    engine = "openvino"  # what --engine names it, and --json reports
 
     def __init__(
         self,

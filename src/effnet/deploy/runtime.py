@@ -66,6 +66,31 @@ def open_session(proto, threads: int | None = None):
     )
 
 
+def peer_metadata(model: str, *, channels: int, image_size: int, batch_size: int | None, num_classes: int,
+                  origin) -> dict[str, str]:  # fmt: skip
+    """effnet's metadata for a graph exported elsewhere, from the architecture's name and the
+    graph's own shapes: the family's default preprocessing at the graph's image size, ImageNet's
+    class names for a 1000-class head (else numbered classes)."""
+    from effnet.models.preprocessing import Preprocessing
+    from effnet.models.registry import resolve_config
+    from effnet.weights.pretrained import imagenet_classes
+
+    config = resolve_config(model, resolution=image_size, num_classes=num_classes, in_chans=channels)
+    names = imagenet_classes() if num_classes == 1000 else None
+    if num_classes < 1:
+        raise WeightsError(f"{origin}: its output of {num_classes} values is not a classifier's")
+    return {
+        "format": "effnet",
+        "model_name": config.name,
+        "config": json.dumps(config.to_dict()),
+        "preprocessing": json.dumps(Preprocessing.for_model(config.family, image_size).to_dict()),
+        "class_names": json.dumps(names),
+        "input": json.dumps(
+            {"name": "image", "channels": channels, "image_size": image_size, "batch_size": batch_size}
+        ),
+    }
+
+
 class ExportedModel:
     """What an exported graph on any runtime offers ``predict``, ``eval``, ``bench`` and the
     search: the metadata effnet wrote (``config``, ``preprocessing``, ``class_names``, the
@@ -76,12 +101,18 @@ class ExportedModel:
     input: dict
     kind = "exported"  # the file's kind, as error messages name it
 
-    def _read_metadata(self, meta: dict[str, str]) -> None:
+    def _read_metadata(self, meta: dict[str, str], model: str | None = None, graph: dict | None = None) -> None:
+        """Read effnet's metadata; a file without it (a peer's export) needs ``model``, the
+        architecture it holds, and ``graph``, what its input and output look like
+        (``peer_metadata``)."""
         if meta.get("format") != "effnet":
-            raise WeightsError(
-                f"{self.path}: an {self.kind} file without effnet metadata (not made by `effnet export`); "
-                "its preprocessing and class names are unknown"
-            )
+            if model is None or graph is None:
+                raise WeightsError(
+                    f"{self.path}: an {self.kind} file without effnet metadata (not made by `effnet export`); "
+                    "its preprocessing and class names are unknown"
+                    + (": give --model NAME, the architecture it holds" if graph is not None else "")
+                )
+            meta = peer_metadata(model, **graph, origin=self.path)
         self.config, self.preprocessing, self.class_names = parse_metadata(meta, self.path)
         self.task = meta.get("task") or DEFAULT_TASK
         try:
@@ -144,6 +175,7 @@ class OnnxModel(ExportedModel):
     """An effnet ONNX export served by ONNX Runtime; call it on an NCHW float batch."""
 
     kind = "ONNX"
+    engine = "onnxruntime"  # what --engine names it, and --json reports
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         require("deploy")

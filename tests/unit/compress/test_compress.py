@@ -66,17 +66,6 @@ def test_recalibrated_batchnorm_statistics_are_the_data_s():
 CHANCE = 0.1
 
 
-@pytest.fixture(scope="module")
-def digits_weights(tmp_path_factory):
-    """A small model that has learned digits, so that the compression commands have accuracy to
-    keep or lose: the short recipe's defaults, 2 epochs (measured: 0.910 validation and 0.922 test
-    top-1, ~6 s). The former one epoch on 320 images scored 0.095 on the test split: at chance."""
-    run = tmp_path_factory.mktemp("digits") / "run"
-    run_cli("train", "--phi", "-3", "--data", "digits", "--image-size", "32", "--epochs", "2", "--out", run,
-            "--quiet").check()  # fmt: skip
-    return run / "best.safetensors"
-
-
 @pytest.mark.slow
 def test_prune_cli_fine_tunes_and_evaluates(tmp_path, digits_weights):
     out = tmp_path / "pruned.safetensors"

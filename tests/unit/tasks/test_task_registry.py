@@ -154,7 +154,7 @@ def test_a_new_task_is_one_registration_and_every_command_serves_it(toy_task, tm
     exported = tmp_path / "toy.onnx"
     run_cli("export", "--weights", path, "--out", exported, "--dynamic-batch").check()
     onnx_pred = json.loads(run_cli("predict", image, "--weights", exported, "--json").check().stdout)
-    assert set(torch_pred[0]) == {"image", "value"}
+    assert set(torch_pred[0]) == {"image", "value", "engine"} and torch_pred[0]["engine"] == "torch"
     assert onnx_pred[0]["value"] == pytest.approx(torch_pred[0]["value"], abs=1e-3)
     on_onnx = json.loads(run_cli("eval", "--weights", exported, "--data", "digits", "--json").check().stdout)
     assert on_onnx["task"] == "digit_value" and on_onnx["mae"] == pytest.approx(expected, rel=1e-4)
