@@ -28,21 +28,17 @@ def runtime():
     return RUNTIME
 
 
-@pytest.fixture(scope="module")
-def exports(small_digits_weights, tmp_path_factory):
-    digits_weights = small_digits_weights
+def export_digits(weights, out: Path) -> tuple[dict, Path, list[Path]]:
     """The digits model as .tflite (fp32 and PT2E int8) and .onnx, and 60 test digits as PNG in
     class folders named by the model's classes."""
-    out = tmp_path_factory.mktemp("runtime")
     files = {"tflite": out / "d.tflite", "onnx": out / "d.onnx", "int8": out / "d_int8.tflite"}
-    run_cli("export", "--weights", digits_weights, "--out", files["tflite"]).check()
-    run_cli("export", "--weights", digits_weights, "--out", files["onnx"]).check()
-    run_cli("quantize", "--weights", digits_weights, "--calibration-images", "32", "--no-eval",
-            "--out", files["int8"]).check()  # fmt: skip
+    run_cli("export", "--weights", weights, "--out", files["tflite"]).check()
+    run_cli("export", "--weights", weights, "--out", files["onnx"]).check()
+    run_cli("quantize", "--weights", weights, "--calibration-images", "32", "--no-eval", "--out", files["int8"]).check()
     from effnet.datasets.builtin import digits
 
     test = digits()[0]["test"]
-    names = json.loads(run_cli("eval", "--weights", digits_weights, "--json").check().stdout)["classes"]
+    names = json.loads(run_cli("eval", "--weights", weights, "--json").check().stdout)["classes"]
     images = []
     for i in range(60):
         folder = out / "data" / names[test.labels[i]]
@@ -59,32 +55,29 @@ def run(*args, check_rc=0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["tflite", "onnx", "int8"])
-def test_runtime_predicts_and_evaluates_as_effnet_does(runtime, exports, kind):
-    files, data, images = exports
-    path = files[kind]
-    ours = json.loads(run_cli("predict", *images, "--weights", path, "--top-k", "3", "--json").check().stdout)
-    theirs = json.loads(run(runtime, "predict", *images, "--weights", path, "--top-k", "3", "--json").stdout)
-    assert [r["engine"] for r in theirs] == [{"onnx": "onnxruntime"}.get(kind, "litert")] * 60
-    # Pillow's resize and torchvision's differ in rounding only: the same classes, probabilities
-    # within 2 points (fp32; 0.4 measured). The int8 graph quantizes its input in steps of about
-    # one grey level, so a level's difference moves its answer more (6.7 points measured).
-    same = sum(a["top"][0]["index"] == b["top"][0]["index"] for a, b in zip(ours, theirs, strict=True))
-    assert same >= 58
-    worst = max(abs(a["top"][0]["prob"] - b["top"][0]["prob"]) for a, b in zip(ours, theirs, strict=True))
-    assert worst <= (0.15 if kind == "int8" else 0.02)
-    evaluated = json.loads(run(runtime, "eval", "--data", data, "--weights", path, "--json").stdout)
-    labels = [int(Path(p).stem) for p in images]
-    assert evaluated["n"] == 60
-    right = sum(r["top"][0]["label"] == Path(p).parent.name for r, p in zip(ours, images, strict=True))
-    assert abs(evaluated["top1"] - right / 60) <= 1 / 60 and evaluated["top1"] > 0.8, (evaluated, labels[:3])
+def test_runtime_predicts_evaluates_and_serves_as_effnet_does(runtime, small_digits_weights, tmp_path):
+    # one test, so the exports are made once whichever worker runs it
+    files, data, images = export_digits(small_digits_weights, tmp_path)
+    for kind, path in files.items():
+        ours = json.loads(run_cli("predict", *images, "--weights", path, "--top-k", "3", "--json").check().stdout)
+        theirs = json.loads(run(runtime, "predict", *images, "--weights", path, "--top-k", "3", "--json").stdout)
+        assert [r["engine"] for r in theirs] == [{"onnx": "onnxruntime"}.get(kind, "litert")] * 60
+        # Pillow's resize and torchvision's differ in rounding only: the same classes, probabilities
+        # within 2 points (fp32; 0.4 measured). The int8 graph quantizes its input in steps of about
+        # one grey level, so a level's difference moves its answer more (6.7 points measured).
+        pairs = list(zip(ours, theirs, strict=True))
+        assert sum(a["top"][0]["index"] == b["top"][0]["index"] for a, b in pairs) >= 58, kind
+        worst = max(abs(a["top"][0]["prob"] - b["top"][0]["prob"]) for a, b in pairs)
+        assert worst <= (0.15 if kind == "int8" else 0.02), kind
+        evaluated = json.loads(run(runtime, "eval", "--data", data, "--weights", path, "--json").stdout)
+        right = sum(r["top"][0]["label"] == Path(p).parent.name for r, p in zip(ours, images, strict=True))
+        assert evaluated["n"] == 60 and abs(evaluated["top1"] - right / 60) <= 1 / 60 and evaluated["top1"] > 0.8
+    serve_and_check(runtime, files["int8"], images[0])
 
 
-@pytest.mark.slow
-def test_runtime_serves_predictions_and_refuses_bad_requests(runtime, exports):
-    files, _, images = exports
+def serve_and_check(runtime, weights: Path, image: Path) -> None:
     port = free_port()
-    server = subprocess.Popen([runtime, "serve", "--weights", files["int8"], "--port", str(port), "--max-body-mb", "1"],
+    server = subprocess.Popen([runtime, "serve", "--weights", weights, "--port", str(port), "--max-body-mb", "1"],
                               stderr=subprocess.PIPE, text=True)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
@@ -95,13 +88,9 @@ def test_runtime_serves_predictions_and_refuses_bad_requests(runtime, exports):
             except OSError:
                 time.sleep(0.1)
         assert health["status"] == "ready"
-        body = images[0].read_bytes()
-        answer = json.loads(
-            urllib.request.urlopen(urllib.request.Request(f"{base}/v1/predict?top_k=2", data=body)).read()
-        )
-        local = json.loads(
-            run(runtime, "predict", images[0], "--weights", files["int8"], "--top-k", "2", "--json").stdout
-        )
+        request = urllib.request.Request(f"{base}/v1/predict?top_k=2", data=image.read_bytes())
+        answer = json.loads(urllib.request.urlopen(request).read())
+        local = json.loads(run(runtime, "predict", image, "--weights", weights, "--top-k", "2", "--json").stdout)
         assert answer["top"] == local[0]["top"]
         with pytest.raises(urllib.error.HTTPError) as caught:
             urllib.request.urlopen(urllib.request.Request(f"{base}/v1/predict", data=b"not an image"))
