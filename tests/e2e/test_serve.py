@@ -47,6 +47,8 @@ def files(tmp_path_factory):
     export(model, root / "static.onnx")
     if importlib.util.find_spec("openvino"):
         export(model, root / "dynamic.xml", format="openvino", dynamic_batch=True)
+    if importlib.util.find_spec("litert_torch"):
+        export(model, root / "static.tflite")
     images = []
     for i, name in enumerate(("chelsea", "coffee", "astronaut", "rocket")):
         path = root / f"{name}.{'png' if i % 2 else 'jpg'}"
@@ -86,13 +88,15 @@ def metric(url: str, name: str, **labels) -> float:
     return 0.0
 
 
-ENGINES = {"m.safetensors": "torch", "dynamic.onnx": "onnxruntime", "dynamic.xml": "openvino"}
+# a batch-1 .tflite: the server's batches run image by image, each worker thread on its own interpreter
+ENGINES = {"m.safetensors": "torch", "dynamic.onnx": "onnxruntime", "dynamic.xml": "openvino",
+           "static.tflite": "litert"}  # fmt: skip
 
 
 @pytest.mark.parametrize("weights", list(ENGINES))
 def test_answers_equal_effnet_predict(files, weights):
     root, images = files
-    require_component("openvino", (root / weights).exists(), "the deploy extra installs it; no IR was written")
+    require_component(ENGINES[weights], (root / weights).exists(), "its extra installs it; no file was written")
     expected, _ = predict(open_model(str(root / weights)).model, [str(p) for p in images], top_k=3)
     # two workers: two engine calls at once on one loaded model (OpenVINO needs a request per thread)
     with server("--weights", root / weights, "--workers", 2, "--max-wait-ms", 1) as (url, _):

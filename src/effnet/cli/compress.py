@@ -8,6 +8,7 @@ from pathlib import Path
 
 from effnet.cli.common import parse_list
 from effnet.compress.choices import CALIBRATION_METHODS, SCHEMES
+from effnet.core.errors import UsageError
 
 
 def cmd_prune(args) -> int:
@@ -62,6 +63,9 @@ def cmd_quantize(args) -> int:
     from effnet.compress.quantize import quantize
 
     keep = tuple(parse_list(args.keep_fp32 or "", "--keep-fp32"))
+    suffix = {"onnx": ".onnx", "litert": ".tflite", "executorch": ".pte"}
+    if args.format and not args.out.lower().endswith(suffix[args.format]):
+        raise UsageError(f"--out {args.out}: --format {args.format} writes a {suffix[args.format]} file")
     report = quantize(
         args.weights,
         args.out,
@@ -109,6 +113,7 @@ def _add_quantize_parser(sub) -> None:
     p.add_argument("--split", default="test", choices=["val", "test"], help="where fp32 and int8 are compared")
     p.add_argument("--no-eval", action="store_true", help="skip the fp32/int8 comparison")
     p.add_argument("--seed", type=int, default=0, help="which training images calibrate")
+    p.add_argument("--format", choices=("onnx", "litert", "executorch"), help="default: by --out's suffix")
     p.add_argument("--out", required=True, help="the int8 file: .onnx (ONNX Runtime QDQ), .tflite (LiteRT) or .pte "
                    "(ExecuTorch, XNNPACK), the last two by PT2E")  # fmt: skip
     p.add_argument("--json", action="store_true")
