@@ -60,9 +60,13 @@ def machine() -> dict:
         "cpu": platform.processor() or platform.machine(),
         "flags": cpu_flags(),
         "threads": torch.get_num_threads(),
-        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-                     "openvino": openvino.__version__, "ai_edge_litert": getattr(ai_edge_litert, "__version__", "?"),
-                     "executorch": getattr(executorch, "__version__", "1.5.1")},  # fmt: skip
+        "versions": {
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "openvino": openvino.__version__,
+            "ai_edge_litert": getattr(ai_edge_litert, "__version__", "?"),
+            "executorch": getattr(executorch, "__version__", "1.5.1"),
+        },  # fmt: skip
     }
 
 
@@ -76,7 +80,10 @@ def with_image_statistics(model: torch.nn.Module, side: int) -> torch.nn.Module:
     model.train()
     with torch.no_grad():
         for seed in range(2):
-            model(check_batch(model, 8, 3, side) + 0.1 * torch.randn(8, 3, side, side, generator=torch.Generator().manual_seed(seed)))
+            model(
+                check_batch(model, 8, 3, side)
+                + 0.1 * torch.randn(8, 3, side, side, generator=torch.Generator().manual_seed(seed))
+            )
     return model.eval()
 
 
@@ -143,7 +150,11 @@ def lite0_agreement(scratch: Path) -> list[dict]:
         reference = model(batch)
     ref_top5 = reference.topk(5).indices
     rows = []
-    for fmt, suffix, dynamic in (("litert", ".tflite", False), ("executorch", ".pte", False), ("litert", ".tflite", True)):
+    for fmt, suffix, dynamic in (
+        ("litert", ".tflite", False),
+        ("executorch", ".pte", False),
+        ("litert", ".tflite", True),
+    ):
         fp32 = export(model, scratch / f"lite0{suffix}")
         int8 = scratch / f"lite0_int8{'_dyn' if dynamic else ''}{suffix}"
         write_int8(model, int8, fmt, [batch.numpy()], dynamic=dynamic)
@@ -152,7 +163,8 @@ def lite0_agreement(scratch: Path) -> list[dict]:
         rows.append({
             "format": fmt, "method": "dynamic" if dynamic else "ptq", "photos": len(PHOTOS),
             "top1_agreement": float((top5[:, 0] == ref_top5[:, 0]).float().mean()),
-            "top5_overlap": float(np.mean([len(set(a.tolist()) & set(b.tolist())) / 5 for a, b in zip(top5, ref_top5)])),
+            "top5_overlap": float(np.mean([len(set(a.tolist()) & set(b.tolist())) / 5
+                                           for a, b in zip(top5, ref_top5, strict=True)])),
             "fp32_bytes": fp32.path.stat().st_size, "int8_bytes": int8.stat().st_size,
             "size_ratio": int8.stat().st_size / fp32.path.stat().st_size,
         })  # fmt: skip
@@ -171,7 +183,9 @@ def part_latency(out: dict, min_seconds: float) -> None:
         scratch = Path(scratch)
         for name in ("efficientnet_lite0", "efficientnet_b0"):
             torch.manual_seed(0)
-            model = effnet.create_model(name, pretrained="lite0") if name.endswith("lite0") else effnet.create_model(name)
+            model = (
+                effnet.create_model(name, pretrained="lite0") if name.endswith("lite0") else effnet.create_model(name)
+            )
             model.eval()
             calibration = photo_batch(224, model.preprocessing).numpy()
             files = {}
@@ -230,7 +244,8 @@ def part_runtime(out: dict, repeats: int = 5) -> None:
                 seconds[key].append(time.perf_counter() - start)
                 answers[key] = json.loads(proc.stdout)[0]["top"][0]
     out["runtime"] = {
-        "install_bytes": {"effnet-runtime (no torch)": du(ROOT / ".venv-runtime"), "effnet (torch install)": du(ROOT / ".venv")},
+        "install_bytes": {"effnet-runtime (no torch)": du(ROOT / ".venv-runtime"),
+                          "effnet (torch install)": du(ROOT / ".venv")},
         "predict_cold_start_s": {k: statistics.median(v) for k, v in seconds.items()},
         "predict_cold_start_all_s": seconds,
         "top1": answers,
