@@ -38,7 +38,7 @@ import ssl
 import sys
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -48,6 +48,7 @@ from effnet.core.errors import UsageError, first_line
 from effnet.core.extras import require
 from effnet.datasets.images import ImageDecodeError, PixelLimitError, decode_rgb
 from effnet.deploy.batching import DynamicBatcher, Overloaded
+from effnet.deploy.choices import MOBILE_FORMATS
 from effnet.deploy.engines import inference_form
 from effnet.tasks.registry import entry_of, task_of
 
@@ -212,6 +213,10 @@ class Predictor:
         model = trained.model
         self.entry = entry_of(model)
         batch = getattr(model, "input", {}).get("batch_size")  # an export's fixed batch, None if dynamic
+        if engine in MOBILE_FORMATS:
+            # LiteRT and ExecuTorch graphs have a fixed batch by nature (as on the device): one image
+            # per engine call, --workers of them at once
+            options = replace(options, max_batch=batch or 1)
         if batch is not None and options.max_batch > 1 and not self.entry.per_image:
             raise UsageError(
                 f"--weights {trained.path}: exported with a static batch of {batch}, so it cannot run dynamic "
