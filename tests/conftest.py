@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -166,15 +167,27 @@ def run_cli(*args) -> CliResult:
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
+def trained_once(tmp_path_factory, name: str, *train_args) -> Path:
+    """``effnet train ARGS`` run once per test session, whichever pytest-xdist worker asks first;
+    the others wait for it on a file lock and share the file (each training costs ~6-9 s)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the workers' shared folder
+    run = root / f"trained-{name}"
+    with FileLock(str(root / f"trained-{name}.lock")):
+        if not (run / "best.safetensors").exists():
+            run_cli("train", *train_args, "--out", run, "--quiet").check()
+    return run / "best.safetensors"
+
+
 @pytest.fixture(scope="session")
 def digits_weights(tmp_path_factory):
     """A small model that has learned digits, so that the compression commands have accuracy to
     keep or lose: the short recipe's defaults, 2 epochs (measured: 0.910 validation and 0.922 test
     top-1, ~6 s). The former one epoch on 320 images scored 0.095 on the test split: at chance."""
-    run = tmp_path_factory.mktemp("digits") / "run"
-    run_cli("train", "--phi", "-3", "--data", "digits", "--image-size", "32", "--epochs", "2", "--out", run,
-            "--quiet").check()  # fmt: skip
-    return run / "best.safetensors"
+    return trained_once(tmp_path_factory, "digits", "--phi", "-3", "--data", "digits", "--image-size", "32",
+                        "--epochs", "2")  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -182,7 +195,5 @@ def small_digits_weights(tmp_path_factory):
     """``digits_weights``' recipe on a smaller network (depth 0.1: one block per stage, width
     0.5), for the tests whose cost is a converter's passes over every node (LiteRT, ExecuTorch):
     0.94 test top-1 measured, ~9 s."""
-    run = tmp_path_factory.mktemp("small_digits") / "run"
-    run_cli("train", "--phi", "-3", "--depth", "0.1", "--width", "0.5", "--data", "digits", "--image-size", "32",
-            "--epochs", "2", "--out", run, "--quiet").check()  # fmt: skip
-    return run / "best.safetensors"
+    return trained_once(tmp_path_factory, "small-digits", "--phi", "-3", "--depth", "0.1", "--width", "0.5",
+                        "--data", "digits", "--image-size", "32", "--epochs", "2")  # fmt: skip

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from effnet.weights.trained import load_trained
 from tests.conftest import free_port, require_component, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,8 +35,15 @@ def export_digits(weights, out: Path) -> tuple[dict, Path, list[Path]]:
     files = {"tflite": out / "d.tflite", "onnx": out / "d.onnx", "int8": out / "d_int8.tflite"}
     run_cli("export", "--weights", weights, "--out", files["tflite"]).check()
     run_cli("export", "--weights", weights, "--out", files["onnx"]).check()
-    run_cli("quantize", "--weights", weights, "--calibration-images", "32", "--no-eval", "--out", files["int8"]).check()
+    # the int8 file as quantize writes it, through the API (the command is tested in test_mobile.py)
+    from effnet.compress.pt2e import write_int8
+    from effnet.compress.quantize import calibration_batches
     from effnet.datasets.builtin import digits
+
+    trained = load_trained(weights)
+    options = trained.provenance.data_options(None, origin=str(weights))
+    batches = calibration_batches(trained.model, options, 32, training=trained.provenance.training)
+    write_int8(trained.model, files["int8"], "litert", batches)
 
     test = digits()[0]["test"]
     names = json.loads(run_cli("eval", "--weights", weights, "--json").check().stdout)["classes"]

@@ -40,8 +40,10 @@ def raw_runtime(path, x: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def b0():
-    # B0 holds SE, SiLU and TF-style padding: what a converter has to get right
-    model = effnet.create_model("efficientnet_b0", num_classes=10, class_names=[f"c{i}" for i in range(10)])
+    # B0's blocks hold SE, SiLU, depthwise convs and their padding: what a converter has to get right
+    # (benchmarks/mobile/parity.json converts every member)
+    names = [f"c{i}" for i in range(10)]
+    model = effnet.create_model("efficientnet_b0", num_classes=10, class_names=names)
     give_bn_real_statistics(model, SIDE, batch=8, damp_residuals=True)
     return model.eval()
 
