@@ -14,9 +14,12 @@ $(PY):
 # versions whose wheels this machine keeps locally.
 # stardist only carries the nuclei image and mask (effnet data make nuclei); --no-deps keeps its
 # TensorFlow stack out, and effnet never imports it.
+# pip compiles every installed module to bytecode one file after another (a third of the
+# install's time); compileall does the same on both cores.
 $(STAMP): pyproject.toml constraints.txt | $(PY)
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
-	$(PY) -m pip install -q --no-deps "stardist==0.9.2"
+	$(PY) -m pip install -q --no-compile -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q --no-compile --no-deps "stardist==0.9.2"
+	$(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null || true
 	touch $(STAMP)
 
 # The torch-free runtime (runtime/, the effnet-runtime package) in a venv of its own, without
