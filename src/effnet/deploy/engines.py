@@ -1,7 +1,8 @@
 """Opening a trained file on the engine that will run it: torch (eager, in its inference form),
-ONNX Runtime, OpenVINO, LiteRT or ExecuTorch. ``predict``, ``eval``, ``quantize`` and the compression pipeline go through
-``open_model`` and do not know which engine they hold: each engine has a model's interface
-(``config``, ``preprocessing``, ``class_names``, ``eval()``, called on an NCHW float batch)."""
+ONNX Runtime, OpenVINO, LiteRT or ExecuTorch. ``predict``, ``eval``, ``quantize`` and the
+compression pipeline go through ``open_model`` and do not know which engine they hold: each
+engine has a model's interface (``config``, ``preprocessing``, ``class_names``, ``eval()``, called
+on an NCHW float batch)."""
 
 from __future__ import annotations
 
@@ -123,9 +124,10 @@ def open_model(
 def open(path_or_tag: str | os.PathLike, *, engine: str | None = None, model: str | None = None, **options):
     """Open a pretrained tag, an effnet ``.safetensors`` file, a peer's checkpoint (``model=``
     names its architecture), an ``.onnx`` export, an OpenVINO ``.xml``, a LiteRT ``.tflite`` or an
-    ExecuTorch ``.pte`` on ``engine`` (default: by the file's kind). Whatever the task and the engine, the result has ``task``,
-    ``class_names``, ``preprocessing``, ``config`` and ``provenance`` (what it was trained on),
-    and is called as the torch model is: an NCHW batch (a detector: a list of images)."""
+    ExecuTorch ``.pte`` on ``engine`` (default: by the file's kind). Whatever the task and the
+    engine, the result has ``task``, ``class_names``, ``preprocessing``, ``config`` and
+    ``provenance`` (what it was trained on), and is called as the torch model is: an NCHW batch (a
+    detector: a list of images)."""
     trained = open_model(str(path_or_tag), model, engine, **options)
     net = trained.model
     if not hasattr(net, "task"):
