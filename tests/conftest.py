@@ -167,18 +167,29 @@ def run_cli(*args) -> CliResult:
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
-def trained_once(tmp_path_factory, name: str, *train_args) -> Path:
-    """``effnet train ARGS`` run once per test session, whichever pytest-xdist worker asks first;
-    the others wait for it on a file lock and share the file (each training costs ~6-9 s)."""
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """A folder that ``make(folder)`` fills once per test session, whichever pytest-xdist worker
+    asks first; the others wait for it on a file lock and share it (for fixtures that cost
+    seconds: trained models, exports). Tests that change a file in it copy the file first."""
     from filelock import FileLock
 
     base = tmp_path_factory.getbasetemp()
     root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the workers' shared folder
-    run = root / f"trained-{name}"
-    with FileLock(str(root / f"trained-{name}.lock")):
-        if not (run / "best.safetensors").exists():
-            run_cli("train", *train_args, "--out", run, "--quiet").check()
-    return run / "best.safetensors"
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
+def trained_once(tmp_path_factory, name: str, *train_args) -> Path:
+    """``effnet train ARGS`` run once per test session (``made_once``; each training costs ~6-9 s)."""
+    folder = made_once(tmp_path_factory, f"trained-{name}",
+                       lambda run: run_cli("train", *train_args, "--out", run, "--quiet").check())  # fmt: skip
+    return folder / "best.safetensors"
 
 
 @pytest.fixture(scope="session")

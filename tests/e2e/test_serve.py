@@ -2,7 +2,6 @@
 checked against ``effnet predict``'s, every bad request's 4xx, batching, overload, SIGTERM."""
 
 import asyncio
-import importlib.util
 import io
 import json
 import os
@@ -15,46 +14,15 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-import effnet
 from effnet.deploy.engines import open_model
-from effnet.deploy.export import export
 from effnet.deploy.predict import predict
-from tests.conftest import give_bn_real_statistics, import_required, require_component, requires, run_cli
+from tests.conftest import import_required, require_component, requires, run_cli
+from tests.e2e.conftest import CLASSES, SIDE
 
 httpx = import_required("httpx")
 import_required("starlette", "the serve extra (pip install -e '.[dev]') installs it")
-
-SIDE = 32
-CLASSES = ["T-shirt", "trouser", "pullover", "dress", "coat"]
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """A small classifier with realistic BN statistics, as .safetensors and as dynamic and
-    static ONNX exports, and real photos (scikit-image's) as PNG and JPEG."""
-    from skimage import data
-
-    root = tmp_path_factory.mktemp("serve")
-    torch.manual_seed(0)
-    model = effnet.create_model(phi=-3, num_classes=len(CLASSES), resolution=SIDE, class_names=CLASSES)
-    give_bn_real_statistics(model, SIDE, batch=8, damp_residuals=True)
-    model.eval()
-    effnet.save(model, root / "m.safetensors")
-    export(model, root / "dynamic.onnx", dynamic_batch=True)
-    export(model, root / "static.onnx")
-    if importlib.util.find_spec("openvino"):
-        export(model, root / "dynamic.xml", format="openvino", dynamic_batch=True)
-    if importlib.util.find_spec("litert_torch"):
-        export(model, root / "static.tflite")
-    images = []
-    for i, name in enumerate(("chelsea", "coffee", "astronaut", "rocket")):
-        path = root / f"{name}.{'png' if i % 2 else 'jpg'}"
-        Image.fromarray(getattr(data, name)()).save(path)
-        images.append(path)
-    return root, images
 
 
 @contextmanager

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import import_required, require_component, run_cli
-from tests.e2e.test_serve import files, metric, server  # noqa: F401 - files is a fixture
+from tests.e2e.test_serve import metric, server
 
 httpx = import_required("httpx")
 import_required("starlette", "the serve extra (pip install -e '.[dev]') installs it")
@@ -44,7 +44,7 @@ def post(url, body, kind="image/png", **kwargs):
                       **kwargs)  # fmt: skip
 
 
-def test_decoding_holds_at_most_the_decode_budget_of_pixels(files):  # noqa: F811
+def test_decoding_holds_at_most_the_decode_budget_of_pixels(files):
     """16 images of 16 Mpx in one batch (~1 MB on the wire, ~240 MB each to decode): with a
     budget of one such image they decode one after the other, and the server's peak memory grows
     by about one image's decoding, not sixteen. A single image over the budget alone is a 413."""
@@ -66,7 +66,7 @@ def test_decoding_holds_at_most_the_decode_budget_of_pixels(files):  # noqa: F81
         assert post(f"{url}/v1/predict", big).status_code == 200  # the budget was given back
 
 
-def test_no_decode_budget_in_time_is_503_and_large_images_are_refused_by_default(files):  # noqa: F811
+def test_no_decode_budget_in_time_is_503_and_large_images_are_refused_by_default(files):
     root, images = files
     big = solid_png(4000)
     with server("--weights", root / "dynamic.onnx", "--decode-budget", 16, "--decode-wait", 0) as (url, proc):
@@ -111,7 +111,7 @@ def slow_client(port: int, results: list, index: int, seconds: float) -> None:
     results[index] = (time.perf_counter() - start, answer)
 
 
-def test_slow_bodies_get_408_and_do_not_hold_the_queue(files):  # noqa: F811
+def test_slow_bodies_get_408_and_do_not_hold_the_queue(files):
     root, images = files
     body = images[1].read_bytes()
     args = ("--weights", root / "dynamic.onnx", "--queue", 2, "--body-timeout", 2, "--max-wait-ms", 1)
@@ -136,7 +136,7 @@ def test_slow_bodies_get_408_and_do_not_hold_the_queue(files):  # noqa: F811
         assert proc.poll() is None
 
 
-def test_bodies_held_at_once_are_bounded_by_queue_times_max_body(files):  # noqa: F811
+def test_bodies_held_at_once_are_bounded_by_queue_times_max_body(files):
     """With --queue 1 --max-body-mb 1, a client that sent 900 kB of its body and stalls leaves room
     for no other body of more than ~150 kB: 503 at once; after its 408 the room is back."""
     root, images = files
@@ -175,7 +175,7 @@ def test_top_k_is_ascii_digits_of_bounded_length(top_k):
     assert len(str(caught.value)) < 200
 
 
-def test_odd_top_k_values_get_a_json_400_from_the_server(files):  # noqa: F811
+def test_odd_top_k_values_get_a_json_400_from_the_server(files):
     root, images = files
     jpeg = images[0].read_bytes()
     with server("--weights", root / "dynamic.onnx") as (url, proc):
@@ -190,7 +190,7 @@ def test_odd_top_k_values_get_a_json_400_from_the_server(files):  # noqa: F811
         assert proc.poll() is None
 
 
-def test_openvino_ir_rewritten_or_truncated_while_served_changes_nothing(files, tmp_path):  # noqa: F811
+def test_openvino_ir_rewritten_or_truncated_while_served_changes_nothing(files, tmp_path):
     import_required("openvino")
     root, images = files
     shutil.copy(root / "dynamic.xml", tmp_path / "m.xml")
@@ -223,7 +223,7 @@ def self_signed(tmp_path):
     return cert, key
 
 
-def test_api_key_over_https(files, tmp_path, monkeypatch):  # noqa: F811
+def test_api_key_over_https(files, tmp_path, monkeypatch):
     root, images = files
     cert, key = self_signed(tmp_path)
     monkeypatch.setenv("EFFNET_API_KEY", "s3cret-key")
@@ -252,7 +252,7 @@ def test_api_key_over_https(files, tmp_path, monkeypatch):  # noqa: F811
         assert proc.poll() is None
 
 
-def test_binding_beyond_loopback_without_a_key_warns(files):  # noqa: F811
+def test_binding_beyond_loopback_without_a_key_warns(files):
     root, _ = files
     with server("--weights", root / "dynamic.onnx", "--host", "0.0.0.0") as (url, proc):
         line = proc.stderr.readline()
@@ -270,7 +270,7 @@ def test_binding_beyond_loopback_without_a_key_warns(files):  # noqa: F811
         (["--decode-budget", "nan"], "--decode-budget"),
     ],
 )
-def test_bad_protection_flags_are_one_line(files, tmp_path, args, message):  # noqa: F811
+def test_bad_protection_flags_are_one_line(files, tmp_path, args, message):
     root, _ = files
     result = run_cli("serve", "--weights", root / "dynamic.onnx", *(a.format(tmp=tmp_path) for a in args))
     assert result.returncode == 2 and message in result.stderr, result.stderr

@@ -12,7 +12,7 @@ from PIL import Image
 import effnet
 from effnet.core.errors import MissingExtra, UsageError, WeightsError
 from effnet.deploy.export import check_batch, export
-from tests.conftest import import_required, run_cli
+from tests.conftest import import_required, made_once, run_cli
 
 import_required("ai_edge_litert", "pip install 'effnet[litert]' installs it")
 import_required("litert_torch", "pip install 'effnet[litert]' installs it")
@@ -114,16 +114,19 @@ def test_int8_of_executorch_and_dynamic_range_keep_accuracy(small_digits_weights
     assert on_torch - evaluated["top1"] <= 0.03 and on_torch > 0.85, (on_torch, evaluated["top1"])
 
 
-@pytest.fixture(scope="module")
-def peer_tflite(tmp_path_factory):
-    """A .tflite with no effnet metadata, as another converter would write it: B0 with 1000 classes."""
+def _write_peer(folder) -> None:
     from effnet.deploy.export import inference_form
     from effnet.deploy.litert import convert
 
     model = effnet.create_model("efficientnet_b0", width=0.25, depth=0.1)  # tiny: converts in ~2 s
-    path = tmp_path_factory.mktemp("peer") / "peer.tflite"
-    path.write_bytes(convert(inference_form(model), torch.randn(1, 3, SIDE, SIDE)))
-    return path
+    (folder / "peer.tflite").write_bytes(convert(inference_form(model), torch.randn(1, 3, SIDE, SIDE)))
+
+
+@pytest.fixture(scope="session")
+def peer_tflite(tmp_path_factory):
+    """A .tflite with no effnet metadata, as another converter would write it: B0's table (tiny)
+    with 1000 classes; made once for the session (made_once)."""
+    return made_once(tmp_path_factory, "peer-tflite", _write_peer) / "peer.tflite"
 
 
 @pytest.mark.slow
