@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from conftest import run_cli
 from PIL import Image
 
 import effnet
@@ -22,7 +21,7 @@ from effnet.datasets.coco import load_detection
 from effnet.datasets.make import make_fmnist, make_fmnist_pairs
 from effnet.models.embedding import create_embedder
 from effnet.weights.io import load, save
-from tests.conftest import import_required, require_component, requires
+from tests.conftest import import_required, require_component, requires, run_cli
 
 needs_fmnist = requires("Fashion-MNIST", FASHION_MNIST_DIR.is_dir(), "make test installs dataset-fashion-mnist")
 FAST = ("--epochs", "1", "--batch-size", "3", "--phi", "-3", "--quiet")

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, import_required, require_component, requires, run_cli
 from PIL import Image
 
 from effnet.datasets.builtin import FASHION_MNIST_DIR
@@ -28,6 +27,7 @@ from effnet.tasks.embedding import verification_metrics
 from effnet.tasks.segmentation import scores_from_confusion
 from effnet.training.trainer import Trainer
 from effnet.weights.io import load, save
+from tests.conftest import free_port, import_required, require_component, requires, run_cli
 
 needs_fmnist = requires("Fashion-MNIST", FASHION_MNIST_DIR.is_dir(), "make test installs dataset-fashion-mnist")
 TINY = {"train": 6, "val": 3, "test": 3}
