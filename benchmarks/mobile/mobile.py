@@ -46,8 +46,8 @@ from effnet.deploy.export import check_batch, export
 ROOT = Path(__file__).resolve().parents[2]
 MEMBERS = [f"efficientnet_b{i}" for i in range(8)] + [f"efficientnet_lite{i}" for i in range(5)]
 MEMBERS += ["efficientnetv2_b0", "efficientnetv2_s"]
-PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field", "immunohistochemistry",
-          "cat", "coins", "camera"]  # fmt: skip
+PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "cat", "coins",
+          "camera", "clock", "brick", "colorwheel", "grass", "gravel", "moon", "page"]  # fmt: skip
 
 
 def machine() -> dict:
@@ -193,7 +193,7 @@ def part_latency(out: dict, min_seconds: float) -> None:
             files["openvino"] = export(model, scratch / f"{name}.xml", format="openvino").path
             files["litert"] = export(model, scratch / f"{name}.tflite").path
             files["executorch"] = export(model, scratch / f"{name}.pte").path
-            quantize_onnx(files["onnxruntime"], scratch / f"{name}_int8.onnx", [calibration])
+            quantize_onnx(files["onnxruntime"], scratch / f"{name}_int8.onnx", [c[None] for c in calibration])
             files["onnxruntime_int8"] = scratch / f"{name}_int8.onnx"
             for fmt, suffix in (("litert", ".tflite"), ("executorch", ".pte")):
                 files[f"{fmt}_int8"] = scratch / f"{name}_int8{suffix}"
