@@ -11,5 +11,5 @@ $P benchmarks/mobile/mobile.py parity --out benchmarks/mobile/parity.json
 [ -f runs/mobile_fmnist/best.safetensors ] || $E train --model efficientnet_lite0 --weights lite0 \
   --data fashion-mnist --image-size 64 --epochs 2 --limit-train 10000 --out runs/mobile_fmnist --quiet
 $P benchmarks/mobile/mobile.py int8 --weights runs/mobile_fmnist/best.safetensors --out benchmarks/mobile/int8.json
-$P benchmarks/mobile/mobile.py latency --out benchmarks/mobile/latency.json
+$P benchmarks/mobile/mobile.py latency --min-seconds 4 --out benchmarks/mobile/latency.json
 $P benchmarks/mobile/mobile.py runtime --out benchmarks/mobile/runtime.json

@@ -130,11 +130,12 @@ class LiteRTModel(Model):
             except (ValueError, RuntimeError) as exc:
                 raise RuntimeUsageError(f"{self.path}: LiteRT cannot load it ({exc})") from None
             self.local.interpreter = interpreter
+            self.local.details = (interpreter.get_input_details()[0], interpreter.get_output_details()[0])
         return interpreter
 
     def _run(self, array: np.ndarray) -> np.ndarray:
         interpreter = self._interpreter()
-        (detail,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()[:1]
+        detail, out = self.local.details  # read once per interpreter, not on every call
         if detail["dtype"] != np.float32:  # a PT2E int8 file: int8 in and out, on the graph's own scales
             scale, zero = detail["quantization"]
             info = np.iinfo(detail["dtype"])
