@@ -4,6 +4,12 @@ ExecuTorch's ``XNNPACKQuantizer``: symmetric int8, one scale per output channel 
 observers see the calibration images, and ``convert_pt2e`` leaves quantize/dequantize pairs
 that the converter (LiteRT) or the XNNPACK delegate (ExecuTorch) turns into integer kernels.
 
+Both quantizers fuse a convolution with a following ReLU but not with ReLU6 (``hardtanh``), which
+they give the convolution's own quantization: the unclamped convolution output then sets the scale
+(the Lite stem's spans ±90, so ReLU6's 0..6 got eight levels and the real ImageNet Lite0 kept its
+top-1 on 5 of 16 photos). ``_FusedClamp`` moves the output quantization from such a convolution to
+the clamp, as both runtimes fuse the pair into one kernel with a clamped output.
+
 ``dynamic`` (LiteRT only): int8 weights and activations quantized on the fly from their
 observed range at run time, so no calibration images; the input and output stay float.
 """
@@ -41,6 +47,40 @@ def _quantizer(format: str, dynamic: bool):
     return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
 
 
+class _FusedClamp:
+    """``base`` (a PT2E quantizer) with each ``conv → hardtanh`` pair annotated like ``conv → relu``:
+    no quantization between them, the clamp's output observed on its own."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def transform_for_annotation(self, model):
+        return self.base.transform_for_annotation(model)
+
+    def annotate(self, model):
+        from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, QuantizationSpec
+
+        model = self.base.annotate(model)
+        clamps = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
+        for node in model.graph.nodes:
+            conv = node.args[0] if node.op == "call_function" and node.target in clamps else None
+            if conv is None or conv.target != torch.ops.aten.conv2d.default or len(conv.users) != 1:
+                continue
+            conv_notes = conv.meta.get("quantization_annotation")
+            if conv_notes is None or not isinstance(conv_notes.output_qspec, QuantizationSpec):
+                continue
+            node.meta["quantization_annotation"] = QuantizationAnnotation(output_qspec=conv_notes.output_qspec,
+                                                                          _annotated=True)  # fmt: skip
+            conv_notes.output_qspec = None
+        return model
+
+    def validate(self, model):
+        self.base.validate(model)
+
+    def prepare_obs_or_fq_callback(self, model, edge_or_node_to_obs_or_fq):
+        self.base.prepare_obs_or_fq_callback(model, edge_or_node_to_obs_or_fq)
+
+
 def quantized_graph(model, format: str, batches: list[np.ndarray], *, dynamic: bool = False, image_size=None):
     """The PT2E int8 graph of ``model``'s inference form (batch 1) and its quantizer, calibrated
     on ``batches`` one image at a time (the graph's batch is fixed at 1, as on the device)."""
@@ -53,7 +93,7 @@ def quantized_graph(model, format: str, batches: list[np.ndarray], *, dynamic: b
     quantizer = _quantizer(format, dynamic)
     net = inference_form(model)
     with torch.no_grad():
-        graph = prepare_pt2e(torch.export.export(net, (example,)).module(), quantizer)
+        graph = prepare_pt2e(torch.export.export(net, (example,)).module(), _FusedClamp(quantizer))
         images = [b[i : i + 1] for b in batches for i in range(len(b))]
         if not dynamic and not images:
             raise UsageError("no calibration images")
