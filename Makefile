@@ -14,13 +14,15 @@ $(PY):
 # versions whose wheels this machine keeps locally.
 # stardist only carries the nuclei image and mask (effnet data make nuclei); --no-deps keeps its
 # TensorFlow stack out, and effnet never imports it.
-# pip compiles every installed module to bytecode one file after another; compileall does the
-# same on both cores (measured: the venv in 75 s against 81 s). Without bytecode at all the
-# installs took 73 s but the suite 544 s instead of ~430 s: its processes compiled what they import.
+# Bytecode: pip would compile all 26,000 installed modules one after another (most are never
+# imported: executorch's, transformers', coremltools'), so it installs with --no-compile and
+# Python writes each module's bytecode when something first imports it. That needs
+# PYTHONDONTWRITEBYTECODE unset: this machine's environment sets it, and with it every test
+# process compiled what it imported again (the suite took 544 s instead of ~430 s).
+unexport PYTHONDONTWRITEBYTECODE
 $(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PY) -m pip install -q --no-compile -c constraints.txt -e ".[dev]"
 	$(PY) -m pip install -q --no-compile --no-deps "stardist==0.9.2"
-	$(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null || true
 	touch $(STAMP)
 
 # The torch-free runtime (runtime/, the effnet-runtime package) in a venv of its own, without
