@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from effnet.core.machine import machine
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -59,6 +61,7 @@ def main() -> None:
     summary = {
         "command": " ".join(["python", "benchmarks/fashion_mnist_accuracy.py", *sys.argv[1:]]),
         "train_command": " ".join(train[1:]),
+        "machine": machine(),
         "test_top1": result["top1"],
         "test_top5": result["top5"],
         "test_n": result["n"],

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from effnet.core.machine import machine
+
 ROOT = Path(__file__).resolve().parent.parent
 # The short-run recipe of the compression pipeline (effnet.training.recipe.SHORT_RUN at lr 0.004):
 # the students trained alone and distilled use exactly what `effnet compress` uses.
@@ -46,6 +48,7 @@ def cached(path: Path, make) -> dict:
         start = time.perf_counter()
         result = make()
         result["wall_seconds"] = round(time.perf_counter() - start, 1)
+        result["machine"] = machine()  # each step's own: a later invocation may run on another machine
         # Paths relative to the repository: the results must not name this machine's folders.
         path.write_text(json.dumps(result, indent=2).replace(f"{ROOT}/", "") + "\n")
     return json.loads(path.read_text())
@@ -64,10 +67,17 @@ def pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
+def machine_line(m: dict) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    return f"Machine: {m['cpu']}, {m['cpus']} CPUs, flags `{' '.join(m['cpu_flags']) or 'none'}`; {versions}."
+
+
 def summary_markdown(summary: dict, args) -> str:
     p, lines = summary["prune"], []
     lines += [
         f"Command: `{summary['command']}`",
+        "",
+        machine_line(summary["machine"]),
         "",
         f"Teacher: phi=-3 B0 at 48 px, {args.teacher_epochs} epochs on {args.limit_train} images: "
         f"**{pct(summary['teacher_test_top1'])}%** test top-1.",
@@ -196,6 +206,7 @@ def main() -> None:
     summary = {
         "command": " ".join(["python", "benchmarks/fmnist_compression.py", *sys.argv[1:]]),
         "commands_this_invocation": log,
+        "machine": machine(),
         "teacher_test_top1": base["test_top1"],
         "prune": {
             "ratio": float(args.prune_ratio),

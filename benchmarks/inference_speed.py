@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
@@ -20,6 +19,7 @@ import torch
 import torchvision
 
 import effnet
+from effnet.core.machine import machine
 from effnet.models.fuse import fuse_batchnorm
 
 
@@ -91,10 +91,10 @@ def main() -> None:
                     }
                 )
 
-    print(
-        f"# {args.model} at {args.image_size}px, {args.threads} threads, torch {torch.__version__}, "
-        f"timm {timm.__version__}, torchvision {torchvision.__version__}, {platform.processor() or platform.machine()}"
-    )
+    record = machine()
+    versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
+    print(f"# {args.model} at {args.image_size}px, {args.threads} threads")
+    print(f"# {record['cpu']}, {record['cpus']} CPUs, flags {' '.join(record['cpu_flags']) or 'none'}; {versions}")
     print(f"{'impl':<13} {'layout':<14} {'batch':>5} {'median ms':>10} {'IQR ms':>8} {'img/s':>8} {'vs tv':>6}")
     for r in rows:
         print(
@@ -103,7 +103,7 @@ def main() -> None:
         )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model, "threads": args.threads, "rows": rows}, f, indent=2)
+            json.dump({"model": args.model, "threads": args.threads, "machine": record, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent / "tasks"))
 from common import timed  # noqa: E402 - the task benchmarks' runner of effnet commands
 
-from effnet.core.machine import cpu_flags  # noqa: E402
+from effnet.core.machine import machine  # noqa: E402
 
 RUNS = {
     "b0_digits": ["--model", "efficientnet_b0", "--data", "digits", "--epochs", "2", "--image-size", "32"],
@@ -53,9 +52,8 @@ def main() -> None:
             "wall_seconds": round(time.perf_counter() - start, 1),
         }
         print(name, json.dumps(results[name]), file=sys.stderr)
-    out = {"machine": {"cpu_flags": cpu_flags(), "cores": os.cpu_count(), "python": platform.python_version(),
-                       "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
-           "runs": results}  # fmt: skip
+    # the effnet commands run in processes of their own, on the threads OMP_NUM_THREADS gives them
+    out = {"machine": {**machine(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}, "runs": results}
     args.out.write_text(json.dumps(out, indent=2) + "\n")
 
 

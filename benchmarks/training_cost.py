@@ -24,6 +24,8 @@ import statistics
 import subprocess
 import sys
 
+from effnet.core.machine import machine
+
 IMPLS = ["timm", "effnet", "effnet_memory_efficient"]
 # effnet models other than B0, by implementation name
 MODELS = {"effnet_b4": "efficientnet_b4", "effnet_v2_s": "efficientnetv2_s"}
@@ -132,7 +134,9 @@ def main() -> None:
                     f"memory_vs_{first}": memory[impl] / memory[first],
                 }
             )
-    first = impls[0]
+    first, record = impls[0], machine()
+    versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
+    print(f"# {record['cpu']}, {record['cpus']} CPUs, flags {' '.join(record['cpu_flags']) or 'none'}; {versions}")
     print(f"{'impl':<25} {'batch':>5} {'size':>5} {'step s':>8} {'peak MB':>8} {'time/' + first:>14} "
           f"{'mem/' + first:>14}")  # fmt: skip
     for r in rows:
@@ -140,7 +144,7 @@ def main() -> None:
               f"{r[f'time_vs_{first}']:>14.2f} {r[f'memory_vs_{first}']:>14.2f}")  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+            json.dump({"machine": record, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

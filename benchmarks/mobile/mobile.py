@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,7 @@ import numpy as np
 import torch
 
 import effnet
-from effnet.core.machine import cpu_flags
+from effnet.core.machine import machine
 from effnet.deploy.bench import time_interleaved
 from effnet.deploy.export import check_batch, export
 
@@ -50,26 +49,6 @@ MEMBERS = [f"efficientnet_b{i}" for i in range(8)] + [f"efficientnet_lite{i}" fo
 MEMBERS += ["efficientnetv2_b0", "efficientnetv2_s"]
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "cat", "coins",
           "camera", "clock", "brick", "colorwheel", "grass", "gravel", "moon", "page"]  # fmt: skip
-
-
-def machine() -> dict:
-    import ai_edge_litert
-    import executorch
-    import onnxruntime
-    import openvino
-
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "flags": cpu_flags(),
-        "threads": torch.get_num_threads(),
-        "versions": {
-            "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "openvino": openvino.__version__,
-            "ai_edge_litert": getattr(ai_edge_litert, "__version__", "?"),
-            "executorch": getattr(executorch, "__version__", "1.5.1"),
-        },  # fmt: skip
-    }
 
 
 def with_image_statistics(model: torch.nn.Module, side: int) -> torch.nn.Module:

@@ -35,6 +35,7 @@ import torchvision
 
 import effnet
 from effnet.compress.quantize import quantize_onnx
+from effnet.core.machine import machine
 from effnet.deploy.bench import time_interleaved
 from effnet.deploy.export import export, inference_form, onnx_program
 from effnet.deploy.openvino import Runner, compile_properties, read_model
@@ -97,7 +98,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     x = torch.randn(1, 3, 224, 224)
     result = {"command": "python benchmarks/openvino/graph_variants.py --out benchmarks/openvino/graph_variants.json",
-              "threads": args.threads, "rows": []}  # fmt: skip
+              "threads": args.threads, "machine": machine(), "rows": []}  # fmt: skip
     with tempfile.TemporaryDirectory() as scratch:
         files = variants(Path(scratch))
         for precision in ("f32", "bf16"):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch
 
 import effnet
 from effnet.compress.quantize import quantize_onnx
-from effnet.core.machine import cpu_flags
+from effnet.core.machine import machine
 from effnet.deploy.bench import _rows, bench, build_engines, peak_gflops, time_interleaved
 from effnet.deploy.export import export
 from effnet.deploy.openvino import OpenVinoModel
@@ -91,9 +90,7 @@ def main() -> None:
     peak = peak_gflops(args.threads)
     common = {"threads": args.threads, "min_seconds": args.min_seconds, "min_runs": 20, "peak": peak,
               "progress": True}  # fmt: skip
-    result = {"cpu": platform.processor() or platform.machine(), "cpu_flags": cpu_flags(), "threads": args.threads,
-              "peak_gflops_fp32": peak, "openvino": __import__("openvino").__version__,
-              "onnxruntime": __import__("onnxruntime").__version__}  # fmt: skip
+    result = {"threads": args.threads, "peak_gflops_fp32": peak, "machine": machine()}
     with tempfile.TemporaryDirectory() as scratch:
         rows = b0_batch1(Path(scratch), args.threads, peak, args.min_seconds)
     rows += bench(["efficientnet_b0"], [32], engines=B0_ENGINES, ov_hint="throughput", **common)

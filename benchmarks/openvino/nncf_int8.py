@@ -24,6 +24,7 @@ import torch
 
 import effnet
 from effnet.compress.quantize import quantize_onnx
+from effnet.core.machine import machine
 from effnet.deploy.bench import build_engines, time_interleaved
 from effnet.deploy.export import export
 from effnet.deploy.runtime import OnnxModel
@@ -64,8 +65,7 @@ def main() -> None:
     reference = medians["torchvision_onnxruntime"]
     result = {
         "threads": threads,
-        "openvino": ov.__version__,
-        "nncf": nncf.__version__,
+        "machine": machine(),
         "rows": [
             {"engine": k, "median_ms": m, "vs_onnxruntime_on_torchvision": m / reference, "runs": len(times[k])}
             for k, m in medians.items()

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from effnet.core.machine import cpu_flags
+from effnet.core.machine import machine
 
 
 class Float32Conv(torch.nn.Module):
@@ -97,8 +97,8 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    out = {"command": " ".join(["python", *sys.argv]), "flags": cpu_flags(), "threads": 2,
-           "torch": torch.__version__, "training_step": training_steps(args.repeats), "conv_backward": []}  # fmt: skip
+    out = {"command": " ".join(["python", *sys.argv]), "machine": machine(), "threads": 2,
+           "training_step": training_steps(args.repeats), "conv_backward": []}  # fmt: skip
     for name, shape in (("depthwise 3x3, 96 ch, 32 px", (96, 96, 96, 3, 32)),
                         ("depthwise 5x5, 240 ch, 8 px", (240, 240, 240, 5, 8)),
                         ("pointwise 96->24, 32 px", (1, 96, 24, 1, 32)),

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from effnet.core.machine import machine
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -291,7 +293,7 @@ def main() -> None:
     from effnet.deploy.export import export
 
     command = shlex.join(["python", "benchmarks/serving/load.py", *sys.argv[1:]])
-    results = {"command": command, "cpu_count": os.cpu_count()}
+    results = {"command": command, "machine": machine()}
     parts = args.parts.split(",")
     with tempfile.TemporaryDirectory() as scratch:
         if "throughput" in parts:

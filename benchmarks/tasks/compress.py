@@ -16,6 +16,8 @@ from pathlib import Path
 
 from common import timed
 
+from effnet.core.machine import machine
+
 
 def main() -> None:
     p = argparse.ArgumentParser()
@@ -30,7 +32,7 @@ def main() -> None:
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     result = {"ratio": args.ratio, "finetune_epochs": args.finetune_epochs, "limit_train": args.limit_train,
-              "calibration_images": args.calibration_images}  # fmt: skip
+              "calibration_images": args.calibration_images, "machine": machine()}  # fmt: skip
     base, _ = timed("eval", "--weights", args.segmenter, "--split", "test", "--json")
     pruned_file = args.work / "unet-pruned.safetensors"
     report, seconds = timed("prune", "--weights", args.segmenter, "--ratio", args.ratio, "--finetune-epochs",

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from common import effnet, grid, timed
 
+from effnet.core.machine import machine
+
 
 def main() -> None:
     p = argparse.ArgumentParser()
@@ -42,7 +44,7 @@ def main() -> None:
     result = {"background": args.background, "model": args.model, "weights": args.weights, "detector": args.detector,
               "train_canvases": args.train, "epochs": args.epochs, "batch_size": args.batch_size,
               "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1), "last_epoch": row,
-              "test": test}  # fmt: skip
+              "test": test, "machine": machine()}  # fmt: skip
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     if args.plot:
         images = sorted((data / "test" / "images").glob("*.png"))[:8]

@@ -19,6 +19,7 @@ from PIL import Image
 from skimage.filters import threshold_otsu
 from skimage.measure import label, regionprops
 
+from effnet.core.machine import machine
 from effnet.datasets.coco import load_detection
 from effnet.tasks.detection import coco_metrics
 from effnet.weights.trained import load_trained
@@ -68,7 +69,7 @@ def main() -> None:
     result = coco_metrics(truth, found, data.classes)
     shown = f"WORK/{weights.relative_to(args.work)}" if weights.is_relative_to(args.work) else weights.name
     args.out.write_text(json.dumps({"method": "otsu+components+effnet classifier", "classifier": shown,
-                                    "test": result}, indent=2) + "\n")  # fmt: skip
+                                    "test": result, "machine": machine()}, indent=2) + "\n")  # fmt: skip
     print(json.dumps({k: result[k] for k in ("map", "ap50", "ap75")}))
 
 

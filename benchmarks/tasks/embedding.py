@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from common import effnet, timed
 from PIL import Image
 
+from effnet.core.machine import machine
 from effnet.datasets.images import load_rgb
 from effnet.datasets.pairs import read_pairs
 from effnet.models.preprocessing import Preprocessing
@@ -92,7 +93,7 @@ def main() -> None:
     out = {"per_class": args.per_class, "model": args.model, "weights": args.weights, "image_size": args.image_size,
            "epochs": args.epochs, "arcface_options": [str(v) for v in probe],
            "train_seconds": {"arcface": round(arc_s, 1), "softmax": round(soft_s, 1)},
-           "summary": summary, "results": results}  # fmt: skip
+           "summary": summary, "results": results, "machine": machine()}  # fmt: skip
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(summary, indent=1))
 

@@ -20,6 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
+from effnet.core.machine import machine
 from effnet.datasets.images import load_rgb
 from effnet.weights.trained import load_trained
 
@@ -63,7 +64,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     summary = {key: float(np.mean([r[key] for r in rows])) for key in ("effnet_roc_auc", "hog_lr_roc_auc")}
     args.out.write_text(json.dumps({"folds": rows, "mean": summary, "image_size": args.image_size,
-                                    "epochs": args.epochs}, indent=2) + "\n")  # fmt: skip
+                                    "epochs": args.epochs, "machine": machine()}, indent=2) + "\n")  # fmt: skip
     print(json.dumps(summary))
 
 

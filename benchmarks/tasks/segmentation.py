@@ -18,6 +18,8 @@ from common import effnet, grid, timed
 from PIL import Image
 from skimage.filters import threshold_otsu
 
+from effnet.core.machine import machine
+
 
 def otsu_dice(test: Path) -> dict:
     """Dice and IoU of Otsu's threshold over all test tiles together (one threshold, as a user of
@@ -57,7 +59,7 @@ def main() -> None:
     test, eval_s = timed("eval", "--weights", run / "best.safetensors", "--split", "test", "--json")
     result = {"dataset": name, "model": args.model, "weights": args.weights, "epochs": args.epochs,
               "batch_size": args.batch_size, "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1),
-              "last_epoch": row, "test": test}  # fmt: skip
+              "last_epoch": row, "test": test, "machine": machine()}  # fmt: skip
     if args.dataset == "nuclei":
         result["otsu_test"] = otsu_dice(data / "test")
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -67,7 +67,7 @@ def main() -> None:
         medians = {k: statistics.median(v) for k, v in times.items()}
         result = {
             "command": "python benchmarks/weights/cached_load.py --out benchmarks/weights/cached_load.json",
-            "machine": {**machine(), "torch_threads": torch.get_num_threads()},
+            "machine": machine(),
             "model": "efficientnet_b0",
             "file_bytes": {"plain": plain.stat().st_size, "cached": cached_path.stat().st_size},
             "import_and_convert_s": round(convert_s, 3),
