@@ -26,9 +26,10 @@ import torch
 import effnet
 from effnet.compress.quantize import quantize_onnx
 from effnet.core.machine import machine
-from effnet.deploy.bench import _rows, bench, build_engines, peak_gflops, time_interleaved
+from effnet.deploy.bench import _rows, bench, build_engines, time_interleaved
 from effnet.deploy.export import export
 from effnet.deploy.openvino import OpenVinoModel
+from effnet.deploy.roofline import peak_gflops
 from effnet.deploy.runtime import OnnxModel
 from effnet.models.flops import count_macs
 from effnet.models.registry import resolve_config

@@ -30,8 +30,9 @@ def add_dataclass_options(parser, cls, help_text: dict, skip: tuple[str, ...] = 
         text = help_text.get(f.name, "")
         if "default" not in text:
             text += f" (default: {default})"
-        if kind == "bool":
-            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=text)
+        if kind == "bool":  # on by default: --no-NAME turns it off
+            action = argparse.BooleanOptionalAction if default else "store_true"
+            parser.add_argument(flag, action=action, default=argparse.SUPPRESS, help=text)
         else:
             parser.add_argument(flag, type=casts[kind], default=argparse.SUPPRESS, help=text)
 

@@ -30,7 +30,10 @@ BENCH_COLUMNS = [
     ("images_per_s", "{:.1f}"),
     ("vs_torchvision", "{:.2f}"),
     ("vs_limit", "{:.2f}"),
+    ("vs_roofline", "{:.2f}"),
 ]
+ROOFLINE_COLUMNS = [("type", "{}"), ("eager_ms", "{:.2f}"), ("limit_ms", "{:.2f}"), ("flops", "{:.3g}"),
+                    ("bytes", "{:.3g}"), ("memory_bound", "{}")]  # fmt: skip
 
 
 def cmd_predict(args) -> int:
@@ -122,12 +125,25 @@ def cmd_bench(args) -> int:
     )
     if args.plot:
         plot(rows, args.plot)
+    if args.roofline_plot:
+        from effnet.deploy.bench import layer_breakdowns
+        from effnet.deploy.roofline import plot_breakdown
+
+        batch = parse_list(args.batch_sizes, "--batch-sizes", int)[0]
+        breakdowns = layer_breakdowns(parse_list(args.models, "--models"), batch, image_size=args.image_size,
+                                      threads=args.threads, peak=args.peak_gflops)  # fmt: skip
+        plot_breakdown(breakdowns, args.roofline_plot)
+        if not args.json:
+            for title, types in breakdowns.items():
+                print(f"{title}: ms by layer type (eager, BN folded; roofline limit)")
+                print_table([{"type": t, **v} for t, v in types.items()], ROOFLINE_COLUMNS)
     if args.json:
         print(json.dumps([r.to_dict() for r in rows], indent=2))
     else:
         peak = f"{args.peak_gflops:g} GFLOP/s (stated)" if args.peak_gflops else "measured (2048x2048 fp32 matmul)"
         print(f"threads: {rows[0].threads}, median of >= {args.runs} runs; OpenVINO: hint {args.ov_hint}, "
-              f"precision {args.ov_precision}; vs_limit: latency / (2 x MACs / fp32 peak), peak {peak}")  # fmt: skip
+              f"precision {args.ov_precision}; vs_limit: latency / (2 x MACs / fp32 peak), peak {peak}; "
+              "vs_roofline: latency / sum over layers of max(FLOPs / peak, bytes / measured bandwidth)")  # fmt: skip
         print_table([r.to_dict() for r in rows], BENCH_COLUMNS)
     return 0
 
@@ -266,6 +282,8 @@ def register(sub) -> None:
     p.add_argument("--runs", type=positive_int, default=10, help="timed runs per engine, at least")
     p.add_argument("--min-seconds", type=float, default=3.0, help="timed seconds per engine, at least")
     p.add_argument("--plot", help="write latency ratios as a PNG")
+    p.add_argument("--roofline-plot", help="write a PNG of where each model's time goes by layer type (eager and "
+                   "roofline limit, at the first batch size)")  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench, extras=("deploy",))
 

@@ -41,7 +41,13 @@ TRAIN_HELP = {
     "sched": "step (paper: x0.97 every 2.4 epochs) or cosine",
     "lr": "base learning rate (default: per optimizer, x global batch / 256)",
     "checkpoint_every": "also write the resume state every N optimizer steps",
-    "amp": "none or bf16 (autocast)",
+    "precision": "auto (the fastest on this hardware; fp32 on every CPU measured so far), fp32, or bf16 (autocast, "
+    "depthwise convolutions in fp32; refused where the CPU has no bf16 instructions); RUN/runtime.json records "
+    "the choice",
+    "pipeline": "batched (in-memory data, --augment none/light: resized once, augmented a batch at a time), "
+    "per-image (torchvision transforms per image) or auto (batched where it applies)",
+    "channels_last": "train in the channels-last memory layout (faster for convolutions on CPUs)",
+    "compile": "torch.compile the training forward/backward; trains eagerly with a warning if the compiler fails",
     "bad_images": "error: stop on the first bad file; skip: train on the good ones",
     "memory_efficient": "recompute activations in the backward pass (per block): less memory, ~1 extra forward",
     "teacher": "distil from this trained model (an effnet .safetensors file with the same classes)",

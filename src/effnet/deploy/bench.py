@@ -11,7 +11,9 @@ Each row also has its ratio to the physical limit: the model's multiply-adds (2 
 by ``torch.utils.flop_counter``) over the CPU's fp32 peak, measured here as the best rate of a
 2048x2048 fp32 matrix product on the same threads (``peak_gflops``; ``--peak-gflops`` states one
 instead). No real network reaches it (depthwise convolutions and SE gates are memory-bound), but it
-says how far from the machine, not just from another library, each engine is.
+says how far from the machine, not just from another library, each engine is. ``vs_roofline``
+holds each row to a limit any network could reach: per layer, the larger of its arithmetic time
+and its memory-traffic time at the measured bandwidth (effnet.deploy.roofline).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from effnet.deploy.export import export, onnx_program
 from effnet.deploy.litert import LiteRTModel
 from effnet.deploy.openvino import OpenVinoModel, Runner, compile_properties, read_model
 from effnet.deploy.pte import ExecuTorchModel
+from effnet.deploy.roofline import Machine, breakdown, roofline
 from effnet.deploy.runtime import OnnxModel, open_session
 from effnet.models.flops import count_macs
 from effnet.models.fuse import fuse_batchnorm
@@ -54,6 +57,7 @@ class BenchRow:
     images_per_s: float
     vs_torchvision: float | None = None
     vs_limit: float | None = None  # median / (2 x MACs x batch / peak fp32 FLOP/s)
+    vs_roofline: float | None = None  # median / the sum over layers of max(FLOPs / peak, bytes / bandwidth)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -157,20 +161,6 @@ def _mobile_runner(model: torch.nn.Module, format: str, image_size: int, threads
     return run
 
 
-def peak_gflops(threads: int, side: int = 2048, seconds: float = 1.0) -> float:
-    """The CPU's fp32 rate on ``threads`` threads: the best of repeated 2048x2048 matrix products
-    (the BLAS kernels run closest to the FMA units' peak of anything torch does)."""
-    torch.set_num_threads(threads)
-    a, b = torch.randn(side, side), torch.randn(side, side)
-    torch.mm(a, b)  # warm-up: thread pool, packing buffers
-    best, start = float("inf"), time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * side**3 / best / 1e9
-
-
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -208,7 +198,9 @@ def bench(
         compile_properties(threads, ov_hint, ov_precision, None)  # bad options fail before any export
     if peak is not None and not peak > 0:
         raise UsageError(f"--peak-gflops must be positive, got {peak}")
-    peak = peak or peak_gflops(threads)
+    measured = Machine.measure(threads)
+    peak = peak or measured.peak_gflops
+    machine = Machine(peak, measured.bandwidth_gbs)
 
     rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory(prefix="effnet-bench-") as scratch:
@@ -228,7 +220,8 @@ def bench(
                     label=f"{name} b{batch}",
                 )
                 limit_ms = 2 * macs * batch / (peak * 1e9) * 1e3
-                rows += _rows(name, batch, size, threads, times, limit_ms)
+                roof_ms = sum(c.limit_ms for c in roofline(create_model(name), batch, size, machine))
+                rows += _rows(name, batch, size, threads, times, limit_ms, roof_ms)
     return rows
 
 
@@ -264,7 +257,8 @@ def time_interleaved(
     return times
 
 
-def _rows(name, batch, size, threads, times, limit_ms: float | None = None) -> list[BenchRow]:
+def _rows(name, batch, size, threads, times, limit_ms: float | None = None,
+          roofline_ms: float | None = None) -> list[BenchRow]:  # fmt: skip
     rows = []
     for engine, ts in times.items():
         median = statistics.median(ts)
@@ -286,6 +280,7 @@ def _rows(name, batch, size, threads, times, limit_ms: float | None = None) -> l
     for r in rows:
         r.vs_torchvision = r.median_ms / base.median_ms if base else None
         r.vs_limit = r.median_ms / limit_ms if limit_ms else None
+        r.vs_roofline = r.median_ms / roofline_ms if roofline_ms else None
     return rows
 
 
@@ -310,3 +305,17 @@ def plot(rows: list[BenchRow], path: str | Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
+
+
+def layer_breakdowns(models: list[str], batch: int, *, image_size: int | None = None, threads: int | None = None,
+                     peak: float | None = None) -> dict[str, dict]:  # fmt: skip
+    """Where each model's time goes by layer type, eager and at the roofline limit
+    (``effnet.deploy.roofline.breakdown``), keyed "MODEL batch B"."""
+    threads = threads or torch.get_num_threads()
+    measured = Machine.measure(threads)
+    machine = Machine(peak or measured.peak_gflops, measured.bandwidth_gbs)
+    out = {}
+    for name in models:
+        size = image_size or resolve_config(name).resolution
+        out[f"{name} batch {batch}"] = breakdown(create_model(name), batch, size, machine)
+    return out

@@ -88,8 +88,10 @@ def export_metadata(
 
 
 def inference_form(model: nn.Module) -> nn.Module:
-    """BN folded, eval mode, no gradients: the module that gets exported."""
-    return fuse_batchnorm(model).eval().requires_grad_(False)
+    """BN folded, eval mode, no gradients, weights in the default memory layout: the module that
+    gets exported (a model fresh from training is channels-last, and torch.export then fixes
+    the batch dimension of its graph)."""
+    return fuse_batchnorm(model).eval().requires_grad_(False).to(memory_format=torch.contiguous_format)
 
 
 def format_for(path: str | os.PathLike) -> str:

@@ -9,6 +9,7 @@ from dataclasses import replace
 import torch
 
 from effnet.core.errors import UsageError
+from effnet.datasets.batched import BatchedImages, applies
 from effnet.datasets.loading import ImageDataset, load_data
 from effnet.datasets.transforms import train_transform
 from effnet.models.preprocessing import Preprocessing
@@ -74,6 +75,7 @@ class ClassificationTrainer(RunTrainer):
             transform = train_transform(pre, cfg.augment, cfg.randaug, cfg.random_erase)
         plain_train = ImageDataset(self.data.split("train"), transform)
         val_set = ImageDataset(self.data.split("val"), pre.transform())
+        train_set, notes = training_images(cfg, self.data.split("train"), plain_train, pre)
 
         criterion, on_start = None, [lambda rd: rd.report_skipped(self.data.skipped)]
         if cfg.teacher:
@@ -90,7 +92,7 @@ class ClassificationTrainer(RunTrainer):
             rundir,
             task=task,
             model=model,
-            train_set=SeededAugment(plain_train, cfg.seed),
+            train_set=train_set,
             val_set=val_set,
             plan=plan,
             ranks=ranks,
@@ -100,7 +102,19 @@ class ClassificationTrainer(RunTrainer):
             criterion=criterion,
             on_start=on_start,
             epoch_setup=epoch_setup,
+            notes=notes,
         )
+
+
+def training_images(cfg: TrainConfig, split, per_image: ImageDataset, pre: Preprocessing):
+    """The training set in the pipeline ``cfg.pipeline`` asks for (auto: batched where it applies)
+    and what RUN/runtime.json records of the choice."""
+    why_not = applies(split, cfg.augment, cfg.randaug, cfg.random_erase, cfg.progressive)
+    if cfg.pipeline == "batched" and why_not:
+        raise UsageError(f"--pipeline batched: {why_not}; use --pipeline per-image or auto")
+    if cfg.pipeline == "per-image" or why_not:
+        return SeededAugment(per_image, cfg.seed), {"pipeline": "per-image", "pipeline_reason": why_not or "requested"}
+    return BatchedImages(split, pre, cfg.augment), {"pipeline": "batched"}
 
 
 def progressive_setup(cfg: TrainConfig, model: torch.nn.Module, pre: Preprocessing):

@@ -16,7 +16,9 @@ from effnet.tasks.registry import registration, task_names
 
 OPTIMIZERS = ("rmsproptf", "adamw", "sgd")
 SCHEDULES = ("step", "cosine")
-AMP = ("none", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")  # effnet.training.precision resolves auto
+# How training images become batches (effnet.datasets.batched): auto takes batched where it applies.
+PIPELINES = ("auto", "batched", "per-image")
 RECIPES = ("auto", "paper", "short")
 # What a run from pretrained weights trains (effnet.training.finetune): all, the task head on a
 # frozen trunk, all but the stem and the first K stages, only biases and norms (BitFit), or those
@@ -107,12 +109,12 @@ PARTS = {
     "model": ("model", "phi", "width", "depth", "weights", "finetune", "image_size", "dropout", "drop_path_rate",
               "bn_momentum", "memory_efficient"),
     "data": ("data", "data_dir", "val_split", "limit_train", "bad_images", "augment", "randaug", "random_erase",
-             "progressive", "start_size", "start_dropout", "start_randaug"),
+             "pipeline", "progressive", "start_size", "start_dropout", "start_randaug"),
     "task": ("task", "annotations", "detector", "arcface_margin", "arcface_scale", "label_smoothing", "teacher",
              "kd_temperature", "kd_alpha", "cache_teacher"),
     "recipe": ("epochs", "batch_size", "recipe", "opt", "lr", "lr_decay", "sched", "warmup_epochs", "decay_rate",
-               "decay_epochs", "weight_decay", "ema_decay", "clip_grad", "accum_steps", "seed", "amp"),
-    "runtime": ("device", "workers", "channels_last", "checkpoint_every"),
+               "decay_epochs", "weight_decay", "ema_decay", "clip_grad", "accum_steps", "seed", "precision"),
+    "runtime": ("device", "workers", "channels_last", "compile", "checkpoint_every"),
 }  # fmt: skip
 
 
@@ -185,6 +187,10 @@ class TrainConfig:
     # Random erasing (Zhong et al., 2017; timm's --reprob): the chance that a training image gets
     # one random rectangle blanked to the mean. Its paper's gains were largest on Fashion-MNIST.
     random_erase: float = 0.0
+    # batched: in-memory images (fashion-mnist, digits) kept as one uint8 tensor at the training
+    # size and augmented a batch at a time (--augment none or light); per-image: torchvision's
+    # transforms on each image in the loader; auto: batched wherever it applies.
+    pipeline: str = "auto"
     # Progressive learning with adaptive regularization (EfficientNetV2, Algorithm 1): the epochs
     # are cut into `progressive` stages; stage i of M trains at start + (end - start) * i / (M - 1)
     # of the image size, the dropout and the RandAugment magnitude, whose end values are the
@@ -213,8 +219,13 @@ class TrainConfig:
     # TF's BN decay 0.99 (momentum 0.01) needs a few hundred steps to settle its running
     # statistics; the short recipe's 0.1 settles in tens.
     bn_momentum: float | None = None
-    amp: str = "none"
-    channels_last: bool = False
+    # auto: the fastest on this hardware (effnet.training.precision's table: fp32 on every CPU
+    # measured so far); bf16: autocast with fp32 master weights, optimizer state and EMA.
+    precision: str = "auto"
+    # channels_last: 1.35x the images per second of the default layout for B0 at 64 px on this
+    # CPU (benchmarks/precision/train_throughput.json), so it is the default.
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model's forward and backward; falls back to eager with a warning
     memory_efficient: bool = False  # activation checkpointing per block: ~40% less peak memory
     # Knowledge distillation (Hinton et al., 2015): a trained teacher's softened outputs join
     # the labels. loss = kd_alpha * T^2 * KL(teacher_T || student_T) + (1 - kd_alpha) * CE.
@@ -283,7 +294,8 @@ class TrainConfig:
                 f"--cache-teacher needs --augment none: the cached logits are the teacher's on the un-augmented "
                 f"images, and --augment {self.augment} would train the student on other images"
             )
-        choices = (("opt", OPTIMIZERS), ("sched", SCHEDULES), ("amp", AMP), ("augment", AUGMENTATIONS),
+        choices = (("opt", OPTIMIZERS), ("sched", SCHEDULES), ("precision", PRECISIONS), ("augment", AUGMENTATIONS),
+                   ("pipeline", PIPELINES),
                    ("bad_images", BAD_IMAGE_POLICIES), ("recipe", RECIPES), ("task", task_names()),
                    ("detector", DETECTOR_HEADS))  # fmt: skip
         for name, allowed in choices:
@@ -362,4 +374,8 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         if is_nested(d):
             d = {k: v for values in d.values() if isinstance(values, dict) for k, v in values.items()}
+        if "amp" in d and "precision" not in d:
+            # Written before --precision (as --amp none|bf16) and the batched pipeline: such a
+            # run resumes as it trained, with per-image transforms.
+            d = {"pipeline": "per-image", **d, "precision": "fp32" if d["amp"] == "none" else d["amp"]}
         return cls(**{k: v for k, v in d.items() if k in known})

@@ -48,7 +48,7 @@ class Recipe:
     clip_grad: float | None = None
     accum_steps: int = 1
     seed: int = 0
-    amp: str = "none"
+    precision: str = "auto"  # auto (the fastest here: effnet.training.precision), fp32 or bf16
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,8 @@ class Runtime:
 
     device: str = "auto"  # auto: CUDA when available (one GPU per torchrun process), else CPU
     workers: int = 0
-    channels_last: bool = False
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the forward; eager (with a warning) where it fails
     checkpoint_every: int = 0  # steps; 0: only at the end of each epoch
 
 

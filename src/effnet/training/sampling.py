@@ -35,6 +35,27 @@ class WithIndex(torch.utils.data.Dataset):
         return (*self.base[index], index)
 
 
+class BatchedEpoch:
+    """The batches of a ``BatchedImages`` split; batch ``b``'s augmentation is drawn from a
+    generator seeded by (seed, epoch, rank, b), so a resumed epoch continues bitwise."""
+
+    def __init__(self, dataset, indices: torch.Tensor, batch_size: int, start_batch: int, key: tuple,
+                 with_index: bool):  # fmt: skip
+        self.dataset, self.indices, self.batch_size = dataset, indices, batch_size
+        self.start_batch, self.key, self.with_index = start_batch, key, with_index
+
+    def __len__(self) -> int:
+        return len(self.indices) // self.batch_size - self.start_batch
+
+    def __iter__(self):
+        seed, epoch, rank = self.key
+        for b in range(self.start_batch, len(self.indices) // self.batch_size):
+            chosen = self.indices[b * self.batch_size : (b + 1) * self.batch_size]
+            generator = torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_009 + rank) * 10_000_019 + b)
+            images, labels = self.dataset.batch(chosen, generator)
+            yield (images, labels, chosen) if self.with_index else (images, labels)
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g)
@@ -57,6 +78,8 @@ def epoch_loader(
     """This rank's ``batches`` batches of ``epoch``, from batch ``start_batch`` on (resume)."""
     order = epoch_order(len(dataset), seed, epoch)
     mine = order[rank::world][: batches * batch_size]
+    if hasattr(dataset, "batch"):  # effnet.datasets.batched: whole batches, no loader processes
+        return BatchedEpoch(dataset, mine, batch_size, start_batch, (seed, epoch, rank), with_index)
     dataset.epoch = epoch
     return torch.utils.data.DataLoader(
         WithIndex(dataset) if with_index else dataset,

@@ -23,12 +23,15 @@ from tqdm import tqdm
 
 from effnet.core.errors import EffnetWarning, RunError
 from effnet.core.fileio import atomic_write, write_failure_is_run_error
+from effnet.core.machine import machine
 from effnet.datasets.loading import ordered_loader
 from effnet.training.checkpoint import load_state, rng_state, save_state, set_rng_state
+from effnet.training.compiled import CompiledOrEager
 from effnet.training.config import TrainConfig
 from effnet.training.distributed import Dist, barrier, finite_everywhere, sum_over_ranks
 from effnet.training.finetune import apply_finetune, frozen_pairs, merged
-from effnet.training.recipe import build_optimizer, lr_lambda, tf_ema_avg_fn
+from effnet.training.precision import autocast, keep_depthwise_fp32, resolve_precision
+from effnet.training.recipe import build_optimizer, lr_lambda, tf_ema_multi_avg_fn
 from effnet.training.report import EpochReporter
 from effnet.training.rundir import CONFIG_FILE, STATE_FILE, RunDir
 from effnet.training.sampling import SeededAugment, epoch_loader
@@ -97,7 +100,9 @@ class Trainer:
     distillation). ``on_start`` callbacks write extra files into a new run before its first
     state, so a run that exists is complete. ``epoch_setup(epoch)`` (progressive learning) sets
     the epoch's image size and regularization before its loader starts and returns what to
-    record in its metrics row; it must depend on the epoch alone, or resume would not be exact."""
+    record in its metrics row; it must depend on the epoch alone, or resume would not be exact.
+    ``notes`` join RUN/runtime.json, the record of how this start of the run trains (precision,
+    input pipeline, machine)."""
 
     # Counters and history that, with the modules' state dicts and the RNG, define the run.
     _PROGRESS = ("epoch", "step_in_epoch", "global_step", "best_score", "rows", "bad_in_a_row", "skipped_steps",
@@ -121,6 +126,7 @@ class Trainer:
         on_start=(),
         epoch_setup=None,
         callbacks=(),
+        notes=None,
     ):
         self.cfg, self.rundir, self.run, self.task = cfg, rundir, rundir.path, task
         self.model, self.train_set, self.val_set, self.plan = model, train_set, val_set, plan
@@ -135,15 +141,29 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg, cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.steps_per_epoch))
         self.ema = (
-            AveragedModel(self.model, avg_fn=tf_ema_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema_decay else None
+            AveragedModel(self.model, multi_avg_fn=tf_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+            if cfg.ema_decay
+            else None
         )
         self._ema_frozen = frozen_pairs(self.model, self.ema.module, self.finetune) if self.ema else []
         if ranks.main and not quiet:
             print(self.finetune.describe(), file=sys.stderr, flush=True)
+        self.precision, why = resolve_precision(cfg.precision, device)
+        if self.precision == "bf16" and device.type == "cpu":
+            keep_depthwise_fp32(self.model)
         self.net = self.model
         if ranks.world > 1:
             ids = [device.index] if device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.compile:
+            self.net = CompiledOrEager(self.net)
+        runtime = {"precision": self.precision, "precision_reason": why, "compile": cfg.compile,
+                   "channels_last": cfg.channels_last, **(notes or {}), "machine": machine()}  # fmt: skip
+        if ranks.main:
+            on_start = (*on_start, lambda rd: rd.write_json("runtime.json", runtime))
+            if resume:  # this start's record; a new run writes it with its other first files
+                with write_failure_is_run_error(self.run / "runtime.json"):
+                    rundir.write_json("runtime.json", runtime)
 
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best_score, self.rows, self.bad_in_a_row, self.skipped_steps = -math.inf, [], 0, 0
@@ -232,7 +252,7 @@ class Trainer:
             inputs, targets, extras = self.task.split_batch(batch)
             inputs = _to_device(inputs, self.device, fmt)
             targets = self.task.to_device(targets, self.device)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16"):
+            with autocast(self.precision, self.device):
                 outputs = self.task.forward(self.net, inputs, targets)
             loss = self.criterion(outputs, targets, inputs, extras)
             if not finite_everywhere(loss.detach(), self.dist, self.device):
@@ -341,7 +361,7 @@ class Trainer:
         collate = getattr(self.task, "collate", None)
         for batch in ordered_loader(self.val_set, batch_size, self.cfg.workers, collate_fn=collate):
             inputs, targets, _ = self.task.split_batch(batch)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16"):
+            with autocast(self.precision, self.device):
                 outputs = module(_to_device(inputs, self.device, fmt))
             metrics.update(outputs, targets)
         return metrics.summary()

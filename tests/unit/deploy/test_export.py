@@ -209,11 +209,12 @@ DESKTOP = [e for e in BENCH_ENGINES if not e.endswith(("_litert", "_executorch")
 
 @pytest.mark.slow
 def test_cli_bench_reports_every_engine(tmp_path):
-    plot = tmp_path / "bench.png"
+    plot, layers = tmp_path / "bench.png", tmp_path / "layers.png"
     rows = json.loads(
         cli(
             "bench", "--image-size", "32", "--batch-sizes", "1,2", "--threads", "1", "--runs", "2",
             "--min-seconds", "0", "--peak-gflops", "100", "--plot", plot, "--json", "--engines", ",".join(DESKTOP),
+            "--roofline-plot", layers,
         ).stdout
     )  # fmt: skip
     engines = {r["engine"] for r in rows}
@@ -223,6 +224,8 @@ def test_cli_bench_reports_every_engine(tmp_path):
     macs = count_macs(resolve_config("efficientnet_b0"), 32)
     for r in rows:
         assert r["vs_limit"] == pytest.approx(r["median_ms"] / (2 * macs * r["batch"] / 100e9 * 1e3), rel=1e-3)
+        # the roofline limit counts memory traffic too: never below the arithmetic one
+        assert r["vs_roofline"] < r["vs_limit"], r
     assert {r["batch"] for r in rows} == {1, 2} and all(r["threads"] == 1 for r in rows)
     baseline = [r for r in rows if r["engine"] == "torchvision"]
     assert all(r["vs_torchvision"] == 1.0 for r in baseline)
@@ -231,7 +234,7 @@ def test_cli_bench_reports_every_engine(tmp_path):
     for r in rows:
         assert r["median_ms"] >= 2 * macs * r["batch"] / 313e9 * 1e3, r
         assert r["images_per_s"] == pytest.approx(r["batch"] / (r["median_ms"] / 1e3), rel=1e-6)
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot.read_bytes()[:8] == layers.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "--batch-sizes takes comma-separated integers" in cli("bench", "--batch-sizes", "1,x", rc=2).stderr
 
 

@@ -182,7 +182,13 @@ def test_lr_decay_gives_each_part_its_learning_rate(weights, tmp_path):
 
 def test_the_weights_preprocessing_is_kept_for_training_and_evaluation(weights, tmp_path):
     trainer, *_ = trained(weights, tmp_path / "run", finetune="linear")
-    normalize = trainer.train_set.base.transform.transforms[-1]
+    batched = trainer.train_set  # digits in memory: the batched pipeline normalizes
+    assert (tuple(batched.mean), tuple(batched.std)) == (WEIGHTS_PRE["mean"], WEIGHTS_PRE["std"])
+    assert batched.interpolation.value == "bilinear"
+    per_image = ClassificationTrainer(config(weights, finetune="linear", pipeline="per-image"), tmp_path / "p",
+                                      quiet=True)  # fmt: skip
+    per_image.rundir.unlock()
+    normalize = per_image.train_set.base.transform.transforms[-1]
     assert (tuple(normalize.mean), tuple(normalize.std)) == (WEIGHTS_PRE["mean"], WEIGHTS_PRE["std"])
     evaluate = trainer.val_set.transform.transforms
     assert evaluate[2].interpolation.value == "bilinear" and tuple(evaluate[-1].mean) == WEIGHTS_PRE["mean"]
@@ -195,8 +201,7 @@ def test_fine_tuning_lite0_normalises_to_minus_one_one(tmp_path):
                                                 image_size=SIDE, limit_train=64, epochs=1), tmp_path / "run",
                                     quiet=True)  # fmt: skip
     trainer.rundir.unlock()
-    normalize = trainer.train_set.base.transform.transforms[-1]
-    assert tuple(normalize.mean) == tuple(normalize.std) == (0.5, 0.5, 0.5)
+    assert tuple(trainer.train_set.mean) == tuple(trainer.train_set.std) == (0.5, 0.5, 0.5)
     assert trainer.model.preprocessing.mean == trainer.model.preprocessing.std == (0.5, 0.5, 0.5)
 
 
@@ -204,8 +209,8 @@ class Interrupt(Exception):
     pass
 
 
-class CrashAt(torch.utils.data.Dataset):
-    """The training images, with a crash at the ``at``-th image read (a kill, mid-epoch)."""
+class CrashAt:
+    """The batched training images, with a crash at the ``at``-th batch read (a kill, mid-epoch)."""
 
     def __init__(self, base, at: int):
         self.base, self.at, self.reads = base, at, 0
@@ -213,11 +218,11 @@ class CrashAt(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.base)
 
-    def __getitem__(self, index):
+    def batch(self, indices, generator):
         self.reads += 1
         if self.reads == self.at:
             raise Interrupt
-        return self.base[index]
+        return self.base.batch(indices, generator)
 
 
 @pytest.mark.slow
@@ -227,7 +232,7 @@ def test_resume_with_frozen_stages_is_bitwise(weights, tmp_path, mode):
     _, last, best, _ = trained(weights, tmp_path / "straight", **settings)
 
     broken = ClassificationTrainer(config(weights, **settings), tmp_path / "resumed", quiet=True)
-    broken.train_set.base = CrashAt(broken.train_set.base, at=16 * 5 + 3)  # in the 2nd epoch's 2nd step of 4
+    broken.train_set = CrashAt(broken.train_set, at=6)  # in the 2nd epoch's 2nd step of 4
     with pytest.raises(Interrupt):
         broken.fit()
     broken.rundir.unlock()

@@ -185,7 +185,7 @@ class PoisonedImages(torch.utils.data.Dataset):
 
 
 def test_ten_non_finite_steps_in_a_row_stop_the_run(tmp_path):
-    trainer = small_trainer(tmp_path)
+    trainer = small_trainer(tmp_path, pipeline="per-image")
     trainer.train_set.base = PoisonedImages(trainer.train_set.base)
     with pytest.raises(TrainingError, match="10 steps in a row"):
         trainer.fit()
@@ -194,7 +194,7 @@ def test_ten_non_finite_steps_in_a_row_stop_the_run(tmp_path):
 
 
 def test_an_epoch_whose_every_step_was_non_finite_is_never_best(tmp_path):
-    trainer = small_trainer(tmp_path, limit_train=64, epochs=2)  # 4 steps an epoch: under the stop at 10
+    trainer = small_trainer(tmp_path, limit_train=64, epochs=2, pipeline="per-image")  # 4 steps an epoch
     trainer.train_set.base = PoisonedImages(trainer.train_set.base)
     trainer.fit()
     assert trainer.skipped_steps == 8 and [r["skipped_steps"] for r in trainer.rows] == [4, 8]
