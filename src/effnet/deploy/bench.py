@@ -198,9 +198,8 @@ def bench(
         compile_properties(threads, ov_hint, ov_precision, None)  # bad options fail before any export
     if peak is not None and not peak > 0:
         raise UsageError(f"--peak-gflops must be positive, got {peak}")
-    measured = Machine.measure(threads)
-    peak = peak or measured.peak_gflops
-    machine = Machine(peak, measured.bandwidth_gbs)
+    machine = Machine.measure(threads, peak)
+    peak = machine.peak_gflops
 
     rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory(prefix="effnet-bench-") as scratch:
@@ -312,8 +311,7 @@ def layer_breakdowns(models: list[str], batch: int, *, image_size: int | None = 
     """Where each model's time goes by layer type, eager and at the roofline limit
     (``effnet.deploy.roofline.breakdown``), keyed "MODEL batch B"."""
     threads = threads or torch.get_num_threads()
-    measured = Machine.measure(threads)
-    machine = Machine(peak or measured.peak_gflops, measured.bandwidth_gbs)
+    machine = Machine.measure(threads, peak)
     out = {}
     for name in models:
         size = image_size or resolve_config(name).resolution

@@ -67,7 +67,7 @@ def peak_gflops(threads: int, side: int = 2048, seconds: float = 1.0, dtype=torc
     return 2 * side**3 / best / 1e9
 
 
-def bandwidth_gbs(threads: int, sizes=BANDWIDTH_SIZES, seconds: float = 0.25) -> dict[int, float]:
+def bandwidth_gbs(threads: int, sizes=BANDWIDTH_SIZES, seconds: float = 0.15) -> dict[int, float]:
     """GB/s of copying a buffer of each working-set size (half read, half written), best of
     repeats: the rate a layer whose tensors total that many bytes can stream them at."""
     torch.set_num_threads(threads)
@@ -93,8 +93,9 @@ class Machine:
     bandwidth_gbs: dict[int, float]
 
     @classmethod
-    def measure(cls, threads: int) -> Machine:
-        return cls(peak_gflops(threads), bandwidth_gbs(threads))
+    def measure(cls, threads: int, peak: float | None = None) -> Machine:
+        """Measured on ``threads`` threads; a stated ``peak`` (GFLOP/s) is taken as it is."""
+        return cls(peak or peak_gflops(threads), bandwidth_gbs(threads))
 
     def bandwidth_for(self, nbytes: float) -> float:
         """The best bandwidth measured on a working set that holds ``nbytes`` (a copy of 64 KiB

@@ -1,13 +1,19 @@
 """Reduced-precision training: which precision a run trains in, and bf16 autocast done the way
 that is fastest for EfficientNet on a CPU.
 
-Measured (benchmarks/precision/): on CPUs with AVX512-BF16 but no AMX, bf16 autocast trains B0
-at 0.55-0.69x fp32's speed; on a Xeon with AMX at 0.54x, because oneDNN's bf16 depthwise backward
-is 1.3-4.4x slower than fp32's while only the 1x1 convolutions gain (AMX tiles). Keeping the
-depthwise convolutions in fp32 inside the autocast region brings bf16 to 0.95x there. So
-``auto`` resolves to fp32 on every CPU measured so far (the table below), and ``bf16`` trains with
-fp32 depthwise convolutions, fp32 master weights, fp32 optimizer state and an fp32 EMA (autocast
-changes only the dtype that the matrix kernels compute in).
+Measured (benchmarks/precision/): on CPUs with AVX512-BF16 but no AMX, plain bf16 autocast trains
+B0 at 0.55-0.69x fp32's speed (issue 27's figures); on a Xeon with AMX at 0.54x, because oneDNN's
+bf16 depthwise backward is 1.3-4.4x slower than fp32's while the 1x1 convolutions gain (AMX tiles).
+Keeping the depthwise convolutions in fp32 inside the autocast region makes bf16 pay there:
+`effnet train` B0 at 64 px 1.09x fp32's images per second, Fashion-MNIST test top-1 87.69% against
+87.10% (train_throughput.json, accuracy.json). So ``auto`` takes bf16 on AMX CPUs and fp32 on the
+others (the table below), and ``bf16`` trains with fp32 depthwise convolutions, fp32 master weights,
+fp32 optimizer state and an fp32 EMA (autocast changes only the dtype the matrix kernels compute in).
+Only classification was measured: the other tasks (torchvision's detection heads, the decoders)
+stay in fp32 under ``auto``. And only large enough steps gain: a compound-scaled phi -3 at 24 px,
+batch 32 (0.15 GMACs a step) trains 0.90x as fast in bf16 as in fp32 (the casts cost more than the
+tiny matrix products save), B0 at 64 px, batch 64 (2.1 GMACs) 1.09x; ``auto`` takes bf16 from
+BF16_MIN_GMACS_PER_STEP on, a threshold between those two measurements.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ from effnet.core.errors import UsageError
 from effnet.core.machine import cpu_flags
 
 PRECISIONS = ("auto", "fp32", "bf16")
+BF16_MIN_GMACS_PER_STEP = 1.0
 # auto's choice on a CPU, by its best bf16 unit: (flag, precision, why), first match wins.
 CPU_TABLE = (
-    ("amx_bf16", "fp32", "bf16 with fp32 depthwise: 0.95x fp32 on B0 at 64 px (benchmarks/precision)"),
-    ("avx512_bf16", "fp32", "bf16 autocast: 0.55-0.69x fp32 (issue 27's measurement)"),
+    ("amx_bf16", "bf16", "AMX: bf16 with fp32 depthwise trains B0 1.09x faster than fp32 (benchmarks/precision)"),
+    ("avx512_bf16", "fp32", "AVX512-BF16 without AMX: bf16 autocast trains at 0.55-0.69x fp32's speed"),
     ("", "fp32", "no bf16 instructions"),
 )
 
@@ -33,17 +40,22 @@ def cpu_has_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
 
 
-def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
-    """The precision a run trains in and why: ``auto`` from the table (CUDA: bf16 where the GPU
-    supports it), ``bf16`` refused where the hardware has no bf16 arithmetic."""
+def resolve_precision(requested: str, device: torch.device, task: str = "classification",
+                      gmacs_per_step: float | None = None) -> tuple[str, str]:  # fmt: skip
+    """The precision a run trains in and why: ``auto`` from the table for classification steps of
+    at least BF16_MIN_GMACS_PER_STEP (CUDA: bf16 where the GPU supports it), fp32 for the other
+    tasks, smaller steps and models of unknown size; ``bf16`` refused where the hardware has no
+    bf16 arithmetic."""
     if requested not in PRECISIONS:
         raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
     if device.type == "cuda":
         supported = torch.cuda.is_bf16_supported()
         if requested == "bf16" and not supported:
             raise UsageError("--precision bf16: this GPU has no bf16 support; use --precision fp32 or auto")
-        if requested == "auto":
+        if requested == "auto" and task == "classification":
             return ("bf16", "GPU with bf16 tensor cores") if supported else ("fp32", "GPU without bf16")
+        if requested == "auto":
+            return "fp32", f"auto: bf16 was measured for classification only, not {task}"
         return requested, "requested"
     if requested == "bf16" and not cpu_has_bf16():
         raise UsageError(
@@ -52,6 +64,11 @@ def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
         )
     if requested != "auto":
         return requested, "requested"
+    if task != "classification":
+        return "fp32", f"auto: bf16 was measured for classification only, not {task}"
+    if gmacs_per_step is None or gmacs_per_step < BF16_MIN_GMACS_PER_STEP:
+        size = "unknown" if gmacs_per_step is None else f"{gmacs_per_step:.2f}"
+        return "fp32", f"auto: a step of {size} GMACs (bf16 pays from {BF16_MIN_GMACS_PER_STEP:g} on)"
     flags = set(cpu_flags())
     _, chosen, why = next(row for row in CPU_TABLE if not row[0] or row[0] in flags)
     return chosen, why

@@ -148,7 +148,7 @@ class Trainer:
         self._ema_frozen = frozen_pairs(self.model, self.ema.module, self.finetune) if self.ema else []
         if ranks.main and not quiet:
             print(self.finetune.describe(), file=sys.stderr, flush=True)
-        self.precision, why = resolve_precision(cfg.precision, device)
+        self.precision, why = resolve_precision(cfg.precision, device, cfg.task, self._gmacs_per_step())
         if self.precision == "bf16" and device.type == "cpu":
             keep_depthwise_fp32(self.model)
         self.net = self.model
@@ -177,6 +177,16 @@ class Trainer:
             self._save_state()  # a run killed before its first checkpoint can still resume
             with write_failure_is_run_error(self.run / CONFIG_FILE):
                 rundir.write_config(cfg.to_dict(nested=True))  # last: from here on the folder is a run
+
+    def _gmacs_per_step(self) -> float | None:
+        """Multiply-adds of one training micro-batch's forward pass, for ``--precision auto``; None
+        for a module that is not an EfficientNet classifier (its size is unknown)."""
+        if self.cfg.precision != "auto" or not hasattr(self.model, "config"):
+            return None
+        from effnet.models.flops import count_macs
+
+        resolution = self.cfg.image_size or self.model.config.resolution
+        return count_macs(self.model.config, resolution) * self.plan.batch_size / 1e9
 
     @property
     def best_top1(self) -> float:

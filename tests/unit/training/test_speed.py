@@ -41,13 +41,21 @@ def test_bf16_keeps_depthwise_convolutions_in_fp32_and_the_weights_too():
 
 
 def test_precision_is_resolved_per_hardware_and_bf16_is_refused_without_it(monkeypatch):
-    chosen, why = resolve_precision("auto", CPU)
-    assert chosen == "fp32" and why  # every CPU measured so far trains fastest in fp32
+    chosen, why = resolve_precision("auto", CPU, gmacs_per_step=2.1)  # B0 at 64 px, batch 64
+    # AMX: bf16 (with fp32 depthwise) trains fastest; AVX512-BF16 alone or no bf16: fp32
+    assert chosen == ("bf16" if "amx_bf16" in cpu_flags() else "fp32") and why
+    assert resolve_precision("auto", CPU, "detection", 2.1)[0] == "fp32"  # measured for classification only
+    assert resolve_precision("auto", CPU, gmacs_per_step=0.15)[0] == "fp32"  # tiny steps lose in bf16
+    assert resolve_precision("auto", CPU)[0] == "fp32"  # a module of unknown size
     assert resolve_precision("fp32", CPU) == ("fp32", "requested")
+    monkeypatch.setattr("effnet.training.precision.cpu_flags", lambda: ["avx2", "avx512f", "avx512_bf16"])
+    assert resolve_precision("auto", CPU, gmacs_per_step=2.1)[0] == "fp32"
+    monkeypatch.setattr("effnet.training.precision.cpu_flags", lambda: ["avx2", "avx512f", "amx_bf16"])
+    assert resolve_precision("auto", CPU, gmacs_per_step=2.1)[0] == "bf16"
     monkeypatch.setattr("effnet.training.precision.cpu_flags", lambda: ["avx2", "avx512f"])
     with pytest.raises(UsageError, match="--precision bf16: this CPU has no bf16 instructions"):
         resolve_precision("bf16", CPU)
-    assert resolve_precision("auto", CPU) == ("fp32", "no bf16 instructions")
+    assert resolve_precision("auto", CPU, gmacs_per_step=2.1) == ("fp32", "no bf16 instructions")
     with pytest.raises(UsageError, match="--precision must be one of auto, fp32, bf16"):
         TrainConfig(precision="fp16")
 
