@@ -181,12 +181,14 @@ class Trainer:
     def _gmacs_per_step(self) -> float | None:
         """Multiply-adds of one training micro-batch's forward pass, for ``--precision auto``; None
         for a module that is not an EfficientNet classifier (its size is unknown)."""
-        if self.cfg.precision != "auto" or not hasattr(self.model, "config"):
-            return None
+        from effnet.models.config import ModelConfig
         from effnet.models.flops import count_macs
 
-        resolution = self.cfg.image_size or self.model.config.resolution
-        return count_macs(self.model.config, resolution) * self.plan.batch_size / 1e9
+        config = getattr(self.model, "config", None)
+        if self.cfg.precision != "auto" or self.cfg.task != "classification" or not isinstance(config, ModelConfig):
+            return None  # a task model, or a module of the user's own
+
+        return count_macs(config, self.cfg.image_size or config.resolution) * self.plan.batch_size / 1e9
 
     @property
     def best_top1(self) -> float:
