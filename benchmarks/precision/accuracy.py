@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from effnet.core.machine import machine
+from effnet.core.machine import write_report
 
 TRAIN = ["--model", "efficientnet_b0", "--data", "fashion-mnist", "--image-size", "64", "--batch-size", "64",
          "--limit-train", "12000", "--epochs", "3", "--seed", "0", "--quiet", "--json"]  # fmt: skip
@@ -46,11 +46,8 @@ def main() -> None:
         r[f"test_top1_minus_{first}_points"] = round(100 * (r["test_top1"] - runs[first]["test_top1"]), 2)
         r[f"speed_vs_{first}"] = round(r["images_per_second_last_epoch"] / runs[first]["images_per_second_last_epoch"],
                                        3)  # fmt: skip
-    out = {"command": " ".join(["python", *sys.argv]), "train": " ".join(TRAIN), "machine": machine(), "runs": runs}
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    out = {"train": " ".join(TRAIN), "runs": runs}
+    write_report(out, args.out)
 
 
 if __name__ == "__main__":

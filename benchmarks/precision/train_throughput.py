@@ -17,7 +17,6 @@ contenders interleaved round by round (fresh processes differ by up to 1.6x here
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 import torchvision
 
 import effnet
-from effnet.core.machine import machine
+from effnet.core.machine import write_report
 from effnet.datasets.loading import load_data
 from effnet.training.classify import train
 from effnet.training.config import TrainConfig
@@ -155,18 +154,13 @@ def main() -> None:
         for name, v in rates.items()
     }
     out = {
-        "command": " ".join(["python", *sys.argv]),
-        "machine": machine(),
         "size": SIZE,
         "batch": BATCH,
         "batches_per_round": args.batches,
         "train_settings": {k: {**BASE, **TRAIN_SETTINGS[k]} for k in args.settings.split(",")},
         "results": rows,
     }
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    write_report(out, args.out)
 
 
 if __name__ == "__main__":

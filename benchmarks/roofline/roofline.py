@@ -10,13 +10,11 @@ the eager model's time goes by layer type beside each type's roofline limit (the
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 import torch
 
-from effnet.core.machine import machine
+from effnet.core.machine import machine, write_report
 from effnet.deploy.bench import bench, layer_breakdowns
 from effnet.deploy.roofline import Machine, plot_breakdown, roofline
 from effnet.models.registry import create_model
@@ -48,16 +46,12 @@ def main() -> None:
     if args.plot:
         plot_breakdown(breakdowns, args.plot)
     out = {
-        "command": " ".join(["python", *sys.argv]),
         "machine": {**machine(), **measured.to_dict()},
         "roofline_ms": {str(b): round(v, 3) for b, v in limits.items()},
         "rows": [r.to_dict() for r in rows],
         "by_layer_type": breakdowns,
     }
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    write_report(out, args.out)
 
 
 if __name__ == "__main__":

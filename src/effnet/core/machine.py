@@ -55,3 +55,16 @@ def machine() -> dict:
     except ImportError:
         pass
     return {**record, "versions": library_versions()}
+
+
+def write_report(result: dict, out=None) -> None:
+    """A benchmark's result as JSON on stdout and, with ``out``, in that file, beginning with the
+    command that produced it and the machine it ran on."""
+    import json
+    import sys
+
+    record = {"command": " ".join(["python", *sys.argv]), "machine": machine(), **result}
+    text = json.dumps(record, indent=2)
+    print(text)
+    if out is not None:
+        Path(out).write_text(text + "\n")
