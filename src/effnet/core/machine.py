@@ -4,8 +4,10 @@ library version with another's."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -60,8 +62,6 @@ def machine() -> dict:
 def write_report(result: dict, out=None) -> None:
     """A benchmark's result as JSON on stdout and, with ``out``, in that file, beginning with the
     command that produced it and the machine it ran on."""
-    import json
-    import sys
 
     record = {"command": " ".join(["python", *sys.argv]), "machine": machine(), **result}
     text = json.dumps(record, indent=2)

@@ -207,6 +207,7 @@ def bench(
             size = image_size or resolve_config(name).resolution
             runners = build_engines(name, size, threads, Path(scratch), engines, ov_hint, ov_precision)
             macs = count_macs(resolve_config(name), size)
+            model = create_model(name)  # for the roofline's layer shapes
             for batch in batch_sizes:
                 x = torch.randn(batch, 3, size, size)
                 times = time_interleaved(
@@ -219,7 +220,7 @@ def bench(
                     label=f"{name} b{batch}",
                 )
                 limit_ms = 2 * macs * batch / (peak * 1e9) * 1e3
-                roof_ms = sum(c.limit_ms for c in roofline(create_model(name), batch, size, machine))
+                roof_ms = sum(c.limit_ms for c in roofline(model, batch, size, machine))
                 rows += _rows(name, batch, size, threads, times, limit_ms, roof_ms)
     return rows
 

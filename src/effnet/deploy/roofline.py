@@ -42,7 +42,7 @@ def layer_type(name: str) -> str:
     last = name.rsplit(".", 1)[-1]
     if name.startswith("stem"):
         return "stem"
-    if ".se" in f".{name}" and (".se." in name or last == "se"):
+    if last == "se" or ".se." in name:
         return "SE"
     return {
         "expand_conv": "expand 1x1",

@@ -25,6 +25,8 @@ from effnet.core.errors import EffnetWarning, RunError
 from effnet.core.fileio import atomic_write, write_failure_is_run_error
 from effnet.core.machine import machine
 from effnet.datasets.loading import ordered_loader
+from effnet.models.config import ModelConfig
+from effnet.models.flops import count_macs
 from effnet.training.checkpoint import load_state, rng_state, save_state, set_rng_state
 from effnet.training.compiled import CompiledOrEager
 from effnet.training.config import TrainConfig
@@ -181,9 +183,6 @@ class Trainer:
     def _gmacs_per_step(self) -> float | None:
         """Multiply-adds of one training micro-batch's forward pass, for ``--precision auto``; None
         for a module that is not an EfficientNet classifier (its size is unknown)."""
-        from effnet.models.config import ModelConfig
-        from effnet.models.flops import count_macs
-
         config = getattr(self.model, "config", None)
         if self.cfg.precision != "auto" or self.cfg.task != "classification" or not isinstance(config, ModelConfig):
             return None  # a task model, or a module of the user's own

@@ -60,10 +60,14 @@ def test_precision_is_resolved_per_hardware_and_bf16_is_refused_without_it(monke
         TrainConfig(precision="fp16")
 
 
-@pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 instructions")
 def test_a_bf16_run_learns_and_records_its_precision_pipeline_and_machine(tmp_path):
     cfg = TrainConfig(phi=-3, data="digits", image_size=24, batch_size=32, limit_train=640, epochs=2,
                       precision="bf16", seed=1)  # fmt: skip
+    if not HAS_BF16:  # this CPU cannot: the run is refused before it writes anything
+        with pytest.raises(UsageError, match="--precision bf16: this CPU has no bf16 instructions"):
+            train(cfg, tmp_path / "run", quiet=True)
+        assert not (tmp_path / "run" / "config.json").exists()
+        return
     row = train(cfg, tmp_path / "run", quiet=True)
     assert row["val_top1"] >= 0.5  # chance: 0.1
     runtime = json.loads((tmp_path / "run" / "runtime.json").read_text())
