@@ -63,7 +63,7 @@ def cmd_quantize(args) -> int:
     from effnet.compress.quantize import quantize
 
     keep = tuple(parse_list(args.keep_fp32 or "", "--keep-fp32"))
-    suffix = {"onnx": ".onnx", "litert": ".tflite", "executorch": ".pte"}
+    suffix = {"onnx": ".onnx", "openvino": ".xml", "litert": ".tflite", "executorch": ".pte"}
     if args.format and not args.out.lower().endswith(suffix[args.format]):
         raise UsageError(f"--out {args.out}: --format {args.format} writes a {suffix[args.format]} file")
     report = quantize(
@@ -98,7 +98,7 @@ def cmd_quantize(args) -> int:
 
 
 def _add_quantize_parser(sub) -> None:
-    p = sub.add_parser("quantize", help="int8 ONNX, LiteRT or ExecuTorch (per-channel weights), calibrated")
+    p = sub.add_parser("quantize", help="int8 ONNX, OpenVINO, LiteRT or ExecuTorch (per-channel weights), calibrated")
     p.add_argument("--weights", required=True, help="an effnet .safetensors file")
     p.add_argument("--data", help="calibration and evaluation data (default: what the weights were trained on)")
     p.add_argument("--method", default="ptq", choices=SCHEMES,
@@ -113,9 +113,9 @@ def _add_quantize_parser(sub) -> None:
     p.add_argument("--split", default="test", choices=["val", "test"], help="where fp32 and int8 are compared")
     p.add_argument("--no-eval", action="store_true", help="skip the fp32/int8 comparison")
     p.add_argument("--seed", type=int, default=0, help="which training images calibrate")
-    p.add_argument("--format", choices=("onnx", "litert", "executorch"), help="default: by --out's suffix")
-    p.add_argument("--out", required=True, help="the int8 file: .onnx (ONNX Runtime QDQ), .tflite (LiteRT) or .pte "
-                   "(ExecuTorch, XNNPACK), the last two by PT2E")  # fmt: skip
+    p.add_argument("--format", choices=("onnx", "openvino", "litert", "executorch"), help="default: by --out's suffix")
+    p.add_argument("--out", required=True, help="the int8 file: .onnx (ONNX Runtime QDQ), .xml (OpenVINO IR, by "
+                   "NNCF), .tflite (LiteRT) or .pte (ExecuTorch, XNNPACK), the last two by PT2E")  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_quantize, extras=("train", "deploy"))
 

@@ -20,6 +20,17 @@ from effnet.datasets.choices import BAD_IMAGE_POLICIES, SPLITS
 from effnet.deploy.choices import BENCH_ENGINES, DEFAULT_OPSET, FORMATS
 from effnet.tasks.registry import task_names
 
+FORM_COLUMNS = [
+    ("form", "{}"),
+    ("batch", "{}"),
+    ("top1", "{:.4f}"),
+    ("agreement", "{:.4f}"),
+    ("agreement_confident", "{:.4f}"),
+    ("MB", "{:.1f}"),
+    ("ms", "{:.2f}"),
+    ("img_s", "{:.1f}"),
+    ("vs_fp32", "{:.2f}x"),
+]
 BENCH_COLUMNS = [
     ("model", "{}"),
     ("batch", "{}"),
@@ -102,6 +113,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.weights:
+        return _bench_forms(args)
     from effnet.core.extras import installed
     from effnet.deploy.bench import bench, plot
 
@@ -145,6 +158,33 @@ def cmd_bench(args) -> int:
               f"precision {args.ov_precision}; vs_limit: latency / (2 x MACs / fp32 peak), peak {peak}; "
               "vs_roofline: latency / sum over layers of max(FLOPs / peak, bytes / measured bandwidth)")  # fmt: skip
         print_table([r.to_dict() for r in rows], BENCH_COLUMNS)
+    return 0
+
+
+def _bench_forms(args) -> int:
+    """``bench --weights``: the trained classifier in fp32, bf16 and int8 (effnet.compress.forms)."""
+    from effnet.compress.forms import compare_forms
+
+    if args.models != "efficientnet_b0" or args.engines or args.plot or args.roofline_plot or args.image_size:
+        raise UsageError("--weights compares the forms of one trained model: no --models, --engines, --image-size, "
+                         "--plot or --roofline-plot with it")  # fmt: skip
+    sizes = parse_list(args.batch_sizes, "--batch-sizes", int)
+    result = compare_forms(args.weights, args.data, split=args.split, limit=args.limit, batch_sizes=tuple(sizes),
+                           threads=args.threads, ov_hint=args.ov_hint, min_runs=args.runs,
+                           min_seconds=args.min_seconds, progress=not args.json and sys.stderr.isatty())  # fmt: skip
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{args.weights} on {result['images']} {result['split']} images; threads {result['threads']}, OpenVINO "
+          f"hint {result['ov_hint']}; int8 calibrated on {result['calibration_images']} training images; "
+          f"agreement: top-1 equal to the fp32 eager model's (_confident: on the {result['confident_images']} images "
+          "where its top-1 probability is >= 0.5); vs_fp32: latency / fp32 ONNX Runtime's")  # fmt: skip
+    table = []
+    for row in result["rows"]:
+        for batch in sizes:
+            table.append({**row, "batch": batch, "ms": row["median_ms"][batch], "img_s": row["images_per_s"][batch],
+                          "vs_fp32": row["vs_fp32"][batch], "MB": row["file_bytes"] / 1e6})  # fmt: skip
+    print_table(table, FORM_COLUMNS)
     return 0
 
 
@@ -273,6 +313,11 @@ def register(sub) -> None:
 
     p = sub.add_parser("bench", help="inference latency: torchvision, timm, effnet eager, on ONNX Runtime and OpenVINO")
     p.add_argument("--models", default="efficientnet_b0", help="comma-separated model names")
+    p.add_argument("--weights", help="a trained classifier (.safetensors): time and score it in fp32, bf16 and int8 "
+                   "(ONNX Runtime and OpenVINO) instead of the engines' rows")  # fmt: skip
+    p.add_argument("--data", help="with --weights: the data to score on (default: what it was trained on)")
+    p.add_argument("--split", default="test", choices=["val", "test"], help="with --weights: the split to score on")
+    p.add_argument("--limit", type=positive_int, default=1000, help="with --weights: score the first N images")
     p.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes")
     p.add_argument("--engines", help="comma-separated subset of: " + ", ".join(BENCH_ENGINES))
     p.add_argument("--image-size", type=positive_int, help="default: each model's resolution")

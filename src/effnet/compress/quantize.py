@@ -14,8 +14,11 @@ Both are kept quantized by default; ``keep_fp32`` names op types to leave in flo
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+import sys
 import tempfile
 from pathlib import Path
 
@@ -32,7 +35,7 @@ from effnet.core.fileio import atomic_write
 from effnet.datasets.loading import ordered_loader
 from effnet.deploy.engines import open_exported
 from effnet.deploy.evaluate import evaluate
-from effnet.deploy.export import export
+from effnet.deploy.export import export, publish_ir
 from effnet.deploy.runtime import onnx_metadata, read_onnx
 from effnet.tasks.registry import entry_of, registration, task_of
 from effnet.weights.trained import Trained, load_trained, require_model_file
@@ -64,6 +67,22 @@ def calibration_batches(model, data_options: dict, n: int, batch_size: int = 32,
     return [inputs.numpy() for inputs, _ in ordered_loader(subset, batch_size)]
 
 
+def check_calibration(source, meta: dict, batches: list[np.ndarray]) -> None:
+    """UsageError (exit 2) unless ``batches`` holds at least one image and every batch fits the
+    ONNX model ``source``'s input (its metadata's channels and image size)."""
+    want = json.loads(meta.get("input", "{}"))
+    # an exported detector takes one (C, H, W) image; everything else an (N, C, H, W) batch
+    per_image = len(source.graph.input[0].type.tensor_type.shape.dim) == 3
+    expected = (want.get("channels"), want.get("image_size"), want.get("image_size"))
+    for batch in batches:
+        shape = tuple(batch.shape) if per_image else tuple(batch.shape[1:])
+        if batch.ndim != (3 if per_image else 4) or shape != expected:
+            wanted = expected if per_image else ("N", *expected)
+            raise UsageError(f"calibration data of shape {tuple(batch.shape)} does not fit the model's input {wanted}")
+    if not batches or sum(1 if per_image else len(b) for b in batches) == 0:
+        raise UsageError("the calibration set is empty: give --calibration-images >= 1 and data with training images")
+
+
 def quantize_onnx(
     fp32: str | Path,
     out: str | Path,
@@ -71,6 +90,7 @@ def quantize_onnx(
     *,
     method: str = "minmax",
     keep_fp32: tuple[str, ...] = (),
+    quiet: bool = True,
 ) -> None:
     """Quantize an effnet fp32 ONNX file to int8 QDQ with ``batches`` as calibration data; the
     effnet metadata (classes, preprocessing, input) is carried over."""
@@ -82,18 +102,8 @@ def quantize_onnx(
         raise UsageError(f"--calibration-method must be one of {', '.join(METHODS)}, got {method!r}")
     source = read_onnx(fp32)
     meta = onnx_metadata(source)
-    want = json.loads(meta.get("input", "{}"))
+    check_calibration(source, meta, batches)
     input_name = source.graph.input[0].name
-    # an exported detector takes one (C, H, W) image; everything else an (N, C, H, W) batch
-    per_image = len(source.graph.input[0].type.tensor_type.shape.dim) == 3
-    expected = (want.get("channels"), want.get("image_size"), want.get("image_size"))
-    for batch in batches:
-        shape = tuple(batch.shape) if per_image else tuple(batch.shape[1:])
-        if batch.ndim != (3 if per_image else 4) or shape != expected:
-            wanted = expected if per_image else ("N", *expected)
-            raise UsageError(f"calibration data of shape {tuple(batch.shape)} does not fit the model's input {wanted}")
-    if not batches:
-        raise UsageError("no calibration images")
     calibrate = {
         "minmax": CalibrationMethod.MinMax,
         "percentile": CalibrationMethod.Percentile,
@@ -110,17 +120,19 @@ def quantize_onnx(
         level = root.level
         root.setLevel(logging.ERROR)
         try:
-            quantize_static(
-                str(pre),
-                str(tmp),
-                _Calibration(batches, input_name),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=calibrate,
-                nodes_to_exclude=excluded,
-            )
+            # the histogram calibrators print progress with print(): not onto stdout, where --json goes
+            with contextlib.redirect_stdout(sys.stderr if not quiet else io.StringIO()):
+                quantize_static(
+                    str(pre),
+                    str(tmp),
+                    _Calibration(batches, input_name),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=calibrate,
+                    nodes_to_exclude=excluded,
+                )
         except Exception as exc:  # the quantizer raises plain exceptions from deep inside
             raise UsageError(f"{fp32}: ONNX Runtime could not quantize it ({first_line(exc)})") from None
         finally:
@@ -154,14 +166,17 @@ def quantize(
     ``evaluate_split``, the fp32 export of ``weights`` and the int8 file are evaluated by the same
     code (``effnet eval``'s) and the report compares them."""
     out_path = Path(out)
-    format = {".onnx": "onnx", ".tflite": "litert", ".pte": "executorch"}.get(out_path.suffix.lower())
+    formats = {".onnx": "onnx", ".xml": "openvino", ".tflite": "litert", ".pte": "executorch"}
+    format = formats.get(out_path.suffix.lower())
     if format is None or out_path.is_dir():
-        raise UsageError(f"--out {out}: give an .onnx, .tflite (LiteRT) or .pte (ExecuTorch) file to write")
+        raise UsageError(f"--out {out}: give an .onnx (ONNX Runtime), .xml (OpenVINO), .tflite (LiteRT) or .pte "
+                         "(ExecuTorch) file to write")  # fmt: skip
     if format != "onnx":
-        require(format)
+        require(format, **({"modules": ("openvino", "nncf")} if format == "openvino" else {}))
         if method != "minmax" or keep_fp32:
+            by = "NNCF" if format == "openvino" else "PT2E"
             raise UsageError(f"--calibration-method and --keep-fp32 are ONNX Runtime's; {format} is quantized by "
-                             "PT2E with its own observers")  # fmt: skip
+                             f"{by} with its own observers")  # fmt: skip
     if scheme == "dynamic" and format != "litert":
         raise UsageError("--method dynamic is LiteRT's dynamic-range int8 (an --out .tflite file)")
     require_model_file(weights)
@@ -174,6 +189,8 @@ def quantize(
     entry, task = entry_of(model), task_of(model)
     if format != "onnx" and entry.per_image:
         raise UsageError(f"{weights} holds a {task} model, which exports to ONNX only")
+    if format == "openvino" and scheme != "ptq":
+        raise UsageError(f"--method {scheme}: an OpenVINO int8 IR is post-training quantized (--method ptq)")
     if task != "classification" and scheme == "qat":
         raise UsageError(f"--method {scheme}: quantization-aware fine-tuning is for classifiers; {weights} holds a "
                          f"{task} model (use --method ptq)")  # fmt: skip
@@ -190,12 +207,13 @@ def quantize(
         def export_fp32(net, name: str) -> Path:
             path = Path(scratch) / name
             # a detector's graph runs one image at a time; the others take any batch (the mobile
-            # formats: batch 1, as on the device)
-            dynamic = format == "onnx" and not entry.per_image
-            export(net, path, format=format, dynamic_batch=dynamic, extra_metadata=provenance)
+            # formats: batch 1, as on the device). OpenVINO's int8 starts from the ONNX export.
+            dynamic = format in ("onnx", "openvino") and not entry.per_image
+            as_format = "onnx" if format == "openvino" else format
+            export(net, path, format=as_format, dynamic_batch=dynamic, extra_metadata=provenance)
             return path
 
-        fp32 = export_fp32(model, f"fp32{suffix}")
+        fp32 = export_fp32(model, "fp32.onnx" if format == "openvino" else f"fp32{suffix}")
         tuned = model
         if scheme == "qat":
             tuned = quantization_aware_finetune(
@@ -204,17 +222,21 @@ def quantize(
         int8 = Path(scratch) / f"int8{suffix}"
         if format == "onnx":
             source = export_fp32(tuned, "qat-fp32.onnx") if scheme == "qat" else fp32
-            quantize_onnx(source, int8, batches, method=method, keep_fp32=keep_fp32)
+            quantize_onnx(source, int8, batches, method=method, keep_fp32=keep_fp32, quiet=quiet)
+        elif format == "openvino":
+            from effnet.compress.openvino_int8 import quantize_openvino
+
+            quantize_openvino(fp32, int8, batches, quiet=quiet)
         else:
             write_int8(tuned, int8, format, batches, dynamic=scheme == "dynamic", extra_metadata=provenance)
         report = {
             "format": format,
             "scheme": scheme,
             **({"qat_epochs": qat_epochs, "qat_lr": qat_lr} if scheme == "qat" else {}),
-            "method": method if format == "onnx" else "pt2e",
+            "method": {"onnx": method, "openvino": "nncf"}.get(format, "pt2e"),
             "calibration_images": len(batches) if entry.per_image else sum(len(b) for b in batches),
             "fp32_bytes": fp32.stat().st_size,
-            "int8_bytes": int8.stat().st_size,
+            "int8_bytes": file_bytes(int8),
         }
         report["size_ratio"] = report["int8_bytes"] / report["fp32_bytes"]
         if evaluate_split:
@@ -223,5 +245,14 @@ def quantize(
                 opened = Trained(open_exported(path), trained.provenance, str(weights))
                 report[f"{name}_score"] = evaluate(opened, data, split=evaluate_split)["score"]
             report["score_drop"] = report["fp32_score"] - report["int8_score"]
-        atomic_write(out_path, lambda f: f.write(int8.read_bytes()))
+        if format == "openvino":
+            publish_ir(int8, out_path)
+        else:
+            atomic_write(out_path, lambda f: f.write(int8.read_bytes()))
     return report
+
+
+def file_bytes(path: Path) -> int:
+    """A file's size; an OpenVINO IR's counts its .bin too."""
+    weights = path.with_suffix(".bin") if path.suffix == ".xml" else None
+    return path.stat().st_size + (weights.stat().st_size if weights else 0)

@@ -33,6 +33,11 @@ def has_amx() -> bool:
     return "amx_bf16" in cpu_flags()
 
 
+def cpu_has_bf16() -> bool:
+    """Whether the CPU has bf16 instructions at all (AVX512-BF16 or AMX-BF16)."""
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
+
+
 def library_versions() -> dict[str, str]:
     """Installed versions of LIBRARIES, read from package metadata (nothing is imported)."""
     versions = {"python": platform.python_version()}

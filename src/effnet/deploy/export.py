@@ -189,13 +189,13 @@ def export(
                 f"(output scale {scale:.3g}, allowed {TOLERANCE:g} of it); nothing was written"
             )
         if format == "openvino":
-            _publish_ir(tmp, path)
+            publish_ir(tmp, path)
         else:
             atomic_write(path, lambda f: f.write(tmp.read_bytes()))
     return ExportResult(path, format, image_size, None if dynamic_batch else batch_size, diff, scale)
 
 
-def _publish_ir(tmp: Path, path: Path) -> None:
+def publish_ir(tmp: Path, path: Path) -> None:
     """The .bin first, then the .xml that names it: an .xml on disk always has its weights. If the
     .xml cannot be written, the new .bin goes too."""
     bin_path = path.with_suffix(".bin")

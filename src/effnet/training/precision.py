@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from effnet.core.errors import UsageError
-from effnet.core.machine import cpu_flags
+from effnet.core.machine import cpu_flags, cpu_has_bf16
 
 PRECISIONS = ("auto", "fp32", "bf16")
 BF16_MIN_GMACS_PER_STEP = 1.0
@@ -34,10 +34,6 @@ CPU_TABLE = (
     ("avx512_bf16", "fp32", "AVX512-BF16 without AMX: bf16 autocast trains at 0.55-0.69x fp32's speed"),
     ("", "fp32", "no bf16 instructions"),
 )
-
-
-def cpu_has_bf16() -> bool:
-    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
 
 
 def resolve_precision(requested: str, device: torch.device, task: str = "classification",

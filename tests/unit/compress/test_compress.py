@@ -1,6 +1,8 @@
 """Compression: structured pruning with Torch-Pruning, checked against the pruned graph itself."""
 
+import collections
 import copy
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -175,17 +177,92 @@ def test_quantize_rejects_calibration_data_of_other_classes(tmp_path, digits_wei
     assert not out.exists()
 
 
-def test_quantize_onnx_rejects_calibration_batches_of_the_wrong_shape(tmp_path, digits_weights):
+@pytest.mark.parametrize("engine", ["onnx", "openvino"])
+@pytest.mark.parametrize("batches, message", [([(4, 1, 32, 32)], "does not fit"), ([], "calibration set is empty"),
+                                              ([(0, 3, 32, 32)], "calibration set is empty")])  # fmt: skip
+def test_quantizers_reject_empty_or_wrong_size_calibration(tmp_path, digits_fp32_onnx, engine, batches, message):
     import numpy as np
 
+    from effnet.compress.openvino_int8 import quantize_openvino
     from effnet.compress.quantize import quantize_onnx
     from effnet.core.errors import UsageError
+
+    quantizer, out = {"onnx": (quantize_onnx, "int8.onnx"), "openvino": (quantize_openvino, "int8.xml")}[engine]
+    with pytest.raises(UsageError, match=message):
+        quantizer(digits_fp32_onnx, tmp_path / out, [np.zeros(shape, np.float32) for shape in batches])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def digits_fp32_onnx(tmp_path_factory, digits_weights):
     from effnet.deploy.export import export
 
-    fp32 = export(effnet.open(digits_weights), tmp_path / "fp32.onnx", dynamic_batch=True).path
-    with pytest.raises(UsageError, match="does not fit"):
-        quantize_onnx(fp32, tmp_path / "int8.onnx", [np.zeros((4, 1, 32, 32), np.float32)])
-    assert not (tmp_path / "int8.onnx").exists()
+    return export(effnet.open(digits_weights), tmp_path_factory.mktemp("fp32") / "fp32.onnx", dynamic_batch=True).path
+
+
+@pytest.mark.slow
+def test_quantize_openvino_writes_an_int8_ir_with_silu_fused(tmp_path, digits_weights):
+    require_component("nncf", importlib.util.find_spec("nncf") is not None, "make test installs effnet[openvino]")
+    import openvino as ov
+
+    out = tmp_path / "int8.xml"
+    proc = run_cli("quantize", "--weights", digits_weights, "--calibration-images", "64", "--out", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["format"] == "openvino" and report["method"] == "nncf" and report["calibration_images"] == 64
+    assert report["int8_bytes"] == out.stat().st_size + out.with_suffix(".bin").stat().st_size
+    # the digits model keeps its accuracy (fp32 0.92; measured int8 within a point)
+    assert report["fp32_score"] >= 0.85 and abs(report["fp32_score"] - report["int8_score"]) <= 0.03, report
+    ops = collections.Counter(op.get_type_name() for op in ov.Core().read_model(str(out)).get_ordered_ops())
+    # every SiLU stays one Swish op the plugin fuses into its convolution; NNCF quantizes the
+    # convolutions' inputs (and the SE gate's product), not the two halves of x * sigmoid(x)
+    blocks = sum(1 for m in effnet.open(digits_weights).modules() if isinstance(m, INVERTED_RESIDUALS))
+    assert ops["Swish"] >= 2 * blocks - 1 and ops["Sigmoid"] == blocks, ops  # SE gates only
+    assert ops["FakeQuantize"] >= ops["Convolution"], ops
+    evaluated = run_cli("eval", "--weights", out, "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["top1"] == pytest.approx(report["int8_score"])
+
+
+@pytest.mark.slow
+def test_bench_weights_scores_and_times_fp32_bf16_and_int8_side_by_side(digits_weights):
+    from effnet.core.machine import cpu_has_bf16
+
+    proc = run_cli("bench", "--weights", digits_weights, "--limit", "200", "--batch-sizes", "1,8", "--runs", "3",
+                   "--min-seconds", "0.05", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    rows = {r["form"]: r for r in result["rows"]}
+    expected = ["fp32_onnxruntime", "fp32_openvino", *(["bf16_openvino"] if cpu_has_bf16() else []),
+                "int8_onnxruntime", "int8_openvino"]  # fmt: skip
+    assert list(rows) == expected and result["images"] == 200 and result["split"] == "test"
+    for form in ("fp32_onnxruntime", "fp32_openvino"):  # an engine switch changes no prediction
+        assert rows[form]["agreement"] == 1.0 and rows[form]["top1"] >= 0.85, rows[form]
+    for row in rows.values():  # reduced precision keeps the digits model's accuracy (measured 0.975+)
+        assert row["agreement"] >= 0.93 and abs(row["top1"] - rows["fp32_onnxruntime"]["top1"]) <= 0.04, row
+        assert set(row["median_ms"]) == {"1", "8"}
+    assert rows["fp32_onnxruntime"]["vs_fp32"] == {"1": 1.0, "8": 1.0}
+    # int8 files hold a quarter of the fp32 weights' bytes, plus the graph
+    assert rows["int8_onnxruntime"]["file_bytes"] < 0.4 * rows["fp32_onnxruntime"]["file_bytes"]
+    assert rows["int8_openvino"]["file_bytes"] < 0.5 * rows["fp32_openvino"]["file_bytes"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--calibration-method", "entropy"], "openvino is quantized by NNCF with its own observers"),
+    (["--method", "qat"], "--method qat: an OpenVINO int8 IR is post-training quantized"),
+    (["--calibration-images", "0"], "--calibration-images must be at least 1"),
+])  # fmt: skip
+def test_quantize_openvino_refuses_options_it_cannot_honour(tmp_path, digits_weights, args, message):
+    out = tmp_path / "int8.xml"
+    proc = run_cli("quantize", "--weights", digits_weights, "--out", out, *args)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_weights_refuses_options_of_the_engine_rows(digits_weights):
+    proc = run_cli("bench", "--weights", digits_weights, "--models", "efficientnet_b1")
+    assert proc.returncode == 2 and "--weights compares the forms of one trained model" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_distillation_loss_is_hintons():

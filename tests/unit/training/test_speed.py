@@ -48,16 +48,21 @@ def test_precision_is_resolved_per_hardware_and_bf16_is_refused_without_it(monke
     assert resolve_precision("auto", CPU, gmacs_per_step=0.15)[0] == "fp32"  # tiny steps lose in bf16
     assert resolve_precision("auto", CPU)[0] == "fp32"  # a module of unknown size
     assert resolve_precision("fp32", CPU) == ("fp32", "requested")
-    monkeypatch.setattr("effnet.training.precision.cpu_flags", lambda: ["avx2", "avx512f", "avx512_bf16"])
+    fake_cpu(monkeypatch, ["avx2", "avx512f", "avx512_bf16"])
     assert resolve_precision("auto", CPU, gmacs_per_step=2.1)[0] == "fp32"
-    monkeypatch.setattr("effnet.training.precision.cpu_flags", lambda: ["avx2", "avx512f", "amx_bf16"])
+    fake_cpu(monkeypatch, ["avx2", "avx512f", "amx_bf16"])
     assert resolve_precision("auto", CPU, gmacs_per_step=2.1)[0] == "bf16"
-    monkeypatch.setattr("effnet.training.precision.cpu_flags", lambda: ["avx2", "avx512f"])
+    fake_cpu(monkeypatch, ["avx2", "avx512f"])
     with pytest.raises(UsageError, match="--precision bf16: this CPU has no bf16 instructions"):
         resolve_precision("bf16", CPU)
     assert resolve_precision("auto", CPU, gmacs_per_step=2.1) == ("fp32", "no bf16 instructions")
     with pytest.raises(UsageError, match="--precision must be one of auto, fp32, bf16"):
         TrainConfig(precision="fp16")
+
+
+def fake_cpu(monkeypatch, flags: list[str]) -> None:
+    for where in ("effnet.core.machine", "effnet.training.precision"):
+        monkeypatch.setattr(f"{where}.cpu_flags", lambda: flags)
 
 
 def test_a_bf16_run_learns_and_records_its_precision_pipeline_and_machine(tmp_path):
