@@ -36,8 +36,8 @@ def export_digits(weights, out: Path) -> tuple[dict, Path, list[Path]]:
     run_cli("export", "--weights", weights, "--out", files["tflite"]).check()
     run_cli("export", "--weights", weights, "--out", files["onnx"]).check()
     # the int8 file as quantize writes it, through the API (the command is tested in test_mobile.py)
+    from effnet.compress.calibration import calibration_batches
     from effnet.compress.pt2e import write_int8
-    from effnet.compress.quantize import calibration_batches
     from effnet.datasets.builtin import digits
 
     trained = load_trained(weights)

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from effnet.compress.calibration import calibration_batches, file_bytes
 from effnet.compress.openvino_int8 import quantize_openvino
-from effnet.compress.quantize import calibration_batches, file_bytes, quantize_onnx
+from effnet.compress.quantize import quantize_onnx
 from effnet.core.errors import UsageError
 from effnet.core.extras import require
 from effnet.core.machine import cpu_has_bf16, machine

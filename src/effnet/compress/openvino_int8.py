@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from effnet.compress.quantize import check_calibration
+from effnet.compress.calibration import check_calibration
 from effnet.core.errors import UsageError, first_line
 from effnet.core.extras import require
 from effnet.deploy.export import publish_ir

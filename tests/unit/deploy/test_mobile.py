@@ -97,8 +97,8 @@ def test_int8_keeps_accuracy_at_a_third_of_the_size(small_digits_weights, tmp_pa
 @pytest.mark.slow
 @pytest.mark.parametrize("format, dynamic", [("executorch", False), ("litert", True)])
 def test_int8_of_executorch_and_dynamic_range_keep_accuracy(small_digits_weights, format, dynamic, tmp_path):
+    from effnet.compress.calibration import calibration_batches
     from effnet.compress.pt2e import write_int8
-    from effnet.compress.quantize import calibration_batches
     from effnet.weights.trained import load_trained
 
     trained = load_trained(small_digits_weights)
