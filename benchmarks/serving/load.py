@@ -154,6 +154,20 @@ def throughput(b0_onnx: Path, rounds: int, per_turn: int, clients: int, server_a
             "ratio_batched_vs_single": round(batched / single, 2)}  # fmt: skip
 
 
+def server_vs_engine_cpu(throughput: dict, gain: dict, server_args: list[str]) -> None:
+    """Each turn's server CPU per request over the engine's own CPU per image at the batch size
+    nearest the turn's mean batch (issue 27's target: <= 1.3x)."""
+    engine = "onnxruntime"
+    if "openvino" in server_args:
+        engine = "openvino " + ("throughput" if "throughput" in server_args else "latency")
+    sizes = [int(k[1:].split("_")[0]) for k in gain[engine] if k.endswith("_cpu_ms_per_image")]
+    for turn in throughput["turns"]:
+        nearest = min(sizes, key=lambda b: abs(b - turn["mean_batch"]))
+        engine_cpu = gain[engine][f"b{nearest}_cpu_ms_per_image"]
+        turn["engine_cpu_ms_per_image"] = engine_cpu
+        turn["server_cpu_vs_engine_cpu"] = round(turn["server_cpu_ms_per_request"] / engine_cpu, 2)
+
+
 def engine_gain(b0_onnx: Path, batches=(1, 4, 8, 16)) -> dict:
     """What batching gains inside the engine alone, the ceiling of what it can gain in the server:
     ms per image of the same B0 file at each batch size, in this process, one engine at a time and
@@ -174,13 +188,17 @@ def engine_gain(b0_onnx: Path, batches=(1, 4, 8, 16)) -> dict:
     result = {}
     for name, load_engine in engines.items():
         model = load_engine()
-        medians = {b: [] for b in batches}
+        medians, cpu = {b: [] for b in batches}, {b: [] for b in batches}
         for b in (*batches, batches[0]):
             x = torch.randn(b, 3, 224, 224)
+            start = time.process_time()  # every thread of this process: the engine's CPU, not its wall time
             times = time_interleaved({b: lambda _, x=x, model=model: model(x)}, None, warmup=3, min_seconds=3.0)
+            cpu[b].append((time.process_time() - start) / (len(times[b]) + 3))
             medians[b].append(statistics.median(times[b]))
         per_image = {b: statistics.mean(ms) / b * 1e3 for b, ms in medians.items()}
         result[name] = {f"b{b}_ms_per_image": round(ms, 2) for b, ms in per_image.items()}
+        # what the server's CPU per request is held to (issue 27: <= 1.3x the engine's compute per image)
+        result[name].update({f"b{b}_cpu_ms_per_image": round(statistics.mean(c) / b * 1e3, 2) for b, c in cpu.items()})
         result[name].update({f"gain_b{b}": round(per_image[1] / per_image[b], 2) for b in batches[1:]})
         del model
         gc.collect()
@@ -302,6 +320,7 @@ def main() -> None:
             print(json.dumps(results["engine_gain"], indent=2), flush=True)
             results["throughput"] = throughput(b0.path, args.rounds, args.per_turn, clients=16,
                                                server_args=args.server_args.split())  # fmt: skip
+            server_vs_engine_cpu(results["throughput"], results["engine_gain"], args.server_args.split())
         if "soak" in parts:
             results["soak"] = soak(Path(args.weights), args.soak_requests, clients=16, bad_share=0.1)
             print(json.dumps(results["soak"], indent=2), flush=True)

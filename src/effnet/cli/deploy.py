@@ -171,6 +171,7 @@ def _bench_forms(args) -> int:
     sizes = parse_list(args.batch_sizes, "--batch-sizes", int)
     result = compare_forms(args.weights, args.data, split=args.split, limit=args.limit, batch_sizes=tuple(sizes),
                            threads=args.threads, ov_hint=args.ov_hint, min_runs=args.runs,
+                           calibration_images=args.calibration_images,
                            min_seconds=args.min_seconds, progress=not args.json and sys.stderr.isatty())  # fmt: skip
     if args.json:
         print(json.dumps(result, indent=2))
@@ -318,6 +319,8 @@ def register(sub) -> None:
     p.add_argument("--data", help="with --weights: the data to score on (default: what it was trained on)")
     p.add_argument("--split", default="test", choices=["val", "test"], help="with --weights: the split to score on")
     p.add_argument("--limit", type=positive_int, default=1000, help="with --weights: score the first N images")
+    p.add_argument("--calibration-images", type=positive_int, default=256,
+                   help="with --weights: training images that calibrate the int8 forms")  # fmt: skip
     p.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes")
     p.add_argument("--engines", help="comma-separated subset of: " + ", ".join(BENCH_ENGINES))
     p.add_argument("--image-size", type=positive_int, help="default: each model's resolution")
