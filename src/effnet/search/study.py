@@ -258,6 +258,14 @@ def _claim(study, storage) -> int | None:
 
     # Listed through the study, whose storage wrapper must know the trials it will write to.
     for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        # The first heartbeat goes in before the claim: Optuna's fail_stale_trials only sees trials
+        # that have one, so a worker killed between the claim and its first beat left a RUNNING
+        # trial no one ever failed, and the other workers waited on it forever (a CI run caught
+        # it). A beat on a trial that another worker then claims is harmless: that worker beats too.
+        try:
+            storage.record_heartbeat(trial._trial_id)
+        except Exception:  # noqa: BLE001 - two first beats at once (a unique key), a locked SQLite:
+            pass  # the trial has a beat from the other worker, or this one's next beat retries
         try:
             if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
                 return trial._trial_id
