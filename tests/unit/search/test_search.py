@@ -282,3 +282,22 @@ def test_search_api_refuses_what_the_cli_refuses():
         search(proxy, objective="mnas")
     with pytest.raises(UsageError, match="nothing to rank"):
         search(proxy, coefficients=(1.2, 1.1, 1.15), objective="mnas", latency_budget_ms=5.0)
+
+
+def test_a_trial_whose_worker_dies_right_after_claiming_it_goes_stale(tmp_path):
+    # Optuna's fail_stale_trials skips RUNNING trials without a heartbeat: a worker killed between
+    # its claim and its first beat used to leave a trial that the other workers waited on forever.
+    import optuna
+    from optuna.storages import RDBStorage, fail_stale_trials
+
+    from effnet.search.study import _claim
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = RDBStorage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.enqueue_trial({"alpha": 1.2})
+    claimed = _claim(study, storage)  # the worker dies here, before any training
+    assert storage.get_trial(claimed).state.name == "RUNNING"
+    time.sleep(2.5)
+    fail_stale_trials(study)
+    assert storage.get_trial(claimed).state.name == "FAIL"
