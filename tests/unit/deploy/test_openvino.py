@@ -56,6 +56,16 @@ def test_throughput_hint_splits_a_batch_over_streams_with_the_same_answer(ir):
     torch.testing.assert_close(throughput(x), latency(x), rtol=1e-5, atol=1e-5)
 
 
+def test_single_images_run_on_a_static_batch_one_compile_with_the_same_answer(ir):
+    # OpenVINO runs a static shape faster; a dynamic-batch file gets a second, batch-1 compile
+    model = OpenVinoModel(ir, threads=2)
+    assert [d.get_length() for d in model.runner.single.input(0).get_partial_shape()] == [1, 3, SIDE, SIDE]
+    assert model.runner.compiled.input(0).get_partial_shape()[0].is_dynamic
+    x = torch.randn(3, 3, SIDE, SIDE)
+    torch.testing.assert_close(model(x[:1]), model(x)[:1], rtol=1e-5, atol=1e-5)
+    assert hasattr(model.runner.local, "single_request") and hasattr(model.runner.local, "request")
+
+
 def test_one_model_called_from_several_threads_at_once(ir):
     # effnet serve --workers 2 calls the engine from two threads; an OpenVINO infer request runs one
     # inference at a time ("Infer Request is busy"), so each thread needs its own.
