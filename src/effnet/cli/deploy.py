@@ -153,10 +153,12 @@ def cmd_bench(args) -> int:
     if args.json:
         print(json.dumps([r.to_dict() for r in rows], indent=2))
     else:
-        peak = f"{args.peak_gflops:g} GFLOP/s (stated)" if args.peak_gflops else "measured (2048x2048 fp32 matmul)"
+        how = "fp32 stated, the others measured" if args.peak_gflops else "measured, 2048x2048 matmul"
+        peaks = ", ".join(sorted({f"{r.precision} {r.peak_gflops:.0f}" for r in rows}))
         print(f"threads: {rows[0].threads}, median of >= {args.runs} runs; OpenVINO: hint {args.ov_hint}, "
-              f"precision {args.ov_precision}; vs_limit: latency / (2 x MACs / fp32 peak), peak {peak}; "
-              "vs_roofline: latency / sum over layers of max(FLOPs / peak, bytes / measured bandwidth)")  # fmt: skip
+              f"precision {args.ov_precision}; vs_limit: latency / (2 x MACs / fp32 peak); peaks GFLOP/s ({how}): "
+              f"{peaks}; vs_roofline: latency / sum over layers of max(FLOPs / the row's precision's peak, "
+              "bytes / measured bandwidth)")  # fmt: skip
         print_table([r.to_dict() for r in rows], BENCH_COLUMNS)
     return 0
 

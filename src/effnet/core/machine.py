@@ -38,6 +38,11 @@ def cpu_has_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
 
 
+def cpu_has_int8_dot() -> bool:
+    """Whether the CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX-INT8)."""
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(cpu_flags()))
+
+
 def library_versions() -> dict[str, str]:
     """Installed versions of LIBRARIES, read from package metadata (nothing is imported)."""
     versions = {"python": platform.python_version()}

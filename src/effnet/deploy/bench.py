@@ -34,7 +34,7 @@ from effnet.deploy.export import export, onnx_program
 from effnet.deploy.litert import LiteRTModel
 from effnet.deploy.openvino import OpenVinoModel, Runner, compile_properties, read_model
 from effnet.deploy.pte import ExecuTorchModel
-from effnet.deploy.roofline import Machine, breakdown, roofline
+from effnet.deploy.roofline import Machine, breakdown, precisions_present, roofline
 from effnet.deploy.runtime import OnnxModel, open_session
 from effnet.models.flops import count_macs
 from effnet.models.fuse import fuse_batchnorm
@@ -58,6 +58,8 @@ class BenchRow:
     vs_torchvision: float | None = None
     vs_limit: float | None = None  # median / (2 x MACs x batch / peak fp32 FLOP/s)
     vs_roofline: float | None = None  # median / the sum over layers of max(FLOPs / peak, bytes / bandwidth)
+    precision: str = "fp32"  # what the engine computes in, and the peak and element size its roofline takes
+    peak_gflops: float | None = None  # the measured (or stated) peak of that precision on these threads
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -198,8 +200,12 @@ def bench(
         compile_properties(threads, ov_hint, ov_precision, None)  # bad options fail before any export
     if peak is not None and not peak > 0:
         raise UsageError(f"--peak-gflops must be positive, got {peak}")
-    machine = Machine.measure(threads, peak)
+    # bf16 and int8 peaks too, where the CPU has them: OpenVINO rows in bf16 are held to bf16's
+    machine = Machine.measure(threads, peak, precisions_present())
     peak = machine.peak_gflops
+    bf16_engines = {e for e in engines if e.endswith("_openvino")} if ov_precision == "bf16" else set()
+    if "bf16" not in machine.low_precision_peaks:
+        bf16_engines = set()  # OpenVINO runs f32 on a CPU without bf16 instructions
 
     rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory(prefix="effnet-bench-") as scratch:
@@ -220,8 +226,11 @@ def bench(
                     label=f"{name} b{batch}",
                 )
                 limit_ms = 2 * macs * batch / (peak * 1e9) * 1e3
-                roof_ms = sum(c.limit_ms for c in roofline(model, batch, size, machine))
-                rows += _rows(name, batch, size, threads, times, limit_ms, roof_ms)
+                roof_ms = {p: sum(c.limit_ms for c in roofline(model, batch, size, machine, p))
+                           for p in ("fp32", "bf16") if p == "fp32" or bf16_engines}  # fmt: skip
+                for row in _rows(name, batch, size, threads, times, limit_ms, roof_ms, bf16_engines):
+                    row.peak_gflops = machine.peak_for(row.precision)
+                    rows.append(row)
     return rows
 
 
@@ -258,7 +267,7 @@ def time_interleaved(
 
 
 def _rows(name, batch, size, threads, times, limit_ms: float | None = None,
-          roofline_ms: float | None = None) -> list[BenchRow]:  # fmt: skip
+          roofline_ms: dict[str, float] | None = None, bf16_engines=frozenset()) -> list[BenchRow]:  # fmt: skip
     rows = []
     for engine, ts in times.items():
         median = statistics.median(ts)
@@ -274,13 +283,14 @@ def _rows(name, batch, size, threads, times, limit_ms: float | None = None,
                 p90_ms=_percentile(ts, 0.9) * 1e3,
                 runs=len(ts),
                 images_per_s=batch / median,
+                precision="bf16" if engine in bf16_engines else "fp32",
             )
         )
     base = next((r for r in rows if r.engine == BASELINE), None)
     for r in rows:
         r.vs_torchvision = r.median_ms / base.median_ms if base else None
         r.vs_limit = r.median_ms / limit_ms if limit_ms else None
-        r.vs_roofline = r.median_ms / roofline_ms if roofline_ms else None
+        r.vs_roofline = r.median_ms / roofline_ms[r.precision] if roofline_ms else None
     return rows
 
 

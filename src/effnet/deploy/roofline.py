@@ -6,14 +6,18 @@ the FMA units busy; a depthwise convolution does ~9-25 FLOPs per value it reads 
 waits on memory, and EfficientNet is mostly such layers. Here every convolution and linear layer
 costs max(FLOPs / peak, bytes moved / bandwidth), with:
 
-* bytes: its input, weights and output once each, in fp32, as an engine that folds BatchNorm and
-  fuses activations and residual adds into the convolution moves them (the residual's shortcut is
-  one more read); the squeeze-excitation gate adds one read of its tensor (the pooling) and one
-  read and write (the scaling), since the pooled value exists only after the whole tensor does;
+* bytes: its input, weights and output once each, at the precision's element size (fp32 4 bytes,
+  bf16 2, int8 1: an int8 engine keeps activations in int8 between quantized layers), as an
+  engine that folds BatchNorm and fuses activations and residual adds into the convolution moves
+  them (the residual's shortcut is one more read); the squeeze-excitation gate adds one read of
+  its tensor (the pooling) and one read and write (the scaling), since the pooled value exists
+  only after the whole tensor does;
 * bandwidth: measured by copying buffers of 64 KiB to 512 MiB; a layer gets the best rate measured
   on a buffer at least its working set's size, so a batch-1 layer whose tensors fit in cache is
   held to the cache's speed, not to DRAM's;
-* peak: the best rate of a large fp32 matrix product on the same threads (``peak_gflops``).
+* peak: the best rate of a large matrix product on the same threads (``peak_gflops``), in fp32,
+  and in bf16 and int8 where the CPU has instructions for them (AMX runs both several times faster
+  than fp32: a bf16 or int8 model is held to its own peak, not to fp32's).
 
 ``layer_time`` also times each layer type of the eager model, for the plot of where time goes.
 """
@@ -22,15 +26,17 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
+from effnet.core.machine import cpu_has_bf16, cpu_has_int8_dot
 from effnet.models.blocks import FusedMBConv, MBConv
 from effnet.models.fuse import fuse_batchnorm
 
 FLOAT_BYTES = 4
+PRECISION_BYTES = {"fp32": 4, "bf16": 2, "int8": 1}
 # Working-set sizes at which the copy bandwidth is measured: L1/L2-, L2-, L3- and DRAM-sized.
 BANDWIDTH_SIZES = (64 << 10, 1 << 20, 16 << 20, 512 << 20)
 # Layer types, in the order the plot shows them; every convolution of an EfficientNet is one.
@@ -53,18 +59,31 @@ def layer_type(name: str) -> str:
     }.get(last, "head" if name.startswith(("head", "pool")) else "other")
 
 
-def peak_gflops(threads: int, side: int = 2048, seconds: float = 1.0, dtype=torch.float32) -> float:
-    """The CPU's rate on ``threads`` threads: the best of repeated ``side``-square matrix products
-    (the BLAS kernels run closest to the FMA units' peak of anything torch does)."""
+def peak_gflops(threads: int, side: int = 2048, seconds: float = 1.0, precision: str = "fp32") -> float:
+    """The CPU's rate on ``threads`` threads (GFLOP/s; GOP/s for int8): the best of repeated
+    ``side``-square matrix products, the kernels that run closest to the units' peak of anything
+    torch does (oneDNN's; int8 by ``torch._int_mm``, int8 in and int32 out, as int8 inference runs)."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(side, side, dtype=dtype), torch.randn(side, side, dtype=dtype)
-    torch.mm(a, b)  # warm-up: thread pool, packing buffers
+    if precision == "int8":
+        a = torch.randint(-128, 128, (side, side), dtype=torch.int8)
+        b = torch.randint(-128, 128, (side, side), dtype=torch.int8)
+        product = torch._int_mm
+    else:
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+        a, b = torch.randn(side, side, dtype=dtype), torch.randn(side, side, dtype=dtype)
+        product = torch.mm
+    product(a, b)  # warm-up: thread pool, packing buffers
     best, start = float("inf"), time.perf_counter()
     while time.perf_counter() - start < seconds:
         t = time.perf_counter()
-        torch.mm(a, b)
+        product(a, b)
         best = min(best, time.perf_counter() - t)
     return 2 * side**3 / best / 1e9
+
+
+def precisions_present() -> tuple[str, ...]:
+    """fp32, and bf16 and int8 where the CPU has instructions for them."""
+    return ("fp32",) + ("bf16",) * cpu_has_bf16() + ("int8",) * cpu_has_int8_dot()
 
 
 def bandwidth_gbs(threads: int, sizes=BANDWIDTH_SIZES, seconds: float = 0.15) -> dict[int, float]:
@@ -87,15 +106,27 @@ def bandwidth_gbs(threads: int, sizes=BANDWIDTH_SIZES, seconds: float = 0.15) ->
 
 @dataclass(frozen=True)
 class Machine:
-    """What the roofline is drawn from: fp32 peak (GFLOP/s) and bandwidth by working-set size."""
+    """What the roofline is drawn from: fp32 peak (GFLOP/s), bandwidth by working-set size, and
+    the bf16/int8 peaks where the CPU has them."""
 
     peak_gflops: float
     bandwidth_gbs: dict[int, float]
+    low_precision_peaks: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def measure(cls, threads: int, peak: float | None = None) -> Machine:
-        """Measured on ``threads`` threads; a stated ``peak`` (GFLOP/s) is taken as it is."""
-        return cls(peak or peak_gflops(threads), bandwidth_gbs(threads))
+    def measure(cls, threads: int, peak: float | None = None, precisions: tuple[str, ...] = ("fp32",)) -> Machine:
+        """Measured on ``threads`` threads; a stated ``peak`` (fp32 GFLOP/s) is taken as it is.
+        ``precisions`` beyond fp32 are measured where the CPU has them (``precisions_present``)."""
+        others = {p: peak_gflops(threads, seconds=0.5, precision=p) for p in precisions
+                  if p != "fp32" and p in precisions_present()}  # fmt: skip
+        return cls(peak or peak_gflops(threads), bandwidth_gbs(threads), others)
+
+    def peak_for(self, precision: str) -> float:
+        """The peak a model in ``precision`` is held to: its own where measured, else fp32's (an
+        engine on a CPU without bf16/int8 instructions runs such layers no faster than fp32)."""
+        if precision not in PRECISION_BYTES:
+            raise ValueError(f"unknown precision {precision!r}; known: {', '.join(PRECISION_BYTES)}")
+        return self.low_precision_peaks.get(precision, self.peak_gflops)
 
     def bandwidth_for(self, nbytes: float) -> float:
         """The best bandwidth measured on a working set that holds ``nbytes`` (a copy of 64 KiB
@@ -105,6 +136,7 @@ class Machine:
 
     def to_dict(self) -> dict:
         return {"peak_gflops": round(self.peak_gflops, 1),
+                **{f"peak_gflops_{p}": round(v, 1) for p, v in self.low_precision_peaks.items()},
                 "bandwidth_gbs": {str(k): round(v, 1) for k, v in self.bandwidth_gbs.items()}}  # fmt: skip
 
 
@@ -125,10 +157,11 @@ class LayerCost:
         return {**asdict(self), "limit_ms": self.limit_ms}
 
 
-def layer_costs(model: nn.Module, batch: int, image_size: int) -> list[LayerCost]:
+def layer_costs(model: nn.Module, batch: int, image_size: int, precision: str = "fp32") -> list[LayerCost]:
     """FLOPs and bytes moved of every convolution and linear layer of ``model`` (BN folded) on a
-    ``batch`` of ``image_size`` images, plus the SE gates' and residual adds' extra traffic."""
+    ``batch`` of ``image_size`` images in ``precision``, plus the SE gates' and residual adds' extra traffic."""
     model = fuse_batchnorm(model)
+    element = PRECISION_BYTES[precision]
     costs: list[LayerCost] = []
     hooks = []
 
@@ -139,21 +172,21 @@ def layer_costs(model: nn.Module, batch: int, image_size: int) -> list[LayerCost
                 per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
             else:
                 per_output = module.in_features
-            nbytes = (x.numel() + output.numel() + module.weight.numel()) * FLOAT_BYTES
+            nbytes = (x.numel() + output.numel() + module.weight.numel()) * element
             costs.append(LayerCost(name, layer_type(name), 2.0 * output.numel() * per_output, nbytes))
 
         return hook
 
     def gate(name):
         def hook(module, inputs, output):
-            costs.append(LayerCost(f"{name}.scale", "SE", 2.0 * output.numel(), 3 * output.numel() * FLOAT_BYTES))
+            costs.append(LayerCost(f"{name}.scale", "SE", 2.0 * output.numel(), 3 * output.numel() * element))
 
         return hook
 
     def shortcut(name):
         def hook(module, inputs, output):
             if module.has_residual:
-                costs.append(LayerCost(f"{name}.add", "project 1x1", output.numel(), output.numel() * FLOAT_BYTES))
+                costs.append(LayerCost(f"{name}.add", "project 1x1", output.numel(), output.numel() * element))
 
         return hook
 
@@ -173,11 +206,13 @@ def layer_costs(model: nn.Module, batch: int, image_size: int) -> list[LayerCost
     return costs
 
 
-def roofline(model: nn.Module, batch: int, image_size: int, machine: Machine) -> list[LayerCost]:
-    """``layer_costs`` with each layer's compute and memory time on ``machine``."""
-    costs = layer_costs(model, batch, image_size)
+def roofline(model: nn.Module, batch: int, image_size: int, machine: Machine,
+             precision: str = "fp32") -> list[LayerCost]:  # fmt: skip
+    """``layer_costs`` with each layer's compute and memory time on ``machine`` in ``precision``."""
+    peak = machine.peak_for(precision)
+    costs = layer_costs(model, batch, image_size, precision)
     for cost in costs:
-        cost.compute_ms = cost.flops / (machine.peak_gflops * 1e9) * 1e3
+        cost.compute_ms = cost.flops / (peak * 1e9) * 1e3
         cost.memory_ms = cost.bytes / (machine.bandwidth_for(cost.bytes) * 1e9) * 1e3
     return costs
 

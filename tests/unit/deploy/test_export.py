@@ -227,6 +227,7 @@ def test_cli_bench_reports_every_engine(tmp_path):
         # the roofline limit counts memory traffic too: never below the arithmetic one
         assert r["vs_roofline"] < r["vs_limit"], r
     assert {r["batch"] for r in rows} == {1, 2} and all(r["threads"] == 1 for r in rows)
+    assert all(r["precision"] == "fp32" and r["peak_gflops"] == 100 for r in rows)  # OpenVINO in f32: fp32's peak
     baseline = [r for r in rows if r["engine"] == "torchvision"]
     assert all(r["vs_torchvision"] == 1.0 for r in baseline)
     # No row beats 2 x MACs at this machine's measured fp32 peak (313 GFLOP/s on both cores; one

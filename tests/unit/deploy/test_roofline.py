@@ -4,7 +4,19 @@ are memory-bound and wide 1x1s compute-bound, and the limit is never below arith
 import pytest
 
 import effnet
-from effnet.deploy.roofline import FLOAT_BYTES, LAYER_TYPES, Machine, breakdown, by_type, layer_costs, roofline
+from effnet.core.machine import has_amx
+from effnet.deploy.bench import _rows
+from effnet.deploy.roofline import (
+    FLOAT_BYTES,
+    LAYER_TYPES,
+    Machine,
+    breakdown,
+    by_type,
+    layer_costs,
+    peak_gflops,
+    precisions_present,
+    roofline,
+)
 from effnet.models.flops import count_macs
 from effnet.models.registry import resolve_config
 
@@ -61,3 +73,35 @@ def test_breakdown_times_the_eager_model_by_the_same_types(b0):
     assert all(ms > 0 for t, ms in measured.items() if t != "other")
     # the eager model is slower than the limit in every type that has both
     assert all(v["eager_ms"] > v["limit_ms"] for t, v in types.items() if v["limit_ms"] and t != "other")
+
+
+def test_a_bf16_or_int8_model_is_held_to_its_own_peak_and_element_size(b0):
+    machine = Machine(300.0, {1 << 20: 200.0, 1 << 30: 20.0}, {"bf16": 3000.0})
+    fp32, bf16 = roofline(b0, 1, 224, machine), roofline(b0, 1, 224, machine, "bf16")
+    int8 = roofline(b0, 1, 224, machine, "int8")  # no int8 peak measured: fp32's, at 1 byte a value
+    for a, b, c in zip(fp32, bf16, int8, strict=True):
+        assert (b.bytes, c.bytes) == (a.bytes / 2, a.bytes / 4) and b.flops == c.flops == a.flops
+        assert b.compute_ms == pytest.approx(a.compute_ms / 10) and c.compute_ms == pytest.approx(a.compute_ms)
+    assert sum(c.limit_ms for c in bf16) < sum(c.limit_ms for c in fp32)
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        machine.peak_for("fp16")
+
+
+def test_the_peaks_of_the_precisions_the_cpu_has_are_measured():
+    machine = Machine.measure(1, peak=100.0, precisions=("fp32", "bf16", "int8"))
+    assert machine.peak_gflops == 100.0  # stated
+    assert set(machine.low_precision_peaks) == set(precisions_present()) - {"fp32"}
+    if has_amx():  # AMX's bf16 and int8 tiles run matrix products several times faster than fp32 FMAs
+        fp32 = peak_gflops(1, seconds=0.3)
+        assert min(machine.low_precision_peaks.values()) > 2 * fp32, (fp32, machine.low_precision_peaks)
+    assert machine.to_dict().keys() == {"peak_gflops", "bandwidth_gbs"} | {
+        f"peak_gflops_{p}" for p in machine.low_precision_peaks
+    }
+
+
+def test_bench_rows_in_bf16_take_the_bf16_roofline():
+    times = {"effnet_onnxruntime": [0.004], "effnet_openvino": [0.002]}
+    rows = _rows("efficientnet_b0", 1, 224, 2, times, 1.0, {"fp32": 2.0, "bf16": 1.0}, {"effnet_openvino"})
+    by_engine = {r.engine: r for r in rows}
+    assert by_engine["effnet_onnxruntime"].precision == "fp32" and by_engine["effnet_onnxruntime"].vs_roofline == 2.0
+    assert by_engine["effnet_openvino"].precision == "bf16" and by_engine["effnet_openvino"].vs_roofline == 2.0
