@@ -32,6 +32,24 @@ def _same_pad(size: int, kernel: int, stride: int, dilation: int) -> int:
     return span - stride + (-size) % stride
 
 
+class MaxPool2dSame(nn.MaxPool2d):
+    """Max-pool with TensorFlow's SAME padding (extra bottom/right), padded with -inf so the pad
+    never wins: EfficientDet's downsampling between BiFPN levels in its TF form."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.shape[-2:]
+        pad_h = _same_pad(ih, self.kernel_size, self.stride, 1)
+        pad_w = _same_pad(iw, self.kernel_size, self.stride, 1)
+        x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2], value=float("-inf"))
+        return F.max_pool2d(x, self.kernel_size, self.stride)
+
+
+def max_pool2d(kernel: int, stride: int, padding: str = "symmetric") -> nn.MaxPool2d:
+    if padding == "same":
+        return MaxPool2dSame(kernel, stride)
+    return nn.MaxPool2d(kernel, stride, padding=(kernel - 1) // 2)
+
+
 def conv2d(
     in_ch: int,
     out_ch: int,
