@@ -20,12 +20,11 @@ from effnet.core.errors import UsageError
 from effnet.models.backbone import backbone_config, config_from
 from effnet.models.bifpn import BN_EPS, BN_MOMENTUM, BiFPN, SeparableConv
 from effnet.models.config import ModelConfig
-from effnet.models.efficientdet_specs import ASPECT_RATIOS, MIN_LEVEL, NUM_SCALES, DetScale, get_scale
+from effnet.models.efficientdet_specs import MIN_LEVEL, NUM_ANCHORS, DetScale, get_scale
 from effnet.models.efficientnet import EfficientNet
 from effnet.models.layers import activation
 
 OUT_INDICES = (2, 3, 4)  # the trunk's strides 8, 16, 32: P3, P4, P5
-NUM_ANCHORS = NUM_SCALES * len(ASPECT_RATIOS)
 PRIOR = 0.01  # the class logits start at this probability (focal loss paper): background dominates
 
 
@@ -37,10 +36,15 @@ class EfficientDetConfig:
     backbone: ModelConfig
     scale: DetScale
     num_classes: int = 90  # COCO's 90 category ids (80 used), as the released checkpoints
+    score_thresh: float = 0.05  # detections below it are dropped (the reference keeps all 100)
+    detections_per_image: int = 100
 
     def __post_init__(self):
         if not (isinstance(self.num_classes, int) and self.num_classes >= 1):
             raise UsageError(f"num_classes must be a positive integer, got {self.num_classes!r}")
+        if not (0.0 <= self.score_thresh < 1.0 and self.detections_per_image >= 1):
+            raise UsageError(f"need 0 <= score_thresh < 1 and detections_per_image >= 1, got "
+                             f"{self.score_thresh!r}, {self.detections_per_image!r}")  # fmt: skip
 
     @property
     def levels(self) -> int:
@@ -48,18 +52,18 @@ class EfficientDetConfig:
 
     def to_dict(self) -> dict:
         return {"kind": "efficientdet", "name": self.name, "backbone": self.backbone.to_dict(),
-                "scale": asdict(self.scale), "num_classes": self.num_classes}  # fmt: skip
+                "scale": asdict(self.scale), "num_classes": self.num_classes, "score_thresh": self.score_thresh,
+                "detections_per_image": self.detections_per_image}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict) -> EfficientDetConfig:
         d = dict(d)
         if d.pop("kind", "efficientdet") != "efficientdet":
             raise UsageError("not an EfficientDet config")
-        unknown = set(d) - {"name", "backbone", "scale", "num_classes"}
+        unknown = set(d) - {"name", "backbone", "scale", "num_classes", "score_thresh", "detections_per_image"}
         if unknown:
             raise UsageError(f"unknown EfficientDet config keys: {', '.join(sorted(unknown))}")
-        return cls(name=d["name"], backbone=config_from(d["backbone"]), scale=DetScale(**d["scale"]),
-                   num_classes=d["num_classes"])  # fmt: skip
+        return cls(**{**d, "backbone": config_from(d["backbone"]), "scale": DetScale(**d["scale"])})
 
 
 def efficientdet_config(name: str | None = "efficientdet_d0", *, phi: float | None = None, num_classes: int = 90,

@@ -53,6 +53,7 @@ MIN_LEVEL = 3
 NUM_SCALES = 3  # anchor octaves per level: 2^0, 2^(1/3), 2^(2/3)
 # (x, y) multipliers of the anchor's side: TF's (1.4, 0.7) pair, which is not area-preserving
 ASPECT_RATIOS = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))
+NUM_ANCHORS = NUM_SCALES * len(ASPECT_RATIOS)  # per grid cell: the heads' outputs are this many x classes / x 4
 
 # The released models: google/automl's efficientdet/hparams_config.py, as effdet's tf_ configs.
 PUBLISHED: dict[str, DetScale] = {

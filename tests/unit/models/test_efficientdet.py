@@ -9,6 +9,8 @@ from effnet.core.errors import UsageError
 from effnet.models.anchors import anchor_boxes, decode_boxes, encode_boxes
 from effnet.models.bifpn import Node, bifpn_nodes, feature_sizes
 from effnet.models.efficientdet import EfficientDetConfig, EfficientDetNet, efficientdet_config
+from effnet.models.efficientdet_detector import create_efficientdet, select_detections
+from effnet.models.efficientdet_loss import LossSettings, detection_loss, label_anchors
 from effnet.models.efficientdet_specs import ASPECT_RATIOS, NUM_SCALES, PUBLISHED, detector_scale
 from effnet.weights.effdet import convert_effdet_state_dict
 from tests.conftest import import_required
@@ -136,3 +138,117 @@ def test_box_codes_round_trip_and_equal_the_reference_coder():
     assert torch.equal(codes, FasterRcnnBoxCoder().encode(BoxList(boxes), BoxList(anchors)))
     assert torch.equal(decode_boxes(codes, anchors), decode_box_outputs(codes, anchors, output_xyxy=True))
     torch.testing.assert_close(decode_boxes(codes, anchors), boxes[:, [1, 0, 3, 2]], rtol=0, atol=1e-3)
+
+
+def _reference_config(side: int, num_classes: int):
+    from effdet.config import get_efficientdet_config
+
+    config = get_efficientdet_config("tf_efficientdet_d0")
+    config.image_size, config.num_classes = (side, side), num_classes
+    return config
+
+
+def _outputs(num_classes: int, side: int, batch: int = 2):
+    """Head outputs shaped as D0's at ``side`` px: logits around the prior, small box codes."""
+    torch.manual_seed(1)
+    grid = feature_sizes(side, 7)[3:]
+    classes = [torch.randn(batch, 9 * num_classes, g, g) * 2 - 4 for g in grid]
+    boxes = [torch.randn(batch, 36, g, g) * 0.3 for g in grid]
+    return classes, boxes
+
+
+def _ground_truth():
+    boxes = torch.tensor([[10.0, 12.0, 50.0, 40.0], [60.0, 70.0, 90.0, 120.0], [20.0, 20.0, 24.0, 26.0]])  # yxyx
+    return boxes, torch.tensor([1, 3, 2])
+
+
+def test_anchor_targets_equal_the_reference_labeler():
+    from effdet.anchors import AnchorLabeler, Anchors
+
+    reference = Anchors.from_config(_reference_config(SIDE, 3))
+    boxes, labels = _ground_truth()
+    want_cls, want_box, want_pos = AnchorLabeler(reference, 3, match_threshold=0.5).label_anchors(boxes, labels)
+    classes, codes, positives = label_anchors(reference.boxes, boxes, labels)
+    assert torch.equal(classes, torch.cat([c.reshape(-1) for c in want_cls]))
+    assert torch.equal(codes, torch.cat([b.reshape(-1, 4) for b in want_box]))
+    assert positives == want_pos and positives >= 3  # every box has at least its best anchor
+    # the 4x6 box overlaps no anchor by 0.5: it still gets its best one (a small object is never unseen)
+    assert (classes == 1).sum() >= 1
+
+
+def test_loss_equals_the_reference_loss():
+    from effdet.anchors import AnchorLabeler, Anchors
+    from effdet.loss import DetectionLoss
+
+    config = _reference_config(SIDE, 3)
+    reference = Anchors.from_config(config)
+    boxes, labels = _ground_truth()
+    labeler = AnchorLabeler(reference, 3, match_threshold=0.5)
+    cls_t, box_t, pos = labeler.batch_label_anchors([boxes, boxes[:1]], [labels, labels[:1]])
+    class_outputs, box_outputs = _outputs(3, SIDE)
+    _, want_class, want_box = DetectionLoss(config)(class_outputs, box_outputs, cls_t, box_t, pos)
+    ours = [label_anchors(reference.boxes, b, n) for b, n in ((boxes, labels), (boxes[:1], labels[:1]))]
+    classes, codes, positives = (torch.stack(p) for p in zip(*ours, strict=True))
+    got = detection_loss(class_outputs, box_outputs, classes, codes, positives, LossSettings())
+    torch.testing.assert_close(got["loss_classifier"], want_class, rtol=1e-5, atol=0)
+    torch.testing.assert_close(got["loss_box_reg"], 50 * want_box, rtol=1e-5, atol=0)
+
+
+def test_detections_equal_the_reference_post_processing():
+    from effdet.anchors import Anchors
+    from effdet.bench import _batch_detection, _post_process
+
+    anchors = Anchors.from_config(_reference_config(SIDE, 4)).boxes
+    class_outputs, box_outputs = _outputs(4, SIDE)
+    top = _post_process(class_outputs, box_outputs, num_levels=5, num_classes=4, max_detection_points=1000)
+    want = _batch_detection(2, *top[:2], anchors, *top[2:], max_det_per_image=100)
+    got = select_detections(class_outputs, box_outputs, anchors, max_detections=100)
+    for image, mine in zip(want, got, strict=True):
+        n = len(mine["scores"])
+        assert n == 100
+        assert torch.equal(mine["boxes"], image[:n, :4]) and torch.equal(mine["scores"], image[:n, 4])
+        assert torch.equal(mine["labels"].float(), image[:n, 5])
+
+
+def _canvases():
+    """Two 96x128 grey images, a red box (class 1) in one and a blue one (class 2) in the other."""
+    images = torch.full((2, 3, 96, 128), 0.5)
+    images[0, :, 30:60, 20:70] = torch.tensor([0.9, 0.1, 0.1])[:, None, None]
+    images[1, :, 10:80, 60:110] = torch.tensor([0.1, 0.1, 0.9])[:, None, None]
+    targets = [{"boxes": torch.tensor([[20.0, 30.0, 70.0, 60.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[60.0, 10.0, 110.0, 80.0]]), "labels": torch.tensor([2])}]  # fmt: skip
+    return images, targets
+
+
+def test_the_detector_learns_two_boxes_and_maps_them_back_to_the_image():
+    from torchvision.ops import box_iou
+
+    torch.manual_seed(0)
+    detector = create_efficientdet("efficientdet_d0", num_classes=2, image_size=SIDE, drop_path_rate=0.0)
+    images, targets = _canvases()
+    optimizer = torch.optim.AdamW(detector.parameters(), lr=2e-3)
+    detector.train()
+    first = None
+    for _ in range(40):
+        losses = detector(images, targets)
+        loss = sum(losses.values())
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.2 * first, (first, loss.item())
+    # 40 steps leave the running BN statistics (momentum 0.01) far from the batch's: measure them
+    for m in detector.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    with torch.no_grad():
+        detector(images, targets)
+    detector.eval()
+    with torch.no_grad():
+        found = detector(images)
+    for result, target in zip(found, targets, strict=True):
+        best = result["scores"].argmax()
+        assert result["labels"][best] == target["labels"][0]
+        # boxes come back in the 128x96 image's pixels, not the letterboxed 128x128 input's
+        assert box_iou(result["boxes"][best : best + 1], target["boxes"]) > 0.6, result["boxes"][best]
