@@ -93,7 +93,7 @@ def test_data_make_refuses_a_used_folder_and_leaves_nothing(tmp_path):
 
 
 def test_detector_heads_listed_without_torch_match_the_models():
-    assert DETECTOR_HEADS == HEADS
+    assert DETECTOR_HEADS == (*HEADS, "efficientdet")
 
 
 @pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_b7", "efficientnet_lite2"])
@@ -239,6 +239,50 @@ def test_detection_trains_evaluates_predicts_and_resumes_bitwise(tmp_path, det_d
     a = load(tmp_path / "straight" / "last.safetensors").state_dict()
     b = load(tmp_path / "split" / "last.safetensors").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@needs_fmnist
+def test_efficientdet_trains_evaluates_and_resumes_bitwise_as_a_detection_model(tmp_path, det_data, monkeypatch):
+    from effnet.models.efficientdet_detector import EfficientDet
+
+    # --model efficientdet_lite0 names the detector (it implies --detector efficientdet)
+    common = ("--task", "detection", "--model", "efficientdet_lite0", "--data", det_data, "--batch-size", "3",
+              "--quiet", "--epochs", "2", "--checkpoint-every", "1")  # fmt: skip
+    row = json.loads(run_cli("train", *common, "--json", "--out", tmp_path / "straight").check().stdout)
+    assert {"train_loss_classifier", "train_loss_box_reg", "val_map", "val_ap50"} <= set(row)
+    weights = tmp_path / "straight" / "last.safetensors"
+    model = load(weights)
+    assert isinstance(model, EfficientDet) and model.config.name == "efficientdet_lite0"
+    # the canvases are 128 px with 20-56 px objects: letterboxed to 128, anchors shrunk to fit them
+    assert model.config.scale.image_size == 128 and model.config.scale.anchor_scale < 4.0
+    result = json.loads(run_cli("eval", "--weights", weights, "--json").check().stdout)
+    assert result["task"] == "detection" and set(result["per_class_ap"]) >= {"Trouser", "Bag"}
+    assert result["map"] <= result["ap50"]
+    saves = []
+    original = Trainer._save_state
+
+    def save_then_stop(self):
+        original(self)
+        saves.append(self.global_step)
+        if len(saves) == 4:  # initial, epoch 1 step 1, end of epoch 1, epoch 2 step 1
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save_state", save_then_stop)
+    assert run_cli("train", *common, "--out", tmp_path / "split").returncode == 130
+    monkeypatch.undo()
+    run_cli("train", *common, "--resume", "--out", tmp_path / "split").check()
+    a, b = model.state_dict(), load(tmp_path / "split" / "last.safetensors").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_efficientdet_options_that_do_not_fit_are_refused_in_one_line():
+    for args, message in [
+        (("--model", "efficientdet_d0"), "--model efficientdet_d0 is an EfficientDet detector: train it with --task"),
+        (("--task", "detection", "--model", "efficientdet_d0", "--detector", "fcos"),
+         "--model efficientdet_d0 is an EfficientDet: leave out --detector fcos"),
+    ]:  # fmt: skip
+        proc = run_cli("train", "--data", "digits", *args, "--out", "/nonexistent/never-written")
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 @needs_fmnist

@@ -19,10 +19,27 @@ SUMMARY_COLUMNS = [
 ]
 
 
+DETECTOR_COLUMNS = [
+    ("name", "{}"),
+    ("backbone", "{}"),
+    ("image_size", "{}"),
+    ("fpn_channels", "{}"),
+    ("fpn_repeats", "{}"),
+    ("head_repeats", "{}"),
+    ("weighting", "{}"),
+    ("anchor_scale", "{:g}"),
+    ("levels", "{}"),
+    ("params", "{:,}"),
+    ("macs", "{:,}"),
+]
+
+
 def cmd_models(args) -> int:
     from effnet.models.flops import model_summary
     from effnet.models.registry import list_models, resolve_config
 
+    if args.task == "detection":
+        return _detectors(args)
     names = list_models(args.filter)
     if not names:
         raise UsageError(f"--filter {args.filter!r} matches no model; known: {', '.join(list_models())}")
@@ -31,6 +48,24 @@ def cmd_models(args) -> int:
         print(json.dumps(rows, indent=2))
     else:
         print_table(rows, SUMMARY_COLUMNS)
+    return 0
+
+
+def _detectors(args) -> int:
+    """The EfficientDet table: the released D0-D7x and Lite0-4 (any phi: ``efficientdet_config``)."""
+    import fnmatch
+
+    from effnet.models.efficientdet import efficientdet_summary
+    from effnet.models.efficientdet_specs import PUBLISHED
+
+    names = [n for n in PUBLISHED if args.filter is None or fnmatch.fnmatch(n, args.filter)]
+    if not names:
+        raise UsageError(f"--filter {args.filter!r} matches no detector; known: {', '.join(PUBLISHED)}")
+    rows = [efficientdet_summary(name) for name in names]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_table(rows, DETECTOR_COLUMNS)
     return 0
 
 
@@ -64,6 +99,12 @@ def cmd_scale(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("models", help="the family table: multipliers, params and MACs of every model")
     p.add_argument("--filter", help="glob on model names, e.g. '*lite*'")
+    p.add_argument(
+        "--task",
+        choices=("classification", "detection"),
+        default="classification",
+        help="detection: the EfficientDet table (D0-D7x, Lite0-4: BiFPN width and depth, heads, input)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_models)
 

@@ -14,7 +14,8 @@ from effnet.training.config import TrainConfig
 TRAIN_HELP = {
     "task": "classification, detection (COCO folder), segmentation (images/ + masks/) or embedding (ArcFace)",
     "annotations": "detection: the COCO file's name inside --data (or its train/ val/ test/)",
-    "detector": "detection head on an FPN: faster_rcnn, fcos or retinanet",
+    "detector": "detection head on an FPN: faster_rcnn, fcos or retinanet; or efficientdet (--model "
+    "efficientdet_d0..d7x, efficientdet_lite0..lite4, or --phi; --model efficientdet_* implies it)",
     "arcface_margin": "embedding: ArcFace's additive angular margin m, radians",
     "arcface_scale": "embedding: ArcFace's logit scale s",
     "model": "model name (or use --phi)",

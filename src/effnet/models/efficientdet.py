@@ -22,6 +22,7 @@ from effnet.models.bifpn import BN_EPS, BN_MOMENTUM, BiFPN, SeparableConv
 from effnet.models.config import ModelConfig
 from effnet.models.efficientdet_specs import MIN_LEVEL, NUM_ANCHORS, DetScale, get_scale
 from effnet.models.efficientnet import EfficientNet
+from effnet.models.flops import module_macs
 from effnet.models.layers import activation
 
 OUT_INDICES = (2, 3, 4)  # the trunk's strides 8, 16, 32: P3, P4, P5
@@ -45,6 +46,12 @@ class EfficientDetConfig:
         if not (0.0 <= self.score_thresh < 1.0 and self.detections_per_image >= 1):
             raise UsageError(f"need 0 <= score_thresh < 1 and detections_per_image >= 1, got "
                              f"{self.score_thresh!r}, {self.detections_per_image!r}")  # fmt: skip
+
+    @property
+    def min_size(self) -> int:
+        """The side images are letterboxed to (named as ``DetectorConfig``'s input size, which the
+        detection task reads for either)."""
+        return self.scale.image_size
 
     @property
     def levels(self) -> int:
@@ -151,3 +158,18 @@ class EfficientDetNet(nn.Module):
 def create_efficientdet_net(name: str | None = "efficientdet_d0", *, phi: float | None = None, num_classes: int = 90,
                             image_size: int | None = None) -> EfficientDetNet:  # fmt: skip
     return EfficientDetNet(efficientdet_config(name, phi=phi, num_classes=num_classes, image_size=image_size))
+
+
+def efficientdet_summary(name: str) -> dict:
+    """A released EfficientDet's row of ``effnet models --task detection``: its table entry,
+    parameters (90 COCO classes) and multiply-accumulates at its own input size."""
+    config = efficientdet_config(name)
+    scale = config.scale
+    with torch.device("meta"):
+        net = EfficientDetNet(config).eval()
+    return {"name": name, "backbone": scale.backbone, "image_size": scale.image_size,
+            "fpn_channels": scale.fpn_channels, "fpn_repeats": scale.fpn_repeats, "head_repeats": scale.head_repeats,
+            "weighting": scale.weighting,
+            "anchor_scale": scale.anchor_scale, "levels": f"P3-P{scale.max_level}",
+            "params": sum(p.numel() for p in net.parameters()),
+            "macs": module_macs(net, (1, 3, scale.image_size, scale.image_size))}  # fmt: skip

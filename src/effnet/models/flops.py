@@ -35,9 +35,13 @@ def count_params(config: ModelConfig) -> int:
 @functools.lru_cache(maxsize=1024)
 def count_macs(config: ModelConfig, resolution: int | None = None) -> int:
     """Multiply-accumulates of one forward pass of one image at ``resolution`` (default: the model's)."""
-    model = _meta_model(config)
     side = resolution or config.resolution
-    x = torch.empty(1, config.in_chans, side, side, device="meta")
+    return module_macs(_meta_model(config), (1, config.in_chans, side, side))
+
+
+def module_macs(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of ``model`` (on the meta device) on one input of ``shape``."""
+    x = torch.empty(shape, device="meta")
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(x)

@@ -14,6 +14,8 @@ from torchvision.utils import draw_bounding_boxes
 from effnet.datasets.coco import DetectionDataset, collate_detection, load_detection
 from effnet.models.backbone import backbone_config
 from effnet.models.detection import OUT_INDICES, anchor_sizes_for, create_detector
+from effnet.models.efficientdet import EfficientDetConfig
+from effnet.models.efficientdet_detector import build_efficientdet, create_efficientdet
 from effnet.tasks.entry import PALETTE, EvalData, TaskEntry, check_classes
 
 
@@ -141,6 +143,21 @@ def detection_scale(split, image_size: int | None) -> tuple[int, int, list[float
     return max(32, min_size), max(32, max_size), sides
 
 
+def efficientdet_scale(split, image_size: int | None) -> tuple[int, float]:
+    """(input side, anchor scale) for EfficientDet on this data: each image is letterboxed to the
+    side (the data's median long side, at least 128, unless --image-size), and the anchors are
+    sized so that P3's smallest covers the smallest tenth of the objects: COCO's anchor scale of 4
+    (32-51 px at P3) would leave the 20-30 px objects of a 128 px canvas matched only by force."""
+    longs = np.array([max(w, h) for w, h in split.sizes], float)
+    side = image_size or max(128, int(np.median(longs)))
+    sides = []
+    for (w, h), boxes in zip(split.sizes, split.boxes, strict=True):
+        scale = side / max(w, h)
+        sides += (np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])) * scale).tolist()
+    smallest = float(np.percentile(sides, 10)) if sides else 32.0
+    return side, float(np.clip(round(smallest / 8, 2), 1.0, 4.0))  # P3's stride is 8 px
+
+
 class DetectionEntry(TaskEntry):
     """A torchvision detector takes a list of [0, 1] images of any size and resizes them itself."""
 
@@ -159,7 +176,9 @@ class DetectionEntry(TaskEntry):
 
     def training_setup(self, cfg, data, trunk, continuing=None):
         train_split = data.split("train")
-        if continuing is not None:
+        if cfg.detector == "efficientdet":
+            model = self._efficientdet(cfg, data.classes, train_split, trunk, continuing)
+        elif continuing is not None:
             config = continuing.config  # continue training a detector of these classes as it is
             model = create_detector(config.backbone, head=config.head, num_classes=len(data.classes),
                                     image_size=config.min_size, max_size=config.max_size,
@@ -173,6 +192,14 @@ class DetectionEntry(TaskEntry):
                                     class_names=data.classes)  # fmt: skip
         train_set = DetectionDataset(train_split, flip=cfg.augment in ("light", "paper"))
         return model, DetectionTask(data.classes), train_set, DetectionDataset(data.split("val"))
+
+    def _efficientdet(self, cfg, classes: list[str], train_split, trunk, continuing):
+        if continuing is not None and isinstance(continuing.config, EfficientDetConfig):
+            return build_efficientdet(continuing.config, classes)  # continue it as it is
+        side, anchor_scale = efficientdet_scale(train_split, cfg.image_size)
+        return create_efficientdet(cfg.model, phi=cfg.phi, num_classes=len(classes), image_size=side,
+                                   anchor_scale=anchor_scale, class_names=classes,
+                                   drop_path_rate=trunk.drop_path_rate, bn_momentum=trunk.bn_momentum)  # fmt: skip
 
     def eval_data(self, model, options: dict, split: str, training: dict, *, origin: str = "the model",
                   annotations: str | None = None, **kwargs) -> EvalData:  # fmt: skip

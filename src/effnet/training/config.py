@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from effnet.core.errors import UsageError
 from effnet.datasets.choices import AUGMENTATIONS, BAD_IMAGE_POLICIES
 from effnet.models.scaling import PHI_BASELINES
-from effnet.tasks.choices import DETECTOR_HEADS
+from effnet.tasks.choices import DETECTOR_HEADS, EFFICIENTDET_PREFIX
 from effnet.tasks.registry import registration, task_names
 
 OPTIMIZERS = ("rmsproptf", "adamw", "sgd")
@@ -173,7 +173,9 @@ class TrainConfig:
     data: str = "digits"  # fashion-mnist, digits, or an image folder
     data_dir: str | None = None
     annotations: str = "annotations.json"  # detection: the COCO file's name in the data folder(s)
-    detector: str = "faster_rcnn"  # detection: faster_rcnn, fcos or retinanet on an FPN
+    # detection: faster_rcnn, fcos or retinanet on an FPN, or efficientdet (--model efficientdet_d0..lite4,
+    # or --phi by EfficientDet's own rule)
+    detector: str = "faster_rcnn"
     arcface_margin: float = 0.5  # embedding: ArcFace's additive angular margin m (radians)
     arcface_scale: float = 30.0  # embedding: ArcFace's logit scale s
     val_split: float = 0.1
@@ -243,6 +245,7 @@ class TrainConfig:
     device: str = "auto"  # auto: CUDA when available (one GPU per torchrun process), else CPU
 
     def __post_init__(self):
+        self._check_efficientdet()
         if self.model is not None and self.phi is not None and self.model not in PHI_BASELINES:
             raise UsageError(f"--phi scales a baseline ({', '.join(PHI_BASELINES)}), not --model {self.model}")
         if self.model is None and self.phi is None and not self.weights:
@@ -301,6 +304,22 @@ class TrainConfig:
         for name, allowed in choices:
             if getattr(self, name) is not None and getattr(self, name) not in allowed:
                 raise UsageError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+    def _check_efficientdet(self) -> None:
+        """``--model efficientdet_d0`` names a detector, not a trunk: it implies ``--detector
+        efficientdet``; ``--detector efficientdet`` alone means D0, with ``--phi`` the paper's rule."""
+        named = (self.model or "").startswith(EFFICIENTDET_PREFIX)
+        if not named and self.detector != "efficientdet":
+            return
+        if self.task != "detection":
+            raise UsageError(f"--model {self.model} is an EfficientDet detector: train it with --task detection")
+        if self.detector not in ("faster_rcnn", "efficientdet"):  # faster_rcnn: the default, left as it was
+            raise UsageError(f"--model {self.model} is an EfficientDet: leave out --detector {self.detector}")
+        self.detector = "efficientdet"
+        if self.phi is not None and named:
+            raise UsageError("give an EfficientDet by --model efficientdet_NAME or by --phi, not both")
+        if not named:
+            self.model = None if self.phi is not None else "efficientdet_d0"
 
     def _check_finetune(self) -> None:
         mode, _ = finetune_mode(self.finetune)

@@ -14,6 +14,7 @@ from dataclasses import replace
 from torch import nn
 
 from effnet.models.config import ModelConfig
+from effnet.models.efficientdet import efficientdet_config
 from effnet.models.registry import resolve_config
 from effnet.tasks.registry import task_of
 from effnet.weights.io import load_weights
@@ -49,6 +50,9 @@ class WeightsSource:
         padding and BN eps the file was trained with; the run's regularisation either way."""
         regularise = {"drop_path_rate": cfg.drop_path_rate, "bn_momentum": cfg.bn_momentum}
         trunk = trunk_of(self.model).config if self.model is not None else None
+        if cfg.task == "detection" and cfg.detector == "efficientdet":
+            # the detector's table (or rule) fixes its trunk: TF padding, BN eps 1e-3, P3-P5 out
+            return efficientdet_config(cfg.model, phi=cfg.phi, **regularise).backbone
         if cfg.model is None and cfg.phi is None:
             return replace(trunk, **regularise)
         arch = {"padding": trunk.padding, "bn_eps": trunk.bn_eps} if trunk is not None else {}
