@@ -13,6 +13,7 @@ from effnet.core.errors import UsageError
 LIST_COLUMNS = [
     ("tag", "{}"),
     ("top1", "{:.1f}"),
+    ("coco_map", "{:.1f}"),
     ("resolution", "{}"),
     ("size_mb", "{:.1f}"),
     ("licence", "{}"),
@@ -35,7 +36,10 @@ def cmd_list(args) -> int:
     shown = [{**r, "tag": r["tag"] + (" *" if r["default"] else ""), "cached": "yes" if r["cached"] else ""}
              for r in rows]  # fmt: skip
     print_table(shown, LIST_COLUMNS)
-    print("* the member's default tag (pretrained=True); top1: published ImageNet-1k accuracy at that resolution")
+    print(
+        "* the member's default tag (pretrained=True); top1: published ImageNet-1k accuracy at that resolution; "
+        "coco_map: a detector's published COCO val2017 mAP"
+    )
     return 0
 
 

@@ -172,6 +172,8 @@ def describe(pattern: str | None = None) -> list[dict]:
                 "aliases": list(entry.aliases),
                 "top1": entry.top1,
                 "top5": entry.top5,
+                "task": entry.task,
+                "coco_map": entry.coco_map,
                 "resolution": entry.preprocessing.resolution,
                 "params": entry.params,
                 "size_mb": round(4 * entry.params / 1e6, 1),  # float32

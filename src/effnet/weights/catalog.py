@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass
 
 from effnet.core.errors import UsageError
 from effnet.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, Preprocessing
+from effnet.weights.effdet_catalog import EFFDET_ROWS
+from effnet.weights.entry import PARAMS, PARAMS_21K, WeightsEntry  # noqa: F401 - re-exported: the table's row type
 
 TORCHVISION_BASE = "https://download.pytorch.org/models/"
 HUB_BASE = "https://huggingface.co/"
@@ -40,91 +41,8 @@ METRICS_FROM = {
     "torchvision": "torchvision Weights metadata",
     "hub": "timm results-imagenet.csv",
     "package": "TensorFlow EfficientNet-Lite README",
+    "release": "effdet's README (its own COCO val2017 evaluation of each TF port)",
 }
-
-# Parameters of each member with the 1k head the files carry (and with a 21k head): the size a
-# download will have, known without building anything. A test recounts them on the meta device.
-PARAMS = {
-    "efficientnet_b0": 5_288_548,
-    "efficientnet_b1": 7_794_184,
-    "efficientnet_b2": 9_109_994,
-    "efficientnet_b3": 12_233_232,
-    "efficientnet_b4": 19_341_616,
-    "efficientnet_b5": 30_389_784,
-    "efficientnet_b6": 43_040_704,
-    "efficientnet_b7": 66_347_960,
-    "efficientnet_b8": 87_413_142,
-    "efficientnet_l2": 480_309_308,
-    "efficientnet_lite0": 4_652_008,
-    "efficientnet_lite1": 5_416_680,
-    "efficientnet_lite2": 6_092_072,
-    "efficientnet_lite3": 8_197_096,
-    "efficientnet_lite4": 13_006_568,
-    "efficientnetv2_b0": 7_139_704,
-    "efficientnetv2_b1": 8_141_052,
-    "efficientnetv2_b2": 10_096_086,
-    "efficientnetv2_b3": 14_358_406,
-    "efficientnetv2_s": 21_458_488,
-    "efficientnetv2_m": 54_139_356,
-    "efficientnetv2_l": 118_515_272,
-    "efficientnetv2_xl": 208_119_808,
-}
-PARAMS_21K = {
-    "efficientnetv2_b3": 46_394_097,
-    "efficientnetv2_s": 48_158_371,
-    "efficientnetv2_m": 80_839_239,
-    "efficientnetv2_l": 145_215_155,
-    "efficientnetv2_xl": 234_819_691,
-}
-
-
-@dataclass(frozen=True)
-class WeightsEntry:
-    tag: str
-    model: str  # effnet's registry name
-    kind: str  # "torchvision" (a plain URL), "hub" (a Hugging Face repo file) or "package" (in a pip package)
-    url: str  # where the file is published (for a package: a pseudo-URL naming it)
-    layout: str  # the key layout, for convert_state_dict
-    licence: str
-    preprocessing: Preprocessing  # the publisher's exact eval transform
-    top1: float | None  # published ImageNet-1k accuracy at that transform; None for 21k heads
-    top5: float | None
-    padding: str = "symmetric"  # "same": TF's asymmetric padding, which TF-trained weights need
-    bn_eps: float = 1e-3
-    classes: str = "imagenet-1k"  # or "imagenet-21k" (timm's Google 21k label order)
-    # sha256: the full hash, or the prefix a file name carries; None when the publisher gives no
-    # hash (hub files): effnet records the hash of the first download and checks it from then on.
-    sha256: str | None = None
-    hub_repo: str | None = None
-    hub_file: str = "model.safetensors"
-    release_url: str | None = None  # timm's older release file (a .pth with a hash prefix), for import
-    package: str | None = None  # the pip distribution, its import name and the file inside it
-    module: str | None = None
-    filename: str | None = None
-    aliases: tuple[str, ...] = ()
-    default: bool = False
-
-    @property
-    def num_classes(self) -> int:
-        return 21843 if self.classes == "imagenet-21k" else 1000
-
-    @property
-    def params(self) -> int:
-        return (PARAMS_21K if self.classes == "imagenet-21k" else PARAMS)[self.model]
-
-    @property
-    def build_kwargs(self) -> dict:
-        """How the model must be built to hold these weights and score what they score."""
-        return {
-            "padding": self.padding,
-            "bn_eps": self.bn_eps,
-            "num_classes": self.num_classes,
-            "resolution": self.preprocessing.resolution,
-        }
-
-    @property
-    def hash_known(self) -> bool:
-        return self.sha256 is not None
 
 
 def _tv(model, file, top1, top5, crop, resize, *, suffix="tv_in1k", interpolation="bicubic",
@@ -621,7 +539,7 @@ def _index(rows: list[WeightsEntry]) -> tuple[dict[str, WeightsEntry], dict[str,
     return tags, aliases, defaults
 
 
-CATALOG, ALIASES, DEFAULTS = _index(_ROWS)
+CATALOG, ALIASES, DEFAULTS = _index(_ROWS + EFFDET_ROWS)
 
 
 def list_tags(pattern: str | None = None) -> list[WeightsEntry]:

@@ -19,12 +19,14 @@ from pathlib import Path
 from torch import nn
 
 from effnet.core.errors import UsageError, WeightsError
+from effnet.models.efficientdet_detector import create_efficientdet
 from effnet.models.registry import build_model
 from effnet.models.registry import create_model as build
 from effnet.weights import cache
 from effnet.weights.catalog import METRICS_FROM, WeightsEntry, get_entry
 from effnet.weights.convert import convert_state_dict
 from effnet.weights.download import check_file, discard, fetch_source
+from effnet.weights.effdet import convert_effdet_state_dict
 from effnet.weights.io import load, load_weights, read_metadata, read_state_dict, save
 
 
@@ -33,9 +35,17 @@ def imagenet_classes() -> list[str]:
     return [line for line in text.splitlines() if line]
 
 
+def coco_classes() -> list[str]:
+    """COCO's 90 category ids' names, in id order ("N/A" for the 10 ids the data never uses)."""
+    text = resources.files("effnet").joinpath("data/coco_classes.txt").read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line]
+
+
 def class_names(entry: WeightsEntry) -> list[str]:
     if entry.classes == "imagenet-1k":
         return imagenet_classes()
+    if entry.classes == "coco-90":
+        return coco_classes()
     try:  # Google's ImageNet-21k label order, as timm publishes it with its 21k heads
         from timm.data import ImageNetInfo
     except ImportError:
@@ -108,6 +118,7 @@ def _convert_into_cache(entry, source: Path, origin: str, *, expected=None, prev
         "licence": entry.licence,
         "top1": entry.top1,
         "top5": entry.top5,
+        "coco_map": entry.coco_map,
         "metrics_from": METRICS_FROM[entry.kind],
     }
     path = cache.weights_file(entry.tag)
@@ -127,12 +138,21 @@ def _convert_into_cache(entry, source: Path, origin: str, *, expected=None, prev
 def convert(entry: WeightsEntry, source: Path, origin: str) -> nn.Module:
     """The published file as an effnet model built the way its weights need."""
     try:
-        state = convert_state_dict(read_state_dict(source), entry.layout)
+        if entry.layout == "effdet":
+            state = convert_effdet_state_dict(read_state_dict(source))
+        else:
+            state = convert_state_dict(read_state_dict(source), entry.layout)
     except WeightsError as exc:
         raise WeightsError(f"{origin}: {exc} (is this the file of {entry.tag}?)") from None
-    model = build(entry.model, class_names=class_names(entry), **entry.build_kwargs)
+    if entry.task == "detection":
+        model = create_efficientdet(entry.model, num_classes=entry.num_classes, class_names=class_names(entry),
+                                    image_size=entry.preprocessing.resolution)  # fmt: skip
+    else:
+        model = build(entry.model, class_names=class_names(entry), **entry.build_kwargs)
     model.preprocessing = entry.preprocessing
-    return load_weights(model, state, origin=f"{origin} ({entry.tag})").eval()
+    target = model.net if entry.task == "detection" else model  # a detector's file holds its network's keys
+    load_weights(target, state, origin=f"{origin} ({entry.tag})")
+    return model.eval()
 
 
 def load_pretrained(name: str) -> nn.Module:

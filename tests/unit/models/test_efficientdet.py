@@ -2,6 +2,8 @@
 network against the reference port (``effdet``) with its weights converted — class and box
 outputs of every released model equal to 1e-4, parameter counts exact."""
 
+import json
+
 import pytest
 import torch
 
@@ -13,7 +15,7 @@ from effnet.models.efficientdet_detector import create_efficientdet, select_dete
 from effnet.models.efficientdet_loss import LossSettings, detection_loss, label_anchors
 from effnet.models.efficientdet_specs import ASPECT_RATIOS, NUM_SCALES, PUBLISHED, detector_scale
 from effnet.weights.effdet import convert_effdet_state_dict
-from tests.conftest import import_required
+from tests.conftest import import_required, run_cli
 
 effdet = import_required("effdet")
 
@@ -252,3 +254,13 @@ def test_the_detector_learns_two_boxes_and_maps_them_back_to_the_image():
         assert result["labels"][best] == target["labels"][0]
         # boxes come back in the 128x96 image's pixels, not the letterboxed 128x128 input's
         assert box_iou(result["boxes"][best : best + 1], target["boxes"]) > 0.6, result["boxes"][best]
+
+
+def test_models_table_of_detectors_gives_the_papers_costs():
+    rows = json.loads(run_cli("models", "--task", "detection", "--filter", "efficientdet_d0", "--json").check().stdout)
+    (d0,) = rows
+    # Table 2 of the paper: D0 has 3.9 M parameters and 2.5 B FLOPs (multiply-adds) at 512 px
+    assert d0["params"] == 3_880_067 and d0["image_size"] == 512
+    assert d0["macs"] == pytest.approx(2.5e9, rel=0.01)
+    proc = run_cli("models", "--task", "detection", "--filter", "yolo*")
+    assert proc.returncode == 2 and "matches no detector" in proc.stderr

@@ -6,11 +6,14 @@ import re
 
 import pytest
 import timm
+import torch
 import torchvision
 from timm.data import create_transform, resolve_data_config
 from timm.models import get_pretrained_cfg
 
 import effnet
+from effnet.models.efficientdet import EfficientDetNet, efficientdet_config
+from effnet.models.efficientdet_specs import PUBLISHED
 from effnet.models.flops import count_params
 from effnet.models.registry import list_models, resolve_config
 from effnet.weights.catalog import ALIASES, CATALOG, DEFAULTS, get_entry
@@ -97,13 +100,21 @@ def test_timm_transform_resizes_and_crops_as_the_entry_says(timm_name):
 def test_parameter_counts_are_recounted():
     for model, classes in {(e.model, e.num_classes) for e in CATALOG.values()}:
         entry = next(e for e in CATALOG.values() if e.model == model and e.num_classes == classes)
-        assert entry.params == count_params(resolve_config(model, num_classes=classes)), entry.tag
+        if entry.task == "detection":
+            with torch.device("meta"):
+                net = EfficientDetNet(efficientdet_config(model, num_classes=classes))
+            counted = sum(p.numel() for p in net.parameters())
+        else:
+            counted = count_params(resolve_config(model, num_classes=classes))
+        assert entry.params == counted, entry.tag
 
 
 def test_every_member_has_one_default_tag_and_aliases_resolve():
-    members = [m for m in list_models() if m in {e.model for e in CATALOG.values()}]
-    assert set(members) == set(DEFAULTS) == {e.model for e in CATALOG.values()}
-    assert len(DEFAULTS) == 23  # B0-B8, L2, Lite0-4, V2 B0-B3/S/M/L/XL
+    classifiers = {e.model for e in CATALOG.values() if e.task == "classification"}
+    members = [m for m in list_models() if m in classifiers]
+    assert set(members) == set(DEFAULTS) - set(PUBLISHED) == classifiers
+    assert {e.model for e in CATALOG.values() if e.task == "detection"} == set(PUBLISHED) <= set(DEFAULTS)
+    assert len(DEFAULTS) == 23 + 14  # B0-B8, L2, Lite0-4, V2 B0-B3/S/M/L/XL; EfficientDet D0-D7x, Lite0-4
     assert get_entry("lite1").tag == ALIASES["lite1"] == "efficientnet_lite1.pypi_in1k"
     assert get_entry("efficientnet_b3").tag == "efficientnet_b3.tv_in1k"
     assert get_entry("efficientnet_b1").tag == "efficientnet_b1.tv2_in1k"  # the better of torchvision's two
@@ -114,3 +125,25 @@ def test_unknown_tags_get_suggestions():
         get_entry("efficientnet_b3.tf_ns")
     with pytest.raises(effnet.UsageError, match="effnet weights list"):
         get_entry("resnet50")
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_every_efficientdet_checkpoint_is_effdets_own_row(name):
+    """URL, input size and mean/std against effdet's config table (the effdet name is tf_<ours>)."""
+    from effdet.config import get_efficientdet_config
+
+    reference = get_efficientdet_config(f"tf_{name}")
+    entry = get_entry(name)
+    assert entry.tag == f"{name}.tf_coco" and entry.url == reference.url and entry.task == "detection"
+    assert entry.preprocessing.resolution == reference.image_size[0] == PUBLISHED[name].image_size
+    assert entry.preprocessing.mean == tuple(reference.get("mean", (0.485, 0.456, 0.406)))
+    assert entry.preprocessing.std == tuple(reference.get("std", (0.229, 0.224, 0.225)))
+    assert entry.url.endswith(f"-{entry.sha256}.pth") and entry.num_classes == reference.num_classes == 90
+
+
+def test_coco_class_names_are_torchvisions():
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+
+    from effnet.weights.pretrained import coco_classes
+
+    assert coco_classes() == FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"][1:]

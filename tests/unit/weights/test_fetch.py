@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 import effnet
 from effnet.weights import cache, catalog
 from effnet.weights.pretrained import fetch, import_file, load_pretrained, pretrained_info
-from tests.conftest import give_bn_real_statistics, requires
+from tests.conftest import give_bn_real_statistics, import_required, requires
 
 TV_TAG = "efficientnet_b0.tv_in1k"
 HUB_TAG = "efficientnet_b0.tf_ns_jft_in1k"
@@ -339,3 +339,39 @@ def test_create_model_pretrained_with_a_new_head(online):
         effnet.create_model("efficientnet_b0", pretrained="lite1")
     with pytest.raises(effnet.UsageError, match="cannot also set width"):
         effnet.create_model("efficientnet_lite1", pretrained=True, width=0.5)
+
+
+def test_efficientdet_checkpoint_through_a_mirror_is_effdets_network(online, monkeypatch, tmp_path):
+    """A COCO checkpoint published as effdet publishes it (a .pth of its EfficientDet, here with
+    random weights) comes back as an effnet detector whose network gives effdet's outputs."""
+    effdet = import_required("effdet")
+    from effnet.models.efficientdet_detector import EfficientDet
+
+    tag = "efficientdet_lite0.tf_coco"
+    torch.manual_seed(0)
+    reference = effdet.create_model("tf_efficientdet_lite0", pretrained_backbone=False)
+    for m in reference.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # statistics of a trained network, not the initial 0 and 1
+            torch.nn.init.uniform_(m.running_mean, -0.1, 0.1)
+            torch.nn.init.uniform_(m.running_var, 0.5, 1.5)
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+    reference.eval()
+    url = catalog.CATALOG[tag].url
+    file = tmp_path / "published" / url.removeprefix("https://")
+    file.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), file)
+    with_published_hash(monkeypatch, tag, file)
+    with serve(tmp_path / "published") as (base, state):
+        monkeypatch.setenv("EFFNET_MIRROR", base)
+        model = load_pretrained(tag)
+    assert [path for path, _ in state["gets"]] == ["/" + url.removeprefix("https://")]
+    assert isinstance(model, EfficientDet) and model.config.scale.image_size == 320
+    assert len(model.class_names) == 90 and model.class_names[:2] == ["person", "bicycle"]
+    assert model.preprocessing.mean == (0.5, 0.5, 0.5)  # the Lite models take inputs in [-1, 1]
+    x = torch.randn(1, 3, 320, 320)
+    with torch.no_grad():
+        expected, got = reference(x), model.net(x)
+    for want, have in zip([*expected[0], *expected[1]], [*got[0], *got[1]], strict=True):
+        assert (want - have).abs().max() <= 1e-4 * want.abs().max()
+    info = pretrained_info(cache.weights_file(tag))
+    assert info["coco_map"] == 27.1 and info["licence"] == "Apache-2.0" and info["top1"] is None
