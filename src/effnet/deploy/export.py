@@ -16,51 +16,26 @@ import json
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from effnet.core.errors import RunError, UsageError, first_line
+from effnet.core.errors import UsageError, first_line
 from effnet.core.extras import require
 from effnet.core.fileio import atomic_write
 from effnet.deploy.choices import DEFAULT_OPSET, FORMAT_SUFFIXES, FORMATS, MOBILE_FORMATS
+from effnet.deploy.detector_export import export_detector, inference_form, letterboxed
+from effnet.deploy.export_checks import TOLERANCE, ExportError, ExportResult, blocks_image  # noqa: F401 - their home for callers
 from effnet.deploy.litert import LiteRTModel, write_tflite
-from effnet.deploy.openvino import OpenVinoModel, write_ir
+from effnet.deploy.openvino import OpenVinoModel, publish_ir, write_ir  # noqa: F401 - publish_ir: callers import it here
 from effnet.deploy.pte import ExecuTorchModel, write_pte
 from effnet.deploy.runtime import OnnxModel
-from effnet.models.fuse import fuse_batchnorm
 from effnet.tasks.registry import entry_of, task_of
 from effnet.weights.io import model_metadata
 
-# Relative to the output's scale (its largest magnitude): fp32 reassociation in fused convs
-# and a different kernel library stay far below this; a wrong graph does not.
-TOLERANCE = 1e-4
 METADATA_FILE = "effnet.json"  # TorchScript's extra file holding the metadata
-
-
-class ExportError(RunError):
-    """The exported file does not reproduce the eager model (exit code 1)."""
-
-
-@dataclass
-class ExportResult:
-    path: Path
-    format: str
-    image_size: int
-    batch_size: int | None  # None: dynamic
-    max_abs_diff: float
-    output_scale: float
-    tolerance: float = TOLERANCE  # of the output scale
-
-    @property
-    def relative_diff(self) -> float:
-        return self.max_abs_diff / self.output_scale
-
-    def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in ("format", "image_size", "batch_size", "max_abs_diff", "output_scale")}
-        return {"path": str(self.path), **d, "relative_diff": self.relative_diff, "tolerance": self.tolerance}
 
 
 def input_spec(model: nn.Module) -> tuple[int, int]:
@@ -85,13 +60,6 @@ def export_metadata(
         ),
         **(extra or {}),
     }
-
-
-def inference_form(model: nn.Module) -> nn.Module:
-    """BN folded, eval mode, no gradients, weights in the default memory layout: the module that
-    gets exported (a model fresh from training is channels-last, and torch.export then fixes
-    the batch dimension of its graph)."""
-    return fuse_batchnorm(model).eval().requires_grad_(False).to(memory_format=torch.contiguous_format)
 
 
 def format_for(path: str | os.PathLike) -> str:
@@ -153,10 +121,12 @@ def export(
     if path.is_dir():
         raise UsageError(f"--out {path} is a directory; give a file name")
     if entry_of(model).per_image:
-        if format != "onnx" or dynamic_batch or batch_size != 1:
-            raise UsageError(f"a {task_of(model)} model exports to ONNX with one image per run (no --format "
-                             f"{format}, --dynamic-batch or --batch-size)")  # fmt: skip
-        return export_detector(model, path, image_size, opset, export_metadata(model, image_size, 1, extra_metadata))
+        formats = ("onnx", "openvino") if letterboxed(model) else ("onnx",)
+        if format not in formats or dynamic_batch or batch_size != 1:
+            raise UsageError(f"a {task_of(model)} model exports to {' or '.join(formats)} with one image per run (no "
+                             f"--format {format}, --dynamic-batch or --batch-size)")  # fmt: skip
+        metadata = export_metadata(model, image_size, 1, extra_metadata)
+        return export_detector(model, path, image_size, opset, metadata, format=format)
     net = inference_form(model)
     example = torch.randn(batch_size, channels, image_size, image_size)
     metadata = export_metadata(model, image_size, None if dynamic_batch else batch_size, extra_metadata)
@@ -195,103 +165,6 @@ def export(
     return ExportResult(path, format, image_size, None if dynamic_batch else batch_size, diff, scale)
 
 
-def publish_ir(tmp: Path, path: Path) -> None:
-    """The .bin first, then the .xml that names it: an .xml on disk always has its weights. If the
-    .xml cannot be written, the new .bin goes too."""
-    bin_path = path.with_suffix(".bin")
-    atomic_write(bin_path, lambda f: f.write(tmp.with_suffix(".bin").read_bytes()))
-    try:
-        atomic_write(path, lambda f: f.write(tmp.read_bytes()))
-    except BaseException:
-        bin_path.unlink(missing_ok=True)
-        raise
-
-
-def _score_threshold(net: nn.Module, value: float | None = None) -> float:
-    """Get (and with ``value``, set) the score threshold of a torchvision detector."""
-    owner = net.roi_heads if hasattr(net, "roi_heads") else net
-    old = owner.score_thresh
-    if value is not None:
-        owner.score_thresh = value
-    return old
-
-
-def _write_detector(net: nn.Module, image: torch.Tensor, path: Path, opset: int, metadata: dict) -> None:
-    import onnx
-
-    with torch.no_grad():
-        names = list(net([image])[0])  # the heads differ in the order of their output dict
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, ([image],), str(path), dynamo=False, opset_version=max(opset, 11),
-                          input_names=["image"], output_names=names)  # fmt: skip
-    proto = onnx.load(str(path))
-    onnx.helper.set_model_props(proto, metadata)
-    onnx.save(proto, str(path))
-
-
-def export_detector(model: nn.Module, path: Path, image_size: int, opset: int, metadata: dict) -> ExportResult:
-    """The whole torchvision detector (resize, normalisation, heads, box decoding, NMS) as one
-    graph taking one [0, 1] image (3, H, W) and giving boxes, labels and scores. torch.export
-    cannot trace the data-dependent NMS; the TorchScript-based exporter, for which torchvision
-    keeps ONNX symbolics of NMS and RoIAlign, can.
-
-    The check must not depend on the model finding something in a made-up image, so a second
-    graph with the score threshold at 0 (the same graph but for that constant) is compared with
-    eager at the same threshold (``_detection_diff``)."""
-    net = inference_form(model).net
-    image = _blocks_image(image_size)
-    with tempfile.TemporaryDirectory(prefix="effnet-export-") as scratch:
-        tmp, probe = Path(scratch) / path.name, Path(scratch) / "probe.onnx"
-        _write_detector(net, image, tmp, opset, metadata)
-        kept = _score_threshold(net, 0.0)
-        try:
-            _write_detector(net, image, probe, opset, metadata)
-            with torch.no_grad():
-                expected = net([image])[0]
-        finally:
-            _score_threshold(net, kept)
-        got = OnnxModel(probe).detect(image.numpy())
-        diff = _detection_diff(expected, got, image_size)
-        scale = float(image_size)
-        if not diff <= TOLERANCE * scale:
-            raise ExportError(f"{path}: the exported detector's boxes or scores differ from eager by {diff:.3g} "
-                              f"pixels; nothing was written")  # fmt: skip
-        atomic_write(path, lambda f: f.write(tmp.read_bytes()))
-    return ExportResult(path, "onnx", image_size, 1, diff, scale)
-
-
-def _detection_diff(expected: dict, got: dict, side: int, top: int = 20) -> float:
-    """How far apart two detectors' outputs are, in pixels: the ``top`` best scores (sorted, so
-    ties may be ordered either way; scaled by ``side``) and the box of each of those detections
-    whose score no other one shares, found among the export's with the same label."""
-    if len(got["scores"]) < min(top, len(expected["scores"])):
-        return float("inf")
-    k = min(top, len(expected["scores"]))
-    diff = ((got["scores"][:k].sort().values - expected["scores"][:k].sort().values).abs().max().item() * side
-            if k else 0.0)  # fmt: skip
-    scores = expected["scores"]
-    for i in range(k):
-        if ((scores - scores[i]).abs() < 1e-5).sum() > 1:
-            continue  # a tie: either detection may come first
-        same = got["labels"] == expected["labels"][i]
-        if not same.any():
-            return float("inf")
-        diff = max(diff, (got["boxes"][same] - expected["boxes"][i]).abs().max(1).values.min().item())
-    return diff
-
-
-def _blocks_image(side: int, seed: int = 0, channels: int = 3) -> torch.Tensor:
-    """A seeded image of bright rectangles on a dark ground, in [0, 1]: the check input."""
-    g = torch.Generator().manual_seed(seed)
-    image = torch.rand(channels, side, side, generator=g) * 0.1
-    for _ in range(4):
-        w, h = (int(v) for v in torch.randint(side // 8, side // 3, (2,), generator=g))
-        x, y = (int(v) for v in torch.randint(0, side - max(w, h), (2,), generator=g))
-        image[:, y : y + h, x : x + w] = torch.rand(channels, 1, 1, generator=g) * 0.5 + 0.5
-    return image
-
-
 def check_batch(model: nn.Module, n: int, channels: int, side: int) -> torch.Tensor:
     """``n`` image-like inputs as the model sees them: blocks normalised by its preprocessing.
 
@@ -299,7 +172,7 @@ def check_batch(model: nn.Module, n: int, channels: int, side: int) -> torch.Ten
     itself loses ~1e-3 of the output (B0 trained 2 epochs on digits: eager float32 against float64
     differs by 1.2e-3 of the output scale on randn, 5e-7 on real digits), and the check refused
     correct graphs of real models. A wrong graph is off by far more on images too."""
-    images = torch.stack([_blocks_image(side, seed=i, channels=channels) for i in range(n)])
+    images = torch.stack([blocks_image(side, seed=i, channels=channels) for i in range(n)])
     mean, std = model.preprocessing.mean, model.preprocessing.std
     if len(mean) == channels:
         images = (images - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]

@@ -24,8 +24,9 @@ import torch
 
 from effnet.core.errors import UsageError, WeightsError, first_line
 from effnet.core.extras import require
+from effnet.core.fileio import atomic_write
 from effnet.deploy.choices import OPENVINO_HINTS, OPENVINO_PRECISIONS
-from effnet.deploy.runtime import ExportedModel, onnx_metadata, read_onnx
+from effnet.deploy.runtime import ExportedModel, float_array, onnx_metadata, read_onnx
 
 SECTION = "effnet"  # the rt_info section that holds effnet's metadata
 
@@ -40,6 +41,18 @@ def write_ir(onnx_path: str | os.PathLike, xml_path: str | os.PathLike, metadata
     for key, value in metadata.items():
         model.set_rt_info(str(value), [SECTION, key])
     ov.save_model(model, str(xml_path), compress_to_fp16=False)
+
+
+def publish_ir(tmp: Path, path: Path) -> None:
+    """The .bin first, then the .xml that names it: an .xml on disk always has its weights. If the
+    .xml cannot be written, the new .bin goes too."""
+    bin_path = path.with_suffix(".bin")
+    atomic_write(bin_path, lambda f: f.write(tmp.with_suffix(".bin").read_bytes()))
+    try:
+        atomic_write(path, lambda f: f.write(tmp.read_bytes()))
+    except BaseException:
+        bin_path.unlink(missing_ok=True)
+        raise
 
 
 def ir_metadata(model) -> dict[str, str]:
@@ -139,6 +152,18 @@ class Runner:
             raise WeightsError(f"{self.origin}: OpenVINO failed to run it ({first_line(exc)})") from None
         return request.get_output_tensor(0).data.copy()  # the request reuses its buffer
 
+    def run_named(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output by name, for inputs by name (a detector's graph: several of each, and
+        outputs whose size depends on the input, e.g. after NMS)."""
+        request = getattr(self.local, "named_request", None)
+        if request is None:
+            request = self.local.named_request = self.compiled.create_infer_request()
+        try:
+            request.infer({k: float_array(v) for k, v in feeds.items()})
+        except RuntimeError as exc:
+            raise WeightsError(f"{self.origin}: OpenVINO failed to run it ({first_line(exc)})") from None
+        return {out.get_any_name(): request.get_tensor(out).data.copy() for out in self.compiled.outputs}
+
     def run_chunks(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
         if self.streams < 2 or len(chunks) < 2:
             return [self.run(chunk) for chunk in chunks]
@@ -206,6 +231,9 @@ class OpenVinoModel(ExportedModel):
 
     def _run(self, array: np.ndarray) -> np.ndarray:
         return self.runner.run(array)
+
+    def _run_graph(self, feeds: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v) for k, v in self.runner.run_named(feeds).items()}
 
     def _run_chunks(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
         return self.runner.run_chunks(chunks)

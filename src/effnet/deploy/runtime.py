@@ -18,6 +18,7 @@ import torch
 
 from effnet.core.errors import UsageError, WeightsError, first_line
 from effnet.core.extras import require
+from effnet.models.efficientdet_detector import letterbox
 from effnet.tasks.registry import DEFAULT_TASK, get_task
 from effnet.weights.io import parse_metadata
 
@@ -55,6 +56,13 @@ def read_onnx(path: str | os.PathLike):
 def onnx_metadata(proto) -> dict[str, str]:
     """The file's metadata properties (effnet writes its model metadata there)."""
     return {p.key: p.value for p in proto.metadata_props}
+
+
+def float_array(value) -> np.ndarray:
+    """A C-contiguous float32 array of ``value``, keeping its shape (``np.ascontiguousarray`` turns a
+    0-d scalar, a detector graph's score threshold, into shape (1,), which the engines refuse)."""
+    array = np.asarray(value, dtype=np.float32)
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
 
 
 def open_session(proto, threads: int | None = None):
@@ -161,8 +169,27 @@ class ExportedModel:
         outputs = self._run_chunks(chunks)
         return torch.from_numpy(np.concatenate([out[: fixed - pad] for out, pad in zip(outputs, pads, strict=True)]))
 
-    def detect(self, image: np.ndarray) -> dict[str, torch.Tensor]:
-        raise UsageError(f"{self.path}: a {self.kind} file of a {self.task} model takes a batch, not a list of images")
+    def detect(self, image: np.ndarray, score_thresh: float | None = None) -> dict[str, torch.Tensor]:
+        """An exported detector on one (3, H, W) [0, 1] image: {"boxes", "labels", "scores"}
+        (``score_thresh``: another than the export's, where the graph leaves it to the runner)."""
+        if self.task != "detection":
+            raise UsageError(f"{self.path}: a {self.kind} file of a {self.task} model takes a batch, not a list of "
+                             "images")  # fmt: skip
+        if not self.input.get("letterbox"):
+            return self._run_graph({"image": image})  # torchvision's: the whole detector is the graph
+        # EfficientDet's graph takes the letterboxed image and its extent; boxes come back in its pixels
+        batch, scales, extents = letterbox([torch.from_numpy(image)], self.input["image_size"], self.preprocessing.mean,
+                                           self.preprocessing.std)  # fmt: skip
+        threshold = np.array(self.input["score_thresh"] if score_thresh is None else score_thresh, np.float32)
+        found = self._run_graph({"image": batch.numpy(), "extent": extents[0].numpy(), "score_thresh": threshold})
+        kept = found["scores"] > 0  # the graph pads its output with zero rows
+        found = {k: v[kept] for k, v in found.items()}
+        found["boxes"] = found["boxes"] / scales[0]
+        return found
+
+    def _run_graph(self, feeds: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Every named output of the graph for named inputs (a detector's)."""
+        raise UsageError(f"{self.path}: a {self.kind} file cannot run a detector")
 
     def _run(self, array: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -188,16 +215,10 @@ class OnnxModel(ExportedModel):
             raise WeightsError(f"{self.path}: ONNX Runtime cannot load it ({exc})") from None
         self.input_name = self.session.get_inputs()[0].name
 
-    def run_all(self, array: np.ndarray) -> list[np.ndarray]:
-        """Every output of the graph for one input as it is (a detector: boxes, labels, scores)."""
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(array, dtype=np.float32)})
-
-    def detect(self, image: np.ndarray) -> dict[str, torch.Tensor]:
-        """An exported detector on one (3, H, W) [0, 1] image: {"boxes", "labels", "scores"}."""
-        if self.task != "detection":
-            return super().detect(image)
+    def _run_graph(self, feeds: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         names = [o.name for o in self.session.get_outputs()]
-        return {k: torch.from_numpy(v) for k, v in zip(names, self.run_all(image), strict=True)}
+        feeds = {k: float_array(v) for k, v in feeds.items()}
+        return {k: torch.from_numpy(v) for k, v in zip(names, self.session.run(None, feeds), strict=True)}
 
     def _run(self, array: np.ndarray) -> np.ndarray:
         (logits,) = self.session.run(None, {self.input_name: array})

@@ -135,12 +135,11 @@ class EfficientDetNet(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
         for head in (self.class_net, self.box_net):
-            for module in head.modules():
-                if isinstance(module, nn.Conv2d):
-                    fan_in = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-                    nn.init.normal_(module.weight, 0.0, math.sqrt(1.0 / fan_in))
-                    if module.bias is not None:
-                        nn.init.zeros_(module.bias)
+            _init_head(head)
+        self.init_class_output()
+
+    def init_class_output(self) -> None:
+        _init_head(self.class_net.predict)
         nn.init.constant_(self.class_net.predict.pw.bias, -math.log((1 - PRIOR) / PRIOR))
 
     def check_input(self, x: torch.Tensor) -> None:
@@ -153,6 +152,15 @@ class EfficientDetNet(nn.Module):
         self.check_input(x)
         features = self.fpn(self.trunk(x))
         return self.class_net(features), self.box_net(features)
+
+
+def _init_head(module: nn.Module) -> None:
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv2d):
+            fan_in = conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+            nn.init.normal_(conv.weight, 0.0, math.sqrt(1.0 / fan_in))
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
 
 
 def create_efficientdet_net(name: str | None = "efficientdet_d0", *, phi: float | None = None, num_classes: int = 90,

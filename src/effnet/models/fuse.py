@@ -12,6 +12,7 @@ import copy
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from effnet.models.bifpn import SeparableConv
 from effnet.models.blocks import FusedMBConv, MBConv
 from effnet.models.layers import ConvBNAct
 
@@ -19,6 +20,7 @@ _PAIRS = {
     MBConv: (("expand_conv", "expand_bn"), ("dw_conv", "dw_bn"), ("project_conv", "project_bn")),
     FusedMBConv: (("fused_conv", "fused_bn"), ("project_conv", "project_bn")),
     ConvBNAct: (("conv", "bn"),),
+    SeparableConv: (("pw", "bn"),),  # EfficientDet's BiFPN nodes (its heads' are BN-less: shared by levels)
 }
 
 

@@ -8,7 +8,7 @@ in effnet.models) are re-exported here, beside the tasks that train them."""
 from effnet.core.lazy import lazy_exports
 
 _EXPORTS = {
-    "create_detector": "effnet.models.detection",
+    "create_detector": "effnet.tasks.detection",  # EfficientDet (pretrained too) or a torchvision head
     "create_segmenter": "effnet.models.segmentation",
     "create_embedder": "effnet.models.embedding",
     "DetectionTask": "effnet.tasks.detection",

@@ -11,12 +11,44 @@ import numpy as np
 import torch
 from torchvision.utils import draw_bounding_boxes
 
+from effnet.core.errors import UsageError
 from effnet.datasets.coco import DetectionDataset, collate_detection, load_detection
 from effnet.models.backbone import backbone_config
-from effnet.models.detection import OUT_INDICES, anchor_sizes_for, create_detector
+from effnet.models.config import ModelConfig
+from effnet.models.detection import OUT_INDICES, anchor_sizes_for
+from effnet.models.detection import create_detector as create_torchvision_detector
 from effnet.models.efficientdet import EfficientDetConfig
 from effnet.models.efficientdet_detector import build_efficientdet, create_efficientdet
+from effnet.tasks.choices import EFFICIENTDET_PREFIX
 from effnet.tasks.entry import PALETTE, EvalData, TaskEntry, check_classes
+from effnet.weights.pretrained import load_pretrained
+
+
+def create_detector(backbone: str | ModelConfig | None = "efficientnet_b0", *, pretrained: bool | str = False,
+                    **kwargs):  # fmt: skip
+    """``effnet.tasks.create_detector``: an EfficientDet by name (``efficientdet_d0`` ... ``d7x``,
+    ``efficientdet_lite0`` ... ``lite4``; ``pretrained=True`` for its COCO weights, with a fresh
+    class layer when ``num_classes``/``class_names`` differ from COCO's), or a torchvision head
+    (``head=``) on any EfficientNet trunk (``effnet.models.detection.create_detector``)."""
+    if isinstance(backbone, str) and backbone.startswith(EFFICIENTDET_PREFIX):
+        if not pretrained:
+            return create_efficientdet(backbone, **kwargs)
+        model = load_pretrained(backbone if pretrained is True else pretrained)
+        if model.config.name != backbone:
+            raise UsageError(f"pretrained weights {pretrained} are for {model.config.name}, not {backbone}")
+        unknown = sorted(set(kwargs) - {"num_classes", "class_names"})
+        if unknown:
+            raise UsageError(f"with pretrained weights the detector is the weights' own; cannot also set "
+                             f"{', '.join(unknown)}")  # fmt: skip
+        names = kwargs.get("class_names")
+        classes = kwargs.get("num_classes") or (len(names) if names else model.config.num_classes)
+        if classes != model.config.num_classes or names is not None:
+            model.reset_classes(classes, names)
+        return model.train()
+    if pretrained:
+        raise UsageError("pretrained=True is for EfficientDet's COCO detectors (efficientdet_d0 ...); a torchvision "
+                         "head starts from a pretrained trunk with effnet train --weights")  # fmt: skip
+    return create_torchvision_detector(backbone, **kwargs)
 
 
 def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
@@ -180,13 +212,13 @@ class DetectionEntry(TaskEntry):
             model = self._efficientdet(cfg, data.classes, train_split, trunk, continuing)
         elif continuing is not None:
             config = continuing.config  # continue training a detector of these classes as it is
-            model = create_detector(config.backbone, head=config.head, num_classes=len(data.classes),
+            model = create_torchvision_detector(config.backbone, head=config.head, num_classes=len(data.classes),
                                     image_size=config.min_size, max_size=config.max_size,
                                     anchor_sizes=config.anchor_sizes, fpn_channels=config.fpn_channels,
                                     class_names=data.classes)  # fmt: skip
         else:
             min_size, max_size, sides = detection_scale(train_split, cfg.image_size)
-            model = create_detector(backbone_config(trunk, out_indices=OUT_INDICES), head=cfg.detector,
+            model = create_torchvision_detector(backbone_config(trunk, out_indices=OUT_INDICES), head=cfg.detector,
                                     num_classes=len(data.classes), image_size=min_size, max_size=max_size,
                                     anchor_sizes=anchor_sizes_for(cfg.detector, sides, min_size),
                                     class_names=data.classes)  # fmt: skip

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 import torch
 
 from effnet.core.errors import WeightsError
+from effnet.models.efficientdet import EfficientDetNet, efficientdet_config
+from effnet.models.efficientdet_specs import NUM_ANCHORS, PUBLISHED
 from effnet.weights.convert import convert_state_dict, unwrap_state_dict
 
 TRUNK_LEVELS = 3  # effdet's fpn.resample.I are levels I >= 3 of P3..: the extra ones
@@ -60,3 +62,33 @@ def convert_effdet_state_dict(state_dict: Mapping) -> dict[str, torch.Tensor]:
     if unknown:
         raise WeightsError(f"{len(unknown)} effdet keys have no effnet equivalent, first: {', '.join(unknown[:5])}")
     return out
+
+
+def _shapes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+
+
+def which_efficientdet(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The released EfficientDet whose network has exactly these (converted) tensors' shapes,
+    built on the meta device (no memory); None for none of them."""
+    output = state.get("class_net.predict.pw.weight")
+    classes = output.shape[0] // NUM_ANCHORS if output is not None else 90
+    want = _shapes(state)
+    for name in PUBLISHED:
+        with torch.device("meta"):
+            net = EfficientDetNet(efficientdet_config(name, num_classes=classes))
+        if _shapes(net.state_dict()) == want:
+            return name
+    return None
+
+
+def check_efficientdet_fits(state: Mapping[str, torch.Tensor], net: torch.nn.Module, name: str) -> None:
+    """One line naming both when converted effdet weights are of another EfficientDet than ``net``
+    (``name``): a D1 file imported as D0, say, rather than a list of mismatched tensors."""
+    if _shapes(state) == _shapes(net.state_dict()):
+        return
+    found = which_efficientdet(state)
+    found = f"{found}'s" if found else "another EfficientDet's"
+    scale = net.config.scale
+    raise WeightsError(f"it holds {found} weights, not {name}'s (BiFPN {scale.fpn_channels} wide, {scale.fpn_repeats} "
+                       f"cells, on {scale.backbone})")  # fmt: skip

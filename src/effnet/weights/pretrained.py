@@ -26,7 +26,7 @@ from effnet.weights import cache
 from effnet.weights.catalog import METRICS_FROM, WeightsEntry, get_entry
 from effnet.weights.convert import convert_state_dict
 from effnet.weights.download import check_file, discard, fetch_source
-from effnet.weights.effdet import convert_effdet_state_dict
+from effnet.weights.effdet import check_efficientdet_fits, convert_effdet_state_dict
 from effnet.weights.io import load, load_weights, read_metadata, read_state_dict, save
 
 
@@ -147,6 +147,12 @@ def convert(entry: WeightsEntry, source: Path, origin: str) -> nn.Module:
     if entry.task == "detection":
         model = create_efficientdet(entry.model, num_classes=entry.num_classes, class_names=class_names(entry),
                                     image_size=entry.preprocessing.resolution)  # fmt: skip
+        # a file saved without BN's batch counters (they count training steps, not what it computes)
+        state = {**{k: v for k, v in model.net.state_dict().items() if k.endswith("num_batches_tracked")}, **state}
+        try:
+            check_efficientdet_fits(state, model.net, entry.model)
+        except WeightsError as exc:
+            raise WeightsError(f"{origin}: {exc} (is this the file of {entry.tag}?)") from None
     else:
         model = build(entry.model, class_names=class_names(entry), **entry.build_kwargs)
     model.preprocessing = entry.preprocessing

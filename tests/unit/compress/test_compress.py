@@ -228,14 +228,14 @@ def test_quantize_openvino_writes_an_int8_ir_with_silu_fused(tmp_path, digits_we
 def test_bench_weights_scores_and_times_fp32_bf16_and_int8_side_by_side(digits_weights):
     from effnet.core.machine import cpu_has_bf16
 
-    proc = run_cli("bench", "--weights", digits_weights, "--limit", "150", "--batch-sizes", "1,8", "--runs", "3",
-                   "--min-seconds", "0.05", "--calibration-images", "64", "--json")  # fmt: skip
+    proc = run_cli("bench", "--weights", digits_weights, "--limit", "100", "--batch-sizes", "1,8", "--runs", "3",
+                   "--min-seconds", "0.05", "--calibration-images", "32", "--json")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     rows = {r["form"]: r for r in result["rows"]}
     expected = ["fp32_onnxruntime", "fp32_openvino", *(["bf16_openvino"] if cpu_has_bf16() else []),
                 "int8_onnxruntime", "int8_openvino"]  # fmt: skip
-    assert list(rows) == expected and result["images"] == 150 and result["calibration_images"] == 64
+    assert list(rows) == expected and result["images"] == 100 and result["calibration_images"] == 32
     for form in ("fp32_onnxruntime", "fp32_openvino"):  # an engine switch changes no prediction
         assert rows[form]["agreement"] == 1.0 and rows[form]["top1"] >= 0.85, rows[form]
     for row in rows.values():  # reduced precision keeps the digits model's accuracy (measured 0.975+)

@@ -3,6 +3,7 @@ network against the reference port (``effdet``) with its weights converted — c
 outputs of every released model equal to 1e-4, parameter counts exact."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from effnet.models.efficientdet_detector import create_efficientdet, select_dete
 from effnet.models.efficientdet_loss import LossSettings, detection_loss, label_anchors
 from effnet.models.efficientdet_specs import ASPECT_RATIOS, NUM_SCALES, PUBLISHED, detector_scale
 from effnet.weights.effdet import convert_effdet_state_dict
+from effnet.weights.entry import PARAMS
 from tests.conftest import import_required, run_cli
 
 effdet = import_required("effdet")
@@ -86,7 +88,13 @@ def _reference(name: str, num_classes: int, side: int) -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_d7_is_d6s_network_with_larger_inputs_and_anchors():
+    # so D6's output parity below is D7's too: the two differ in what the network is built for
+    d6, d7 = PUBLISHED["efficientdet_d6"], PUBLISHED["efficientdet_d7"]
+    assert (d7.image_size, d7.anchor_scale) == (1536, 5.0) and replace(d7, image_size=1280, anchor_scale=4.0) == d6
+
+
+@pytest.mark.parametrize("name", [n for n in PUBLISHED if n != "efficientdet_d7"])
 def test_outputs_equal_the_reference_port_with_its_weights_converted(name):
     side = 2 * SIDE if PUBLISHED[name].max_level == 8 else SIDE
     reference = _reference(name, 5, side)
@@ -107,7 +115,7 @@ def test_parameter_counts_equal_the_reference_ports(name):
     with torch.device("meta"):
         want = sum(p.numel() for p in effdet.create_model(f"tf_{name}", pretrained_backbone=False).parameters())
         have = sum(p.numel() for p in EfficientDetNet(efficientdet_config(name)).parameters())
-    assert have == want
+    assert have == want == PARAMS[name]  # the weights catalog's count (a download's size)
 
 
 def test_input_of_another_size_is_refused_in_one_line():
@@ -239,13 +247,15 @@ def test_the_detector_learns_two_boxes_and_maps_them_back_to_the_image():
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.2 * first, (first, loss.item())
-    # 40 steps leave the running BN statistics (momentum 0.01) far from the batch's: measure them
+    # 40 steps leave the running BN statistics (momentum 0.01) far from the batch's: measure them,
+    # on the two images 8 times over (the running variance is the unbiased one: at P7's 1x1 grid
+    # two images alone would double it against what training normalised with)
     for m in detector.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.reset_running_stats()
             m.momentum = None
     with torch.no_grad():
-        detector(images, targets)
+        detector(images.repeat(8, 1, 1, 1), targets * 8)
     detector.eval()
     with torch.no_grad():
         found = detector(images)
@@ -264,3 +274,34 @@ def test_models_table_of_detectors_gives_the_papers_costs():
     assert d0["macs"] == pytest.approx(2.5e9, rel=0.01)
     proc = run_cli("models", "--task", "detection", "--filter", "yolo*")
     assert proc.returncode == 2 and "matches no detector" in proc.stderr
+
+
+def test_onnx_and_openvino_exports_detect_as_eager_does(tmp_path):
+    """The graph holds the network, decoding and NMS; the runner letterboxes with eager's own code,
+    so a non-square image gives eager's boxes and scores on both engines."""
+    from effnet.deploy.detector_export import _detection_diff
+    from effnet.deploy.export import export
+    from effnet.deploy.openvino import OpenVinoModel
+    from effnet.deploy.runtime import OnnxModel
+
+    torch.manual_seed(0)
+    detector = create_efficientdet("efficientdet_lite0", num_classes=3, image_size=SIDE, class_names=["a", "b", "c"])
+    detector.eval()
+    onnx_file = export(detector, tmp_path / "det.onnx", image_size=SIDE)
+    ir_file = export(detector, tmp_path / "det.xml", image_size=SIDE)
+    assert onnx_file.relative_diff <= 1e-4 and ir_file.relative_diff <= 1e-4
+    image = torch.rand(3, 96, 150)
+    detector.score_thresh = 0.0  # a random model scores below the default 0.05: compare all 100
+    with torch.no_grad():
+        expected = detector([image])[0]
+    onnx_path, ir_path = tmp_path / "det.onnx", tmp_path / "det.xml"
+    engines = (OnnxModel(onnx_path), OpenVinoModel(ir_path), OpenVinoModel(onnx_path))
+    for engine in engines:
+        assert engine([image])[0]["scores"].numel() == 0  # the export's own threshold, 0.05, applies
+        got = engine.detect(image.numpy(), score_thresh=0.0)
+        assert len(got["scores"]) == len(expected["scores"]) == 100
+        # the best 20 scores and the box of each (ties may come in either order), within 0.01 px
+        assert _detection_diff(expected, got, SIDE) <= 1e-2, engine
+    with pytest.raises(UsageError, match="built for 128 px inputs .*--image-size 128"):
+        export(detector, tmp_path / "other.onnx", image_size=160)
+    assert not (tmp_path / "other.onnx").exists()

@@ -375,3 +375,29 @@ def test_efficientdet_checkpoint_through_a_mirror_is_effdets_network(online, mon
         assert (want - have).abs().max() <= 1e-4 * want.abs().max()
     info = pretrained_info(cache.weights_file(tag))
     assert info["coco_map"] == 27.1 and info["licence"] == "Apache-2.0" and info["top1"] is None
+    # fine-tuning it on other classes: a fresh class layer, the rest (trunk, BiFPN, box head) kept
+    import effnet.tasks
+
+    tuned = effnet.tasks.create_detector("efficientdet_lite0", pretrained=True, class_names=["cat", "dog", "cow"])
+    assert tuned.training and tuned.class_names == ["cat", "dog", "cow"] and tuned.config.num_classes == 3
+    assert tuned.net.class_net.predict.pw.out_channels == 9 * 3
+    assert torch.equal(tuned.net.box_net.predict.pw.weight, model.net.box_net.predict.pw.weight)
+    with pytest.raises(effnet.UsageError, match="pretrained=True is for EfficientDet's COCO detectors"):
+        effnet.tasks.create_detector("efficientnet_b0", pretrained=True)
+
+
+def test_an_efficientdet_file_of_another_size_is_named_in_one_line(online, tmp_path, monkeypatch):
+    effdet = import_required("effdet")
+    torch.manual_seed(0)
+    file = tmp_path / "lite0.pth"
+    torch.save(effdet.create_model("tf_efficientdet_lite0", pretrained_backbone=False).state_dict(), file)
+    with_published_hash(monkeypatch, "efficientdet_d0.tf_coco", file)  # past the hash check, to the shapes
+    with pytest.raises(effnet.WeightsError) as caught:
+        import_file("efficientdet_d0.tf_coco", file)
+    message = str(caught.value)
+    assert (
+        "it holds efficientdet_lite0's weights, not efficientdet_d0's (BiFPN 64 wide, 3 cells, on efficientnet_b0)"
+        in message
+        and "\n" not in message
+    ), message
+    assert cache_entries(online) == []
