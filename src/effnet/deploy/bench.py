@@ -34,7 +34,7 @@ from effnet.deploy.export import export, onnx_program
 from effnet.deploy.litert import LiteRTModel
 from effnet.deploy.openvino import OpenVinoModel, Runner, compile_properties, read_model
 from effnet.deploy.pte import ExecuTorchModel
-from effnet.deploy.roofline import Machine, breakdown, precisions_present, roofline
+from effnet.deploy.roofline import Machine, breakdown, roofline
 from effnet.deploy.runtime import OnnxModel, open_session
 from effnet.models.flops import count_macs
 from effnet.models.fuse import fuse_batchnorm
@@ -200,12 +200,13 @@ def bench(
         compile_properties(threads, ov_hint, ov_precision, None)  # bad options fail before any export
     if peak is not None and not peak > 0:
         raise UsageError(f"--peak-gflops must be positive, got {peak}")
-    # bf16 and int8 peaks too, where the CPU has them: OpenVINO rows in bf16 are held to bf16's
-    machine = Machine.measure(threads, peak, precisions_present())
-    peak = machine.peak_gflops
+    # bf16's peak too where a row runs in bf16 (OpenVINO under --ov-precision bf16) and the CPU has
+    # it: such rows are held to it; without bf16 instructions OpenVINO runs f32
     bf16_engines = {e for e in engines if e.endswith("_openvino")} if ov_precision == "bf16" else set()
+    machine = Machine.measure(threads, peak, ("fp32", "bf16") if bf16_engines else ("fp32",))
+    peak = machine.peak_gflops
     if "bf16" not in machine.low_precision_peaks:
-        bf16_engines = set()  # OpenVINO runs f32 on a CPU without bf16 instructions
+        bf16_engines = set()
 
     rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory(prefix="effnet-bench-") as scratch:

@@ -126,7 +126,8 @@ class Runner:
         # benchmarks/precision/int8.json), for 0.2-0.3 s more start-up and a second copy of the weights.
         self.single = None
         shape = model.input(0).get_partial_shape()
-        if shape.rank.is_static and shape[0].is_dynamic and all(d.is_static for d in list(shape)[1:]):
+        latency = properties.get("PERFORMANCE_HINT") == "LATENCY"  # single images; THROUGHPUT runs batches
+        if latency and shape.rank.is_static and shape[0].is_dynamic and all(d.is_static for d in list(shape)[1:]):
             single = model.clone()
             single.reshape({0: [1, *(d.get_length() for d in list(shape)[1:])]})
             self.single = self._compile(core, single, properties)
