@@ -113,7 +113,8 @@ def _seed():
     torch.manual_seed(0)
 
 
-def give_bn_real_statistics(model: torch.nn.Module, side: int, batch: int = 4, damp_residuals: bool = False) -> None:
+def give_bn_real_statistics(model: torch.nn.Module, side: int, batch: int = 4, damp_residuals: bool = False,
+                            damped: set[int] | None = None) -> None:  # fmt: skip
     """A freshly initialised EfficientNet outputs logits of ~1e-14 in eval mode, so any
     tolerance would pass. Random BN affines plus running statistics measured on a batch
     make every layer's eval output non-trivial.
@@ -123,7 +124,7 @@ def give_bn_real_statistics(model: torch.nn.Module, side: int, batch: int = 4, d
     ~1e2 and float32 rounding alone then moves them by ~1e-3 of that."""
     from effnet.models.blocks import INVERTED_RESIDUALS
 
-    damped = set()
+    damped = set(damped or ())  # ids of BNs to damp, for models other than effnet's (a peer's)
     if damp_residuals:
         residual = [b for b in model.modules() if isinstance(b, INVERTED_RESIDUALS) and b.has_residual]
         # The branch's last BN: the projection's, or a Fused-MBConv1's only one.

@@ -187,6 +187,20 @@ def assert_drawn_on(image, drawn) -> None:
 FAST = ("--epochs", "1", "--batch-size", "3", "--phi", "-3", "--quiet")
 
 
+def stop_after_saves(monkeypatch, count: int) -> None:
+    """The trainer stops as Ctrl-C would, right after its ``count``-th checkpoint."""
+    saves = []
+    original = Trainer._save_state
+
+    def save_then_stop(self):
+        original(self)
+        saves.append(self.global_step)
+        if len(saves) == count:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save_state", save_then_stop)
+
+
 @needs_fmnist
 def test_detection_trains_evaluates_predicts_and_resumes_bitwise(tmp_path, det_data, monkeypatch):
     run_cli("train", "--task", "detection", "--detector", "fcos", "--data", det_data, *FAST, "--out",
@@ -223,16 +237,7 @@ def test_detection_trains_evaluates_predicts_and_resumes_bitwise(tmp_path, det_d
     common = ("--task", "detection", "--data", det_data, "--batch-size", "3", "--phi", "-3", "--quiet", "--epochs",
               "2", "--checkpoint-every", "1")  # fmt: skip
     run_cli("train", *common, "--out", tmp_path / "straight").check()
-    saves = []
-    original = Trainer._save_state
-
-    def save_then_stop(self):
-        original(self)
-        saves.append(self.global_step)
-        if len(saves) == 4:  # initial, epoch 1 step 1, end of epoch 1, epoch 2 step 1
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_save_state", save_then_stop)
+    stop_after_saves(monkeypatch, 4)  # initial, epoch 1 step 1, end of epoch 1, epoch 2 step 1
     assert run_cli("train", *common, "--out", tmp_path / "split").returncode == 130
     monkeypatch.undo()
     run_cli("train", *common, "--resume", "--out", tmp_path / "split").check()
@@ -258,16 +263,7 @@ def test_efficientdet_trains_evaluates_and_resumes_bitwise_as_a_detection_model(
     result = json.loads(run_cli("eval", "--weights", weights, "--json").check().stdout)
     assert result["task"] == "detection" and set(result["per_class_ap"]) >= {"Trouser", "Bag"}
     assert result["map"] <= result["ap50"]
-    saves = []
-    original = Trainer._save_state
-
-    def save_then_stop(self):
-        original(self)
-        saves.append(self.global_step)
-        if len(saves) == 4:  # initial, epoch 1 step 1, end of epoch 1, epoch 2 step 1
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_save_state", save_then_stop)
+    stop_after_saves(monkeypatch, 4)  # initial, epoch 1 step 1, end of epoch 1, epoch 2 step 1
     assert run_cli("train", *common, "--out", tmp_path / "split").returncode == 130
     monkeypatch.undo()
     run_cli("train", *common, "--resume", "--out", tmp_path / "split").check()

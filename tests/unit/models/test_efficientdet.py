@@ -17,7 +17,7 @@ from effnet.models.efficientdet_loss import LossSettings, detection_loss, label_
 from effnet.models.efficientdet_specs import ASPECT_RATIOS, NUM_SCALES, PUBLISHED, detector_scale
 from effnet.weights.effdet import convert_effdet_state_dict
 from effnet.weights.entry import PARAMS
-from tests.conftest import import_required, run_cli
+from tests.conftest import give_bn_real_statistics, import_required, run_cli
 
 effdet = import_required("effdet")
 
@@ -71,21 +71,10 @@ def _reference(name: str, num_classes: int, side: int) -> torch.nn.Module:
     torch.manual_seed(0)
     model = effdet.create_model(f"tf_{name}", pretrained_backbone=False, num_classes=num_classes,
                                 image_size=(side, side))  # fmt: skip
-    damped = set()
-    for block in model.backbone.modules():
-        if getattr(block, "has_skip", False):
-            damped.add(id(getattr(block, "bn3", None) or getattr(block, "bn2", None)))
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None
-            m.reset_running_stats()
-            low, high = (0.05, 0.2) if id(m) in damped else (0.5, 1.5)
-            torch.nn.init.uniform_(m.weight, low, high)
-            torch.nn.init.uniform_(m.bias, -0.2, 0.2)
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(2, 3, side, side))
-    return model.eval()
+    # timm's residual blocks: the branch's last BN (bn3, or a depthwise-separable block's bn2)
+    residual = [b for b in model.backbone.modules() if getattr(b, "has_skip", False)]
+    give_bn_real_statistics(model, side, batch=2, damped={id(getattr(b, "bn3", None) or b.bn2) for b in residual})
+    return model
 
 
 def test_d7_is_d6s_network_with_larger_inputs_and_anchors():
