@@ -55,3 +55,9 @@ def encode_boxes(boxes: torch.Tensor, anchors: torch.Tensor, eps: float = 1e-7) 
     yc, xc = boxes[:, 0] + h / 2, boxes[:, 1] + w / 2
     ha, wa, h, w = ha + eps, wa + eps, h + eps, w + eps  # after the centres, as the reference
     return torch.stack([(yc - yc_a) / ha, (xc - xc_a) / wa, torch.log(h / ha), torch.log(w / wa)], dim=1)
+
+
+def flatten_levels(maps: list[torch.Tensor], per_anchor: int) -> torch.Tensor:
+    """(N, anchors, per_anchor) from the heads' per-level (N, A x per_anchor, H, W) maps, in the
+    anchors' order: level, then grid cell (row-major), then octave and aspect ratio."""
+    return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, per_anchor) for m in maps], 1)

@@ -17,7 +17,7 @@ from torch import nn
 from torchvision.ops import batched_nms
 
 from effnet.core.errors import UsageError
-from effnet.models.anchors import anchor_boxes, decode_boxes
+from effnet.models.anchors import anchor_boxes, decode_boxes, flatten_levels
 from effnet.models.backbone import name_classes
 from effnet.models.bifpn import SeparableConv
 from effnet.models.efficientdet import EfficientDetConfig, EfficientDetNet, efficientdet_config
@@ -47,8 +47,7 @@ def select_detections(class_outputs: list[torch.Tensor], box_outputs: list[torch
     answers an empty selection with a row): NMS takes every candidate, the threshold zeroes the
     detections it drops, and each output has ``max_detections`` rows, zero-padded."""
     batch, num_classes = class_outputs[0].shape[0], class_outputs[0].shape[1] * 4 // box_outputs[0].shape[1]
-    logits = torch.cat([c.permute(0, 2, 3, 1).reshape(batch, -1, num_classes) for c in class_outputs], 1)
-    deltas = torch.cat([b.permute(0, 2, 3, 1).reshape(batch, -1, 4) for b in box_outputs], 1)
+    logits, deltas = flatten_levels(class_outputs, num_classes), flatten_levels(box_outputs, 4)
     _, flat = logits.reshape(batch, -1).topk(min(TOPK, logits.shape[1] * num_classes), dim=1)
     index, classes = flat // num_classes, flat % num_classes
     out = []

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou, sigmoid_focal_loss
 
-from effnet.models.anchors import encode_boxes
+from effnet.models.anchors import encode_boxes, flatten_levels
 from effnet.models.efficientdet_specs import NUM_ANCHORS
 
 YXYX_TO_XYXY = [1, 0, 3, 2]
@@ -58,9 +58,9 @@ def detection_loss(class_outputs: list[torch.Tensor], box_outputs: list[torch.Te
     """The focal class loss and the Huber box loss of a batch: ``class_outputs``/``box_outputs``
     are the heads' per-level maps, ``classes`` (N, A) and ``codes`` (N, A, 4) the targets of
     every anchor in the heads' order."""
-    batch, num_classes = classes.shape[0], class_outputs[0].shape[1] // NUM_ANCHORS
-    logits = torch.cat([c.permute(0, 2, 3, 1).reshape(batch, -1, num_classes) for c in class_outputs], 1).float()
-    deltas = torch.cat([b.permute(0, 2, 3, 1).reshape(batch, -1, 4) for b in box_outputs], 1).float()
+    num_classes = class_outputs[0].shape[1] // NUM_ANCHORS
+    logits = flatten_levels(class_outputs, num_classes).float()
+    deltas = flatten_levels(box_outputs, 4).float()
     normalizer = positives.sum() + 1.0
     targets = F.one_hot(classes.clamp(min=0), num_classes).float() * (classes >= 0)[..., None]
     class_loss = sigmoid_focal_loss(logits, targets, settings.alpha, settings.gamma, reduction="sum") / normalizer
